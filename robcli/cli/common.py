@@ -1,0 +1,102 @@
+"""Shared option types, error handling and console helpers for the CLI (no torch at import time)."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from robcli.errors import RobcliError
+
+# argv of the command being run (set by main() or the recipe runner); recorded in every output
+CURRENT_ARGV: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("robcli_argv", default=None)
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Data set: gaussians, digits, cifar10, cifar100, mnist, svhn, imagefolder.")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding on-disk data sets.")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Download a torchvision data set into --data-dir.")]
+ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Side length for imagefolder images (default 64).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Run directory, checkpoint file, TorchScript/.pt2 file, or registered architecture.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a bare checkpoint file.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+NormOpt = Annotated[str, typer.Option("--norm", help="Threat model norm: Linf or L2.")]
+EpsListOpt = Annotated[Optional[list[str]], typer.Option("--eps", help="Radius, e.g. 8/255 or 0.031; repeatable.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train, val (carved from train) or test.")]
+NExOpt = Annotated[Optional[int], typer.Option("--n-ex", help="How many examples (after --skip).")]
+SkipOpt = Annotated[int, typer.Option("--skip", help="Skip the first N examples of the split.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue a killed run where it stopped.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error to stderr and exit non-zero."""
+    msg = " ".join(str(message).split())
+    typer.echo(f"robcli: error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Turn library errors into one-line messages; keep tracebacks for real bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RobcliError as e:
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("robcli: interrupted (use --resume to continue)", err=True)
+            raise typer.Exit(130) from None
+        except FileNotFoundError as e:
+            fail(f"file not found: {e.filename or e}")
+        except PermissionError as e:
+            fail(f"permission denied: {e.filename or e}")
+
+    return wrapper
+
+
+def argv() -> list[str]:
+    a = CURRENT_ARGV.get()
+    return list(a) if a is not None else list(sys.argv[1:])
+
+
+def console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def progress(quiet: bool = False):
+    """A rich Progress on stderr (disabled when quiet or not a terminal-friendly context)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console(True), disable=quiet, transient=False,
+    )
+
+
+class ProgressCallback:
+    """Adapts library progress callbacks ``cb(done, total, desc)`` to a rich Progress."""
+
+    def __init__(self, prog):
+        self.prog = prog
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, done: int, total: int, desc: str = "working") -> None:
+        if desc not in self.tasks:
+            self.tasks[desc] = self.prog.add_task(desc, total=total)
+        self.prog.update(self.tasks[desc], completed=done, total=total)
+
+
+def check_out(out, force: bool, resume: bool = False) -> None:
+    """Refuse to overwrite an existing output unless --force (or --resume continues it)."""
+    from pathlib import Path
+
+    p = Path(out)
+    if p.exists() and not force and not resume:
+        fail(f"{p} exists; pass --force to overwrite or --resume to continue")

@@ -1,0 +1,14 @@
+"""`robcli compose` (not yet available)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from robcli.cli.common import fail
+
+
+def compose(args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Not yet available."""
+    fail("'robcli compose' is not yet available in this version")

@@ -1,0 +1,14 @@
+"""`robcli finetune` (being written)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from robcli.cli.common import fail
+
+
+def finetune(args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Not yet available."""
+    fail("'robcli finetune' is not yet available in this version")

@@ -1,0 +1,58 @@
+"""``robcli``: the Typer app. Commands are registered explicitly; heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from robcli import __version__
+
+app = typer.Typer(
+    name="robcli",
+    help="Make image classifiers robust without losing accuracy, and prove how robust they are.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"robcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """robcli: finetune, attack, certify, partition, compose, report; `robcli run RECIPE.toml` runs a pipeline."""
+
+
+def _register() -> None:
+    from robcli.cli import attack, certify, compose, finetune, listing, partition, report, run
+
+    app.command("finetune", help="Train or fine-tune a model (std, trades, era, dga, noise, cra, mixnet).")(finetune.finetune)
+    app.command("attack", help="Empirical robustness per example (PGD, APGD, AutoAttack, APGD-conf, grid).")(attack.attack)
+    app.command("certify", help="Randomized-smoothing certification per example (Cohen et al.).")(certify.certify)
+    app.command("partition", help="The four robustness/accuracy splits of a data set.")(partition.partition)
+    app.command("compose", help="Robust model + selector + core model compositions and mixtures.")(compose.compose)
+    app.command("report", help="Paper-style tables and plots from robcli tables.")(report.report)
+    app.command("run", help="Run a recipe (TOML): an ordered list of robcli commands.")(run.run)
+    app.command("list", help="List registered data sets, models, losses or attacks.")(listing.list_cmd)
+
+
+_register()
+
+
+def main() -> None:
+    from robcli.cli.common import CURRENT_ARGV
+
+    CURRENT_ARGV.set(sys.argv[1:])
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,206 @@
+"""Built-in data sets: embedded (gaussians, digits) and read from --data-dir (torchvision, imagefolder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robcli.data.registry import DataInfo, register_dataset
+from robcli.errors import DataError
+
+# ---------------------------------------------------------------------------------------------------------
+# gaussians: the ERA paper's synthetic 3-class 2-D data (Fig. 1, App. A.2): N = 1000 training points.
+# Two large classes and one small class placed where a smoothing (robust) decision boundary swallows it.
+# Coordinates are clipped into [0, 1] because attacks clip to the [0, 1] box.
+# ---------------------------------------------------------------------------------------------------------
+GAUSSIANS = {
+    "means": ((0.30, 0.50), (0.70, 0.50), (0.50, 0.72)),
+    "stds": (0.085, 0.085, 0.045),
+    "weights": (0.46, 0.46, 0.08),
+    "n_train": 1000,
+    "n_test": 1000,
+    "seed": {"train": 0, "test": 1},
+}
+
+
+def _gaussians():
+    def info(**_):
+        return DataInfo("gaussians", 3, (2,), ("left", "right", "small"), None, None, is_image=False)
+
+    def load(split, **_):
+        import numpy as np
+        import torch
+
+        cfg = GAUSSIANS
+        rng = np.random.default_rng(cfg["seed"][split])
+        n = cfg["n_train"] if split == "train" else cfg["n_test"]
+        y = rng.choice(3, size=n, p=np.asarray(cfg["weights"]))
+        means = np.asarray(cfg["means"])[y]
+        stds = np.asarray(cfg["stds"])[y][:, None]
+        x = np.clip(means + stds * rng.standard_normal((n, 2)), 0.0, 1.0).astype(np.float32)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), {"generator": cfg}
+
+    return info, load
+
+
+register_dataset("gaussians", "synthetic 3-class 2-D Gaussians (ERA paper Fig. 1), embedded")(_gaussians)
+
+# ---------------------------------------------------------------------------------------------------------
+# digits: scikit-learn's bundled 8x8 handwritten digits (1797 images, pixel values 0..16 -> [0, 1]).
+# Fixed seeded stratified train/test split: 30% test.
+# ---------------------------------------------------------------------------------------------------------
+DIGITS_TEST_FRACTION = 0.3
+DIGITS_SEED = 0
+
+
+def _digits():
+    def info(**_):
+        return DataInfo(
+            "digits", 10, (1, 8, 8), tuple(str(i) for i in range(10)), (0.30,), (0.38,), is_image=True
+        )
+
+    def load(split, **_):
+        import numpy as np
+        import torch
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+        y = d.target.astype(np.int64)
+        idx = np.arange(len(y))
+        tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SEED, stratify=y)
+        rows = np.sort(tr if split == "train" else te)
+        src = {"source": "sklearn.datasets.load_digits", "test_fraction": DIGITS_TEST_FRACTION, "seed": DIGITS_SEED}
+        return torch.from_numpy(x[rows]), torch.from_numpy(y[rows]), src
+
+    return info, load
+
+
+register_dataset("digits", "scikit-learn's bundled 8x8 digits (1797 images, 10 classes), embedded")(_digits)
+
+# ---------------------------------------------------------------------------------------------------------
+# torchvision data sets read from --data-dir
+# ---------------------------------------------------------------------------------------------------------
+_TV = {
+    "cifar10": ("CIFAR10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python"),
+    "mnist": ("MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,), "MNIST/raw"),
+    "svhn": ("SVHN", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "train_32x32.mat / test_32x32.mat"),
+}
+
+
+def _require_dir(name: str, data_dir, expected: str) -> Path:
+    if data_dir is None:
+        raise DataError(f"data set {name!r} is read from disk: pass --data-dir DIR (torchvision layout: DIR/{expected})")
+    p = Path(data_dir).expanduser()
+    if not p.is_dir():
+        raise DataError(f"--data-dir {p} does not exist; put the {name} files there as DIR/{expected} or add --download")
+    return p
+
+
+def _tv(name: str):
+    cls_name, k, shape, mean, std, expected = _TV[name]
+
+    def info(**_):
+        return DataInfo(name, k, shape, tuple(str(i) for i in range(k)), mean, std, is_image=True)
+
+    def load(split, data_dir=None, download=False, **_):
+        import numpy as np
+        import torch
+        import torchvision
+
+        root = _require_dir(name, data_dir, expected) if not download else Path(data_dir or "data")
+        root.mkdir(parents=True, exist_ok=True)
+        cls = getattr(torchvision.datasets, cls_name)
+        try:
+            if name == "svhn":
+                ds = cls(str(root), split=split, download=download)
+            else:
+                ds = cls(str(root), train=(split == "train"), download=download)
+        except RuntimeError as e:
+            raise DataError(
+                f"{name} files not found under {root} (expected {expected}); put them there or add --download ({e})"
+            ) from None
+        if name in ("cifar10", "cifar100"):
+            x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+            y = torch.as_tensor(ds.targets)
+        elif name == "mnist":
+            x = ds.data.unsqueeze(1).contiguous()
+            y = ds.targets.clone()
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(ds.data))
+            y = torch.as_tensor(ds.labels)
+        return x, y, {"root": str(root)}
+
+    return info, load
+
+
+for _name in _TV:
+    register_dataset(_name, f"torchvision {_TV[_name][0]} read from --data-dir")(lambda _n=_name: _tv(_n))
+
+# ---------------------------------------------------------------------------------------------------------
+# imagefolder: a class-per-folder tree (MTSD / SBB style). DIR/train/<class>/*.png and DIR/test/<class>/...
+# If DIR has no train/test sub-folders, DIR/<class>/... is split 80/20 with a fixed seed.
+# ---------------------------------------------------------------------------------------------------------
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
+IMAGEFOLDER_TEST_FRACTION = 0.2
+
+
+def _classes_of(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _imagefolder():
+    def _layout(data_dir):
+        root = _require_dir("imagefolder", data_dir, "<class>/<image> or train|test/<class>/<image>")
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return root, True
+        return root, False
+
+    def info(data_dir=None, image_size=None, **_):
+        root, split_dirs = _layout(data_dir)
+        classes = _classes_of(root / "train" if split_dirs else root)
+        if len(classes) < 2:
+            raise DataError(f"imagefolder {root} needs at least two class folders, found {len(classes)}")
+        s = int(image_size or 64)
+        return DataInfo("imagefolder", len(classes), (3, s, s), tuple(classes), None, None, is_image=True)
+
+    def load(split, data_dir=None, image_size=None, **_):
+        import numpy as np
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        root, split_dirs = _layout(data_dir)
+        classes = _classes_of(root / "train" if split_dirs else root)
+        base = root / split if split_dirs else root
+        files, labels = [], []
+        for ci, c in enumerate(classes):
+            d = base / c
+            if not d.is_dir():
+                continue
+            for f in sorted(d.rglob("*")):
+                if f.suffix.lower() in IMAGE_EXTS:
+                    files.append(f)
+                    labels.append(ci)
+        if not split_dirs:
+            rng = np.random.default_rng(0)
+            is_test = rng.random(len(files)) < IMAGEFOLDER_TEST_FRACTION
+            keep = is_test if split == "test" else ~is_test
+            files = [f for f, k in zip(files, keep) if k]
+            labels = [lab for lab, k in zip(labels, keep) if k]
+        if not files:
+            raise DataError(f"imagefolder {base} holds no images for split {split!r}")
+        s = int(image_size or 64)
+        arr = np.empty((len(files), 3, s, s), dtype=np.uint8)
+        for i, f in enumerate(files):
+            try:
+                with Image.open(f) as im:
+                    arr[i] = np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR)).transpose(2, 0, 1)
+            except (UnidentifiedImageError, OSError):
+                raise DataError(f"cannot read image {f}") from None
+        return torch.from_numpy(arr), torch.as_tensor(labels), {"root": str(root), "image_size": s}
+
+    return info, load
+
+
+register_dataset("imagefolder", "class-per-folder image tree read from --data-dir (--image-size)")(_imagefolder)

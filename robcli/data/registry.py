@@ -1,0 +1,178 @@
+"""The data set registry.
+
+``load_split(name, split, ...)`` returns a :class:`SplitData`: the examples of one split in memory
+(uint8 or float32 storage), their labels, their original indices within the split, and a fingerprint.
+
+Splits: ``train`` (minus the validation share), ``val`` (carved from TRAIN with a fixed seed, never from
+test), ``test``. ``train_full`` is train + val, for users who do not want a validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from robcli.errors import DataError
+
+SPLITS = ("train", "val", "test", "train_full")
+VAL_FRACTION = 0.1
+VAL_SEED = 1234  # fixed: the validation split never changes with --seed
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Static facts about a data set."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]  # (C, H, W) or (D,) for vector data
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...] | None = None  # default input normalization for models trained on it
+    std: tuple[float, ...] | None = None
+    is_image: bool = True
+
+
+@dataclass
+class SplitData:
+    """One split of a data set, in memory.
+
+    Attributes:
+        x: storage tensor, shape (N, *input_shape), uint8 (scale 1/255) or float32 in [0, 1].
+        y: int64 labels, shape (N,).
+        idx: int64 original indices within the split, shape (N,) (kept through selection).
+    """
+
+    info: DataInfo
+    split: str
+    x: object
+    y: object
+    idx: object
+    source: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def get(self, rows):
+        """Float32 inputs in [0,1] and labels for the given row positions (a LongTensor or slice)."""
+        import torch
+
+        xb = self.x[rows]
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255.0)
+        return xb, self.y[rows]
+
+    def tensors(self):
+        """All inputs as float32 in [0,1] and all labels."""
+        return self.get(slice(None))
+
+    def select(self, *, n_ex: int | None = None, skip: int = 0, subset=None) -> "SplitData":
+        """Keep the examples whose original index is in ``subset`` (if given), then skip/take in order."""
+        import torch
+
+        rows = torch.arange(len(self))
+        if subset is not None:
+            wanted = torch.as_tensor(sorted(set(int(i) for i in subset)), dtype=torch.long)
+            unknown = wanted[~torch.isin(wanted, self.idx)]
+            if unknown.numel():
+                raise DataError(
+                    f"subset names {unknown.numel()} index(es) not in the {self.info.name}/{self.split} split "
+                    f"(e.g. {int(unknown[0])})"
+                )
+            rows = rows[torch.isin(self.idx, wanted)]
+        if skip < 0:
+            raise DataError("--skip must be >= 0")
+        rows = rows[skip:]
+        if n_ex is not None:
+            if n_ex <= 0:
+                raise DataError("--n-ex must be positive")
+            rows = rows[:n_ex]
+        if rows.numel() == 0:
+            raise DataError(f"the selection from {self.info.name}/{self.split} is empty (check --skip/--n-ex/--subset)")
+        return SplitData(self.info, self.split, self.x[rows], self.y[rows], self.idx[rows], dict(self.source))
+
+    def fingerprint(self) -> dict:
+        """A description of exactly which data this is (for table metadata)."""
+        from robcli.utils.hashing import tensor_fingerprint
+
+        return {
+            "dataset": self.info.name,
+            "split": self.split,
+            "n": len(self),
+            "sha256": tensor_fingerprint(self.x, self.y, self.idx),
+            **self.source,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    info: Callable[..., DataInfo]
+    load: Callable[..., tuple]  # (split in {'train','test'}, **opts) -> (x, y, source-dict)
+    description: str
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, description: str):
+    def deco(fn):
+        # fn returns (info_fn, load_fn)
+        info_fn, load_fn = fn()
+        DATASETS[name] = DatasetEntry(info_fn, load_fn, description)
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    _ensure_registered()
+    return sorted(DATASETS)
+
+
+def _ensure_registered() -> None:
+    from robcli.data import builtin  # noqa: F401  (registers the built-in data sets)
+
+
+def get_info(name: str, **opts) -> DataInfo:
+    _ensure_registered()
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name].info(**opts)
+
+
+def load_split(
+    name: str,
+    split: str = "test",
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> SplitData:
+    """Load one split of a registered data set.
+
+    Raises:
+        DataError: unknown name or split, or files missing from ``data_dir``.
+    """
+    import torch
+
+    _ensure_registered()
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    entry = DATASETS[name]
+    opts = {"data_dir": data_dir, "download": download, "image_size": image_size}
+    info = entry.info(**opts)
+    base = "test" if split == "test" else "train"
+    x, y, source = entry.load(base, **opts)
+    y = torch.as_tensor(y, dtype=torch.long)
+    idx = torch.arange(y.shape[0])
+    if split in ("train", "val"):
+        g = torch.Generator().manual_seed(VAL_SEED)
+        perm = torch.randperm(y.shape[0], generator=g)
+        n_val = max(1, int(round(VAL_FRACTION * y.shape[0])))
+        rows = torch.sort(perm[:n_val] if split == "val" else perm[n_val:]).values
+        x, y, idx = x[rows], y[rows], idx[rows]
+    source = dict(source)
+    source["split_rule"] = f"val={VAL_FRACTION} of train, seed {VAL_SEED}" if split in ("train", "val") else base
+    return SplitData(info, split, x, y, idx, source)

@@ -1,0 +1,56 @@
+"""Training losses, registered by name. Each loss is ``fn(model, x, y, cfg, gen) -> (loss, terms)``.
+
+``terms`` is a dict of floats (each term of the loss, for ``train_log.parquet``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+LOSSES: dict[str, Callable] = {}
+
+
+def register_loss(name: str):
+    def deco(fn):
+        LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Every hyperparameter any loss reads. Validated by the finetune config."""
+
+    eps: float = 0.0
+    norm: str = "Linf"
+    attack_steps: int = 10
+    step_size: float | None = None  # default: eps / 4 for training (TRADES: 0.007 at 8/255 with 10 steps)
+    beta: float = 1.0  # ERA / DGA / CRA weight on the robust-accuracy term (eq. 5, 9, 20)
+    trades_beta: float = 6.0  # TRADES KL weight (eq. 7), batch-mean KL as in the TRADES paper
+    era_adv: str = "descent"  # ERA adversarial point: 'descent' (inner targeted descent) or 'single'
+    detach_weight: bool = True  # stop gradients through the soft inaccuracy weight 1 - p_y(x)
+    sigma: float = 0.12  # noise / CRA
+    num_noise: int = 16  # CRA k
+    temperature: float = 4.0  # CRA inverse softmax temperature Gamma
+
+
+def get_loss(name: str):
+    from robcli.errors import UsageError
+
+    _ensure_registered()
+    if name not in LOSSES:
+        raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def _ensure_registered() -> None:
+    import importlib
+
+    for mod in ("std", "trades", "era", "dga", "noise", "cra"):
+        try:
+            importlib.import_module(f"robcli.losses.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"robcli.losses.{mod}":
+                raise

@@ -1,0 +1,242 @@
+"""Atomic, validating Parquet writer and a checking reader.
+
+Metadata keys (all strings, in the Arrow schema metadata):
+``robcli.table``, ``robcli.schema_version``, ``robcli.version``, ``robcli.config`` (JSON),
+``robcli.seed``, ``robcli.device``, ``robcli.torch_version``, ``robcli.models`` (JSON list of
+``{"path", "sha256"}``), ``robcli.data`` (JSON data fingerprint), ``robcli.command`` (JSON argv),
+``robcli.created`` (UTC ISO time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from robcli.errors import TableError
+from robcli.tables.schema import FRACTIONS, NULLABLE, SCHEMA_VERSION, SCHEMAS
+
+META_PREFIX = "robcli."
+
+
+@dataclass
+class Table:
+    """A table read from disk: the data frame, its kind and its decoded metadata."""
+
+    df: Any  # pandas.DataFrame
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def config(self) -> dict:
+        return self.meta.get("config") or {}
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where a long run keeps its resumable progress next to its final output."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def provenance(
+    *,
+    seed: int | None = None,
+    device: Any = None,
+    models: list[str | Path] | None = None,
+    data: dict | None = None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Collect the provenance fields for a table's metadata."""
+    from robcli.utils.hashing import sha256_file
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_version = "none"
+    model_entries = []
+    for m in models or []:
+        p = Path(m)
+        if p.is_dir():
+            files = sorted(p.glob("*.safetensors"))
+            p = files[0] if files else p
+        model_entries.append({"path": str(m), "sha256": sha256_file(p) if p.is_file() else None})
+    return {
+        "seed": seed,
+        "device": str(device) if device is not None else None,
+        "torch_version": torch_version,
+        "models": model_entries,
+        "data": data or {},
+        "command": command,
+    }
+
+
+def _coerce(df, kind: str):
+    import numpy as np
+    import pandas as pd
+
+    schema = SCHEMAS[kind]
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise TableError(f"{kind} table lacks required column(s): {', '.join(missing)}")
+    df = df.copy()
+    for col, typ in schema.items():
+        s = df[col]
+        try:
+            if typ == "int64":
+                if s.isna().any():
+                    raise ValueError("missing values")
+                df[col] = s.astype("int64")
+            elif typ == "float64":
+                df[col] = s.astype("float64")
+                if col not in NULLABLE.get(kind, ()) and df[col].isna().any():
+                    raise ValueError("NaN values")
+            elif typ == "bool":
+                if s.isna().any():
+                    raise ValueError("missing values")
+                df[col] = s.astype(bool)
+            elif typ == "string":
+                df[col] = s.astype(str)
+        except (ValueError, TypeError) as e:
+            raise TableError(f"{kind} table column {col!r} cannot be {typ}: {e}") from None
+    for col in FRACTIONS.get(kind, ()):
+        v = df[col].to_numpy(dtype=float)
+        v = v[~np.isnan(v)]
+        if v.size and (v.min() < 0 or v.max() > 1):
+            raise TableError(f"{kind} table column {col!r} must hold fractions in [0,1]")
+    assert isinstance(df, pd.DataFrame)
+    return df
+
+
+def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, prov: dict | None = None) -> Path:
+    """Validate ``df`` against the schema of ``kind`` and write it atomically with provenance metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robcli import __version__
+
+    if kind not in SCHEMAS:
+        raise TableError(f"unknown table kind {kind!r}")
+    df = _coerce(df, kind)
+    prov = prov or {}
+    meta = {
+        "table": kind,
+        "schema_version": SCHEMA_VERSION,
+        "version": __version__,
+        "config": json.dumps(config or {}, sort_keys=True, default=str),
+        "seed": json.dumps(prov.get("seed")),
+        "device": str(prov.get("device")),
+        "torch_version": str(prov.get("torch_version")),
+        "models": json.dumps(prov.get("models") or [], default=str),
+        "data": json.dumps(prov.get("data") or {}, sort_keys=True, default=str),
+        "command": json.dumps(prov.get("command")),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    existing = table.schema.metadata or {}
+    merged = dict(existing)
+    merged.update({(META_PREFIX + k).encode(): v.encode() for k, v in meta.items()})
+    table = table.replace_schema_metadata(merged)
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise TableError(f"{path} is a directory; give a file name ending in .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _decode_meta(raw: dict[bytes, bytes] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        key = k.decode(errors="replace")
+        if not key.startswith(META_PREFIX):
+            continue
+        name = key[len(META_PREFIX):]
+        val = v.decode(errors="replace")
+        if name in ("config", "seed", "models", "data", "command"):
+            try:
+                out[name] = json.loads(val)
+            except json.JSONDecodeError:
+                out[name] = val
+        else:
+            out[name] = val
+    return out
+
+
+def _read_one(path: Path) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise TableError(f"{path} is not a readable Parquet table ({type(e).__name__})") from None
+    meta = _decode_meta(t.schema.metadata)
+    kind = meta.get("table")
+    if not kind:
+        raise TableError(f"{path} is not a robcli table (no robcli.table metadata)")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise TableError(
+            f"{path} has schema version {meta.get('schema_version')!r}; this robcli reads {SCHEMA_VERSION!r}"
+        )
+    df = t.to_pandas()
+    if kind in SCHEMAS:
+        df = _coerce(df, kind)
+    return Table(df=df, kind=kind, meta=meta, path=str(path))
+
+
+def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> Table:
+    """Read a robcli table (a file, or a folder of shards of one table) and check its kind.
+
+    Raises:
+        TableError: missing, corrupt, not a robcli table, wrong kind or schema version, or shards that
+            disagree on kind or configuration.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"table {path} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise TableError(f"folder {path} holds no .parquet tables")
+        parts = [_read_one(p) for p in files]
+        kinds = {p.kind for p in parts}
+        if len(kinds) != 1:
+            raise TableError(f"folder {path} mixes table kinds: {', '.join(sorted(kinds))}")
+
+        def _base(cfg: dict) -> dict:
+            return {k: v for k, v in (cfg or {}).items() if k not in ("shard", "out", "resume")}
+
+        base = _base(parts[0].config)
+        for p in parts[1:]:
+            if _base(p.config) != base:
+                raise TableError(f"shards in {path} were made with different configurations ({p.path})")
+        df = pd.concat([p.df for p in parts], ignore_index=True)
+        sort_cols = [c for c in ("idx", "sigma", "eps", "attack") if c in df.columns]
+        if sort_cols:
+            df = df.sort_values(sort_cols, kind="stable").reset_index(drop=True)
+        t = Table(df=df, kind=parts[0].kind, meta=dict(parts[0].meta), path=str(path))
+        t.meta["shards"] = [p.path for p in parts]
+    else:
+        t = _read_one(path)
+    if kind is not None:
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        if t.kind not in kinds:
+            raise TableError(f"{path} is a {t.kind} table; expected {' or '.join(kinds)}")
+    return t

@@ -1,0 +1,1 @@
+"""Small shared helpers: device resolution, value parsing, seeding, hashing."""

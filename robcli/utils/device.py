@@ -1,0 +1,24 @@
+"""Device resolution: ``auto`` means CUDA when present, else CPU. Library code takes a torch.device."""
+
+from __future__ import annotations
+
+from robcli.errors import UsageError
+
+
+def resolve_device(spec: str = "auto"):
+    import torch
+
+    s = (spec or "auto").strip().lower()
+    if s == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if s.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        return torch.device(s)
+    if s == "cpu":
+        return torch.device("cpu")
+    if s == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: MPS is not available on this machine")
+        return torch.device("mps")
+    raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
