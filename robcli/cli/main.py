@@ -47,11 +47,33 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def invoke(argv: list[str]) -> int:
+    """Run one robcli command line in this process; return its exit code (usage errors: one line, code 2)."""
+    from typer._click import exceptions as click_exc  # typer vendors click
+
     from robcli.cli.common import CURRENT_ARGV
 
-    CURRENT_ARGV.set(sys.argv[1:])
-    app()
+    token = CURRENT_ARGV.set(list(argv))
+    try:
+        rv = app(args=list(argv), prog_name="robcli", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click_exc.NoArgsIsHelpError as e:
+        return e.exit_code
+    except click_exc.ClickException as e:
+        msg = " ".join(e.format_message().split())
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "robcli"
+        sys.stderr.write(f"robcli: error: {msg} (see '{where} --help')\n")
+        return e.exit_code
+    except typer.Abort:
+        sys.stderr.write("robcli: aborted\n")
+        return 1
+    finally:
+        CURRENT_ARGV.reset(token)
+
+
+def main() -> None:
+    sys.exit(invoke(sys.argv[1:]))
 
 
 if __name__ == "__main__":  # pragma: no cover

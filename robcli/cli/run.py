@@ -1,11 +1,85 @@
-"""`robcli run RECIPE.toml` (placeholder until the runner lands)."""
+"""`robcli run RECIPE.toml`: run a whole pipeline, skipping steps that are up to date."""
 
 from __future__ import annotations
 
+import time
+from typing import Annotated, Optional
+
 import typer
 
-from robcli.cli.common import fail
+from robcli.cli.common import console, handle_errors
 
 
-def run(recipe: str = typer.Argument(..., help="Recipe TOML file.")) -> None:
-    fail("'robcli run' is not yet available")
+@handle_errors
+def run(
+    recipe: Annotated[str, typer.Argument(help="Recipe TOML file (see recipes/quickstart.toml).")],
+    force: Annotated[bool, typer.Option("--force", help="Redo every step even if its outputs are up to date.")] = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only the named step(s).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Override the recipe's output folder {out}.")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", help="Override a recipe variable: NAME=VALUE.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands and whether each would run.")] = False,
+) -> None:
+    """Run RECIPE's steps in order; each step is a robcli command line. Ends with the recipe's summaries."""
+    from rich.table import Table
+
+    from robcli.cli.main import invoke
+    from robcli.errors import UsageError
+    from robcli.recipes import is_up_to_date, load_recipe, run_recipe, summarize_attack_tables
+
+    overrides = {}
+    for v in var or []:
+        if "=" not in v:
+            raise UsageError(f"--var {v!r} must look like NAME=VALUE")
+        k, val = v.split("=", 1)
+        overrides[k.strip()] = val
+    if out:
+        overrides["out"] = out
+    rec = load_recipe(recipe, overrides)
+    con = console(stderr=True)
+    if only:
+        unknown = [n for n in only if n not in {s.name for s in rec.steps}]
+        if unknown:
+            raise UsageError(f"--only names unknown step(s): {', '.join(unknown)}")
+    if dry_run:
+        for st in rec.steps:
+            state = "up to date" if (not force and is_up_to_date(st)) else "would run"
+            typer.echo(f"[{state}] {st.name}: robcli {' '.join(st.argv)}")
+        return
+    con.rule(f"[bold]recipe {rec.name}[/] ({len(rec.steps)} steps, outputs in {rec.variables['out']})")
+    t0 = time.perf_counter()
+    starts: dict[str, float] = {}
+
+    def on_step(step, status):
+        if status == "start":
+            starts[step.name] = time.perf_counter()
+            con.print(f"[bold cyan]▶ {step.name}[/]  robcli {' '.join(step.argv)}")
+        elif status == "skipped":
+            con.print(f"[dim]✓ {step.name}: up to date, skipped[/]")
+        elif status == "ran":
+            con.print(f"[green]✓ {step.name}[/] ({time.perf_counter() - starts[step.name]:.1f} s)")
+        elif status == "failed":
+            con.print(f"[bold red]✗ {step.name} failed[/]")
+
+    results = run_recipe(rec, invoke, force=force, only=only, on_step=on_step)
+    if results and results[-1][1] == "failed":
+        raise UsageError(f"recipe stopped: step {results[-1][0].name!r} failed (fix it and run again; finished steps are kept)")
+    for summ in rec.summaries:
+        if summ.get("kind", "attack") != "attack":
+            continue
+        df = summarize_attack_tables(summ.get("rows", []))
+        tab = Table(title=summ.get("title", "summary"))
+        for col in ("model", "eps", "seeds", "natural acc", "robust acc", "robust inacc"):
+            tab.add_column(col, justify="right" if col != "model" else "left")
+
+        def fmt(r, m):
+            s = f"{100 * r[m]:.1f}"
+            return s + (f" ± {100 * r[m + '_std']:.1f}" if r["n_tables"] > 1 else "")
+
+        for _, r in df.iterrows():
+            tab.add_row(str(r["label"]), f"{r['eps']:.4g}", str(r["n_tables"]), fmt(r, "nat_acc"),
+                        fmt(r, "robust_acc"), fmt(r, "robust_inacc"))
+        con.print(tab)
+        note = summ.get("note")
+        if note:
+            con.print(f"[dim]{note}[/]")
+    con.print(f"[bold]done[/] in {time.perf_counter() - t0:.1f} s (accuracies in %, mean ± std over seeds)")

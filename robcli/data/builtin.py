@@ -9,12 +9,14 @@ from robcli.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------------
 # gaussians: the ERA paper's synthetic 3-class 2-D data (Fig. 1, App. A.2): N = 1000 training points.
-# Two large classes and one small class placed where a smoothing (robust) decision boundary swallows it.
+# Two large classes and one small class beside one of them, where a smoothing (robust) decision boundary tends
+# to swallow it (calibrated: standard training ~99% accurate; TRADES at Linf eps=0.05 robustly misclassifies part
+# of the small class).
 # Coordinates are clipped into [0, 1] because attacks clip to the [0, 1] box.
 # ---------------------------------------------------------------------------------------------------------
 GAUSSIANS = {
-    "means": ((0.30, 0.50), (0.70, 0.50), (0.50, 0.72)),
-    "stds": (0.085, 0.085, 0.045),
+    "means": ((0.30, 0.50), (0.70, 0.50), (0.80, 0.74)),
+    "stds": (0.08, 0.08, 0.035),
     "weights": (0.46, 0.46, 0.08),
     "n_train": 1000,
     "n_test": 1000,

@@ -1,0 +1,259 @@
+"""Recipes: whole pipelines as TOML files, run step by step.
+
+A recipe::
+
+    [recipe]
+    name = "quickstart"
+    out = "runs/quickstart"          # available as {out} in every string below
+
+    [vars]                            # more {name} substitutions (plain text replacement, never evaluated)
+    eps = "0.05"
+
+    [[step]]
+    name = "std-{seed}"              # names must be unique after matrix expansion
+    command = "finetune"
+    matrix = { seed = [0, 1, 2] }    # optional: one step per combination, {seed} substituted
+    args = { loss = "std", dataset = "gaussians", seed = "{seed}", out = "{out}/std-s{seed}" }
+    positional = []                   # optional positional arguments (e.g. tables for `report`)
+    outputs = ["{out}/std-s{seed}"]  # optional: defaults to args.out
+
+    [[summary]]                       # printed after the last step (attack tables -> accuracy table)
+    title = "Gaussians"
+    rows = [ { label = "std", tables = "{out}/attack-std-s*.parquet" } ]
+
+Args become flags: ``key = value`` -> ``--key value`` (``_`` -> ``-``); ``true`` -> ``--key``; ``false`` ->
+omitted; a list -> the flag repeated. A step is skipped when all its outputs exist and carry a stamp saying they
+were made by the same command line with the same robcli version, and no step it depends on (one whose output
+path appears in its arguments) was re-run. ``--force`` redoes everything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from robcli.errors import UsageError
+
+KNOWN_COMMANDS = ("finetune", "attack", "certify", "partition", "compose", "report")
+STAMP_NAME = ".robcli-step.json"
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class Step:
+    name: str
+    command: str
+    argv: list[str]
+    outputs: list[Path]
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    steps: list[Step]
+    summaries: list[dict]
+    variables: dict[str, str]
+
+
+def _subst(value: Any, variables: dict[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        def rep(m):
+            k = m.group(1)
+            if k not in variables:
+                raise UsageError(f"recipe {where}: unknown variable {{{k}}}")
+            return variables[k]
+
+        return _VAR.sub(rep, value)
+    if isinstance(value, list):
+        return [_subst(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _subst(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def _to_argv(command: str, args: dict, positional: list) -> list[str]:
+    argv = [command] + [str(p) for p in positional]
+    for key, val in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(val, bool):
+            if val:
+                argv.append(flag)
+        elif isinstance(val, list):
+            for v in val:
+                argv += [flag, str(v)]
+        elif isinstance(val, dict):
+            raise UsageError(f"recipe arg {key!r}: nested tables are not flags")
+        else:
+            argv += [flag, str(val)]
+    return argv
+
+
+def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> Recipe:
+    """Parse and expand a recipe file.
+
+    Raises:
+        UsageError: a missing or malformed file, an unknown command or variable, duplicate step names.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"recipe {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"recipe {path} is not valid TOML: {e}") from None
+    head = data.get("recipe", {})
+    variables = {k: str(v) for k, v in (data.get("vars") or {}).items()}
+    variables["out"] = str(head.get("out", "runs/" + path.stem))
+    variables.update(overrides or {})
+    variables = {k: _subst(v, {**variables, k: ""}, "vars") if k != "out" else v for k, v in variables.items()}
+    raw_steps = data.get("step") or []
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise UsageError(f"recipe {path} has no [[step]] entries")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_steps):
+        command = raw.get("command")
+        if command not in KNOWN_COMMANDS:
+            raise UsageError(f"recipe step {i + 1}: unknown command {command!r}; choose one of {', '.join(KNOWN_COMMANDS)}")
+        matrix = raw.get("matrix") or {}
+        keys = list(matrix)
+        combos = list(itertools.product(*[matrix[k] if isinstance(matrix[k], list) else [matrix[k]] for k in keys])) or [()]
+        for combo in combos:
+            local = dict(variables)
+            local.update({k: str(v) for k, v in zip(keys, combo)})
+            name = _subst(raw.get("name", f"{command}-{i + 1}" + "".join(f"-{v}" for v in combo)), local, f"step {i + 1}")
+            if name in seen:
+                raise UsageError(f"recipe {path}: duplicate step name {name!r}")
+            seen.add(name)
+            args = _subst(dict(raw.get("args") or {}), local, f"step {name!r}")
+            positional = _subst(list(raw.get("positional") or []), local, f"step {name!r}")
+            outs = raw.get("outputs")
+            outs = _subst(outs, local, f"step {name!r}") if outs else ([args["out"]] if "out" in args else [])
+            steps.append(Step(name, command, _to_argv(command, args, positional), [Path(o) for o in outs]))
+    for j, st in enumerate(steps):
+        text = " ".join(st.argv)
+        for prev in steps[:j]:
+            if any(str(o) and str(o) in text for o in prev.outputs):
+                st.depends_on.append(prev.name)
+    summaries = _subst(list(data.get("summary") or []), variables, "summary")
+    return Recipe(str(head.get("name", path.stem)), path, steps, summaries, variables)
+
+
+def _stamp_path(out: Path) -> Path:
+    return out / STAMP_NAME if out.is_dir() else out.with_name(f".{out.name}{STAMP_NAME}")
+
+
+def _stamp_value(step: Step) -> dict:
+    from robcli import __version__
+
+    return {"argv": step.argv, "robcli": __version__}
+
+
+def is_up_to_date(step: Step) -> bool:
+    if not step.outputs:
+        return False
+    for out in step.outputs:
+        if not out.exists():
+            return False
+        try:
+            stamp = json.loads(_stamp_path(out).read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if stamp != _stamp_value(step):
+            return False
+    return True
+
+
+def write_stamps(step: Step) -> None:
+    for out in step.outputs:
+        if out.exists():
+            _stamp_path(out).write_text(json.dumps(_stamp_value(step)))
+
+
+def run_recipe(
+    recipe: Recipe,
+    execute: Callable[[list[str]], int],
+    *,
+    force: bool = False,
+    only: list[str] | None = None,
+    on_step: Callable[[Step, str], None] | None = None,
+) -> list[tuple[Step, str]]:
+    """Run the steps in order. ``execute(argv) -> exit code``. Returns (step, status) with status in
+    ``ran``, ``skipped``, ``failed``; stops at the first failure.
+    """
+    rerun: set[str] = set()
+    results = []
+    for step in recipe.steps:
+        if only and step.name not in only:
+            continue
+        stale_dep = any(d in rerun for d in step.depends_on)
+        if not force and not stale_dep and is_up_to_date(step):
+            results.append((step, "skipped"))
+            if on_step:
+                on_step(step, "skipped")
+            continue
+        if on_step:
+            on_step(step, "start")
+        argv = list(step.argv)
+        redo = any(out.exists() for out in step.outputs)
+        if redo and step.command != "report" and "--force" not in argv and "--resume" not in argv:
+            argv.append("--force")  # a redo replaces what is there (the stamp keeps the plain argv)
+        code = execute(argv)
+        if code != 0:
+            results.append((step, "failed"))
+            if on_step:
+                on_step(step, "failed")
+            return results
+        write_stamps(step)
+        rerun.add(step.name)
+        results.append((step, "ran"))
+        if on_step:
+            on_step(step, "ran")
+    return results
+
+
+def summarize_attack_tables(rows: list[dict]) -> Any:
+    """Accuracy summary of attack tables: one line per (label, eps), mean and std over matching files.
+
+    Each row is ``{"label": str, "tables": glob pattern}``; every file matching the pattern is one seed. An example
+    counts as robust at eps only if it is robust against every attack in the table at that eps (eq. 2, 3).
+    Returns a DataFrame with columns label, eps, n_tables, nat_acc, nat_acc_std, robust_acc, robust_acc_std,
+    robust_inacc, robust_inacc_std.
+    """
+    import glob
+
+    import pandas as pd
+
+    from robcli.tables import read_table
+
+    out = []
+    for row in rows:
+        files = sorted(glob.glob(row["tables"]))
+        if not files:
+            raise UsageError(f"summary row {row.get('label')!r}: no table matches {row['tables']}")
+        per = []
+        for f in files:
+            df = read_table(f, "attack").df
+            g = df.groupby(["eps", "idx"]).agg(correct=("correct", "first"), robust=("robust", "all")).reset_index()
+            for eps, sub in g.groupby("eps"):
+                per.append({
+                    "eps": float(eps),
+                    "nat_acc": sub["correct"].mean(),
+                    "robust_acc": (sub["correct"] & sub["robust"]).mean(),
+                    "robust_inacc": (~sub["correct"] & sub["robust"]).mean(),
+                })
+        p = pd.DataFrame(per)
+        for eps, sub in p.groupby("eps"):
+            rec = {"label": row["label"], "eps": eps, "n_tables": len(sub)}
+            for m in ("nat_acc", "robust_acc", "robust_inacc"):
+                rec[m] = sub[m].mean()
+                rec[m + "_std"] = sub[m].std(ddof=1) if len(sub) > 1 else 0.0
+            out.append(rec)
+    return pd.DataFrame(out)
