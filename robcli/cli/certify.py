@@ -1,14 +1,111 @@
-"""`robcli certify` (not yet available)."""
+"""`robcli certify`: randomized-smoothing CERTIFY / PREDICT (Cohen et al., 2019) per example and sigma."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from robcli.cli.common import fail
+from robcli.cli.common import (
+    ArchOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    ForceOpt,
+    ModelOpt,
+    NExOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    SkipOpt,
+    SplitOpt,
+    handle_errors,
+)
 
 
-def certify(args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
-    """Not yet available."""
-    fail("'robcli certify' is not yet available in this version")
+@handle_errors
+def certify(
+    model: ModelOpt,
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output certify table (.parquet); one row per example x sigma.")],
+    sigma: Annotated[Optional[list[str]], typer.Option("--sigma", help="Gaussian noise std in [0,1] pixel units; repeatable. Default 0.12.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="certify (CERTIFY: radius + abstain) or predict (PREDICT: smoothed prediction).")] = "certify",
+    n0: Annotated[int, typer.Option("--N0", "--n0", help="Selection samples for the top class (CERTIFY).")] = 100,
+    n: Annotated[int, typer.Option("--N", "--n", help="Estimation samples (CERTIFY) / votes (PREDICT).")] = 100_000,
+    alpha: Annotated[float, typer.Option("--alpha", help="Failure probability of each certificate, in (0, 1).")] = 0.001,
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Noisy inputs per forward pass (does not change results).")] = 1000,
+    split: SplitOpt = "test",
+    n_ex: NExOpt = None,
+    skip: SkipOpt = 0,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/K: this process takes every K-th example starting at I.")] = None,
+    arch: ArchOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off for long runs).")] = False,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Certify each example with Cohen et al.'s CERTIFY (N0, N, alpha) at every --sigma.
+
+    Noise is added in [0,1] pixel space before the model's own normalization and is not clipped.
+    """
+    from pathlib import Path
+
+    from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text
+    from robcli.cli.common import ProgressCallback, argv, check_out, console, progress
+    from robcli.errors import UsageError
+    from robcli.utils.parse import parse_float_expr, parse_shard
+
+    sigmas = tuple(parse_float_expr(s, "--sigma") for s in (sigma or ["0.12"]))
+    shard_t = parse_shard(shard)
+    cfg = CertifyConfig(
+        sigmas=sigmas, N0=n0, N=n, alpha=alpha, batch=batch, mode=mode.strip().lower(), seed=seed,
+        compile=compile_,
+        extra={"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
+               "shard": shard},
+    )
+    out_p = Path(out)
+    if out_p.suffix != ".parquet":
+        raise UsageError(f"--out {out}: give a file name ending in .parquet")
+    check_out(out_p, force, resume)
+
+    from robcli.data.registry import load_split
+    from robcli.models.io import load_model
+    from robcli.tables.io import partial_path, provenance, read_table, write_table
+    from robcli.utils.device import resolve_device
+
+    part = partial_path(out_p)
+    if resume and out_p.exists() and not part.exists():
+        t = read_table(out_p, "certify")
+        if not same_config(t.config, cfg.as_dict()):
+            raise UsageError(f"{out_p} was made with a different configuration; use --force to start over")
+        if not quiet:
+            console().print(f"{out_p} is already complete\n" + summary_text(t.df), highlight=False, soft_wrap=True)
+        return
+
+    dev = resolve_device(device)
+    data = load_split(dataset, split, data_dir=data_dir).select(n_ex=n_ex, skip=skip)
+    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed)
+    prov = provenance(seed=seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=argv())
+    config = cfg.as_dict()
+
+    done = None
+    if resume and part.exists():
+        t = read_table(part, "certify")
+        if not same_config(t.config, config):
+            raise UsageError(f"{part} was made with a different configuration; drop --resume (or use --force) to start over")
+        done = t.df
+
+    def checkpoint(df) -> None:
+        write_table(df, part, "certify", config=config, prov=prov)
+
+    with progress(quiet) as prog:
+        df = run_certify(lm.model, data, cfg, device=dev, shard=shard_t, done=done, checkpoint=checkpoint,
+                         progress=ProgressCallback(prog))
+    write_table(df, out_p, "certify", config=config, prov=prov)
+    if part.exists():
+        part.unlink()
+    if not quiet:
+        console().print(summary_text(df) + f"\nwrote {out_p} ({len(df)} rows)", highlight=False, soft_wrap=True)
