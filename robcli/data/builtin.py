@@ -84,45 +84,60 @@ register_dataset("digits", "scikit-learn's bundled 8x8 digits (1797 images, 10 c
 # torchvision data sets read from --data-dir
 # ---------------------------------------------------------------------------------------------------------
 _TV = {
-    "cifar10": ("CIFAR10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "cifar-10-batches-py"),
-    "cifar100": ("CIFAR100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python"),
-    "mnist": ("MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,), "MNIST/raw"),
-    "svhn": ("SVHN", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "train_32x32.mat / test_32x32.mat"),
+    "cifar10": ("CIFAR10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": ("MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,)),
+    "svhn": ("SVHN", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+# where torchvision expects the files under --data-dir (per split), and how to say it in one line
+_TV_FILES = {
+    "cifar10": (lambda split: "cifar-10-batches-py", "DIR/cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"),
+    "cifar100": (lambda split: "cifar-100-python", "DIR/cifar-100-python/ (the extracted cifar-100-python.tar.gz)"),
+    "mnist": (lambda split: "MNIST/raw", "DIR/MNIST/raw/ (the four *-ubyte files)"),
+    "svhn": (lambda split: f"{split}_32x32.mat", "DIR/train_32x32.mat and DIR/test_32x32.mat"),
 }
 
 
 def _require_dir(name: str, data_dir, expected: str) -> Path:
     if data_dir is None:
-        raise DataError(f"data set {name!r} is read from disk: pass --data-dir DIR (torchvision layout: DIR/{expected})")
+        raise DataError(f"data set {name!r} is read from disk: pass --data-dir DIR holding {expected}")
     p = Path(data_dir).expanduser()
     if not p.is_dir():
-        raise DataError(f"--data-dir {p} does not exist; put the {name} files there as DIR/{expected} or add --download")
+        raise DataError(f"--data-dir {p} does not exist; put the {name} files there as {expected}")
     return p
 
 
 def _tv(name: str):
-    cls_name, k, shape, mean, std, expected = _TV[name]
+    cls_name, k, shape, mean, std = _TV[name]
+    rel, where = _TV_FILES[name]
 
     def info(**_):
         return DataInfo(name, k, shape, tuple(str(i) for i in range(k)), mean, std, is_image=True)
 
     def load(split, data_dir=None, download=False, **_):
+        if download:
+            if data_dir is None:
+                raise DataError(f"--download needs --data-dir DIR: the folder to download {name} into")
+            root = Path(data_dir).expanduser()
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = _require_dir(name, data_dir, where + " (or add --download)")
+            found = (root / rel(split)).exists() or (name == "mnist" and (root / "MNIST" / "processed").exists())
+            if not found:
+                raise DataError(f"{name} files not found in {root}: expected {where} (or add --download)")
         import numpy as np
         import torch
         import torchvision
 
-        root = _require_dir(name, data_dir, expected) if not download else Path(data_dir or "data")
-        root.mkdir(parents=True, exist_ok=True)
         cls = getattr(torchvision.datasets, cls_name)
         try:
             if name == "svhn":
                 ds = cls(str(root), split=split, download=download)
             else:
                 ds = cls(str(root), train=(split == "train"), download=download)
-        except RuntimeError as e:
-            raise DataError(
-                f"{name} files not found under {root} (expected {expected}); put them there or add --download ({e})"
-            ) from None
+        except (RuntimeError, OSError, ValueError) as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0][:100]
+            raise DataError(f"{name} files in {root} are incomplete or corrupt ({why}); expected {where}") from None
         if name in ("cifar10", "cifar100"):
             x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
             y = torch.as_tensor(ds.targets)
@@ -146,25 +161,43 @@ for _name in _TV:
 # ---------------------------------------------------------------------------------------------------------
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
 IMAGEFOLDER_TEST_FRACTION = 0.2
+IMAGEFOLDER_SEED = 0
+IMAGEFOLDER_DEFAULT_SIZE = 64
+_IF_LAYOUT = "DIR/<class>/<image> or DIR/train/<class>/<image> + DIR/test/<class>/<image>"
 
 
 def _classes_of(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _imagefolder():
-    def _layout(data_dir):
-        root = _require_dir("imagefolder", data_dir, "<class>/<image> or train|test/<class>/<image>")
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            return root, True
-        return root, False
+def _images_in(d: Path) -> list[Path]:
+    return sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
 
-    def info(data_dir=None, image_size=None, **_):
-        root, split_dirs = _layout(data_dir)
+
+def _imagefolder():
+    """Class-per-folder images (MTSD / SBB style).
+
+    Two layouts: ``DIR/train/<class>/...`` + ``DIR/test/<class>/...`` (the class list comes from train; a
+    test class missing from train is an error), or a flat ``DIR/<class>/...`` tree that is split per
+    class, with a fixed seed, into 80% train and 20% test (at least one image of each side for a class of
+    two or more images). Images are converted to RGB and resized to ``--image-size`` (default 64).
+    """
+
+    def _layout(data_dir):
+        root = _require_dir("imagefolder", data_dir, _IF_LAYOUT)
+        split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
         classes = _classes_of(root / "train" if split_dirs else root)
         if len(classes) < 2:
-            raise DataError(f"imagefolder {root} needs at least two class folders, found {len(classes)}")
-        s = int(image_size or 64)
+            raise DataError(f"imagefolder {root} needs at least two class folders ({_IF_LAYOUT}), found {len(classes)}")
+        if split_dirs:
+            extra = sorted(set(_classes_of(root / "test")) - set(classes))
+            if extra:
+                raise DataError(f"imagefolder {root}/test has class folder(s) missing from train: {', '.join(extra[:5])}")
+        return root, split_dirs, classes
+
+    def info(data_dir=None, image_size=None, **_):
+        root, _, classes = _layout(data_dir)
+        s = int(image_size or IMAGEFOLDER_DEFAULT_SIZE)
         return DataInfo("imagefolder", len(classes), (3, s, s), tuple(classes), None, None, is_image=True)
 
     def load(split, data_dir=None, image_size=None, **_):
@@ -172,35 +205,32 @@ def _imagefolder():
         import torch
         from PIL import Image, UnidentifiedImageError
 
-        root, split_dirs = _layout(data_dir)
-        classes = _classes_of(root / "train" if split_dirs else root)
+        root, split_dirs, classes = _layout(data_dir)
         base = root / split if split_dirs else root
+        rng = np.random.default_rng(IMAGEFOLDER_SEED)
         files, labels = [], []
         for ci, c in enumerate(classes):
             d = base / c
-            if not d.is_dir():
-                continue
-            for f in sorted(d.rglob("*")):
-                if f.suffix.lower() in IMAGE_EXTS:
-                    files.append(f)
-                    labels.append(ci)
-        if not split_dirs:
-            rng = np.random.default_rng(0)
-            is_test = rng.random(len(files)) < IMAGEFOLDER_TEST_FRACTION
-            keep = is_test if split == "test" else ~is_test
-            files = [f for f, k in zip(files, keep) if k]
-            labels = [lab for lab, k in zip(labels, keep) if k]
+            found = _images_in(d) if d.is_dir() else []
+            if not split_dirs and found:
+                n = len(found)
+                n_test = min(max(1, int(round(IMAGEFOLDER_TEST_FRACTION * n))), n - 1) if n >= 2 else 0
+                test_rows = set(rng.permutation(n)[:n_test].tolist())
+                found = [f for i, f in enumerate(found) if (i in test_rows) == (split == "test")]
+            files += found
+            labels += [ci] * len(found)
         if not files:
-            raise DataError(f"imagefolder {base} holds no images for split {split!r}")
-        s = int(image_size or 64)
+            raise DataError(f"imagefolder {base} holds no images ({', '.join(sorted(IMAGE_EXTS))}) for split {split!r}")
+        s = int(image_size or IMAGEFOLDER_DEFAULT_SIZE)
         arr = np.empty((len(files), 3, s, s), dtype=np.uint8)
         for i, f in enumerate(files):
             try:
                 with Image.open(f) as im:
                     arr[i] = np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR)).transpose(2, 0, 1)
-            except (UnidentifiedImageError, OSError):
-                raise DataError(f"cannot read image {f}") from None
-        return torch.from_numpy(arr), torch.as_tensor(labels), {"root": str(root), "image_size": s}
+            except (UnidentifiedImageError, OSError, ValueError):
+                raise DataError(f"cannot read image {f} (corrupt or not an image)") from None
+        src = {"root": str(root), "image_size": s, "layout": "train/test" if split_dirs else "flat 80/20 per class"}
+        return torch.from_numpy(arr), torch.as_tensor(labels, dtype=torch.long), src
 
     return info, load
 

@@ -54,25 +54,38 @@ class SplitData:
         return int(self.y.shape[0])
 
     def get(self, rows):
-        """Float32 inputs in [0,1] and labels for the given row positions (a LongTensor or slice)."""
+        """Float32 inputs in [0,1] and labels for the given row positions (a LongTensor or slice).
+
+        The returned tensors never share memory with the storage: callers may modify them in place.
+        """
         import torch
 
         xb = self.x[rows]
         if xb.dtype == torch.uint8:
             xb = xb.float().div_(255.0)
-        return xb, self.y[rows]
+        elif xb.data_ptr() == self.x.data_ptr() or isinstance(rows, slice):
+            xb = xb.clone()
+        yb = self.y[rows]
+        if isinstance(rows, slice):
+            yb = yb.clone()
+        return xb, yb
 
     def tensors(self):
         """All inputs as float32 in [0,1] and all labels."""
         return self.get(slice(None))
 
-    def select(self, *, n_ex: int | None = None, skip: int = 0, subset=None) -> "SplitData":
+    def select(self, *, n_ex: int | None = None, skip: int = 0, subset=None) -> SplitData:
         """Keep the examples whose original index is in ``subset`` (if given), then skip/take in order."""
         import torch
 
         rows = torch.arange(len(self))
         if subset is not None:
-            wanted = torch.as_tensor(sorted(set(int(i) for i in subset)), dtype=torch.long)
+            try:
+                wanted = torch.as_tensor(sorted(set(int(i) for i in subset)), dtype=torch.long)
+            except (TypeError, ValueError):
+                raise DataError("subset must list integer example indices") from None
+            if wanted.numel() == 0:
+                raise DataError(f"the selection from {self.info.name}/{self.split} is empty (the subset lists no indices)")
             unknown = wanted[~torch.isin(wanted, self.idx)]
             if unknown.numel():
                 raise DataError(
@@ -80,19 +93,28 @@ class SplitData:
                     f"(e.g. {int(unknown[0])})"
                 )
             rows = rows[torch.isin(self.idx, wanted)]
-        if skip < 0:
+        if skip is None:
+            skip = 0
+        if int(skip) < 0:
             raise DataError("--skip must be >= 0")
-        rows = rows[skip:]
+        rows = rows[int(skip):]
         if n_ex is not None:
-            if n_ex <= 0:
+            if int(n_ex) <= 0:
                 raise DataError("--n-ex must be positive")
-            rows = rows[:n_ex]
+            rows = rows[: int(n_ex)]
         if rows.numel() == 0:
-            raise DataError(f"the selection from {self.info.name}/{self.split} is empty (check --skip/--n-ex/--subset)")
+            raise DataError(
+                f"the selection from {self.info.name}/{self.split} is empty: --skip {skip} leaves none of its "
+                f"{len(self)} examples{' in the subset' if subset is not None else ''}"
+            )
         return SplitData(self.info, self.split, self.x[rows], self.y[rows], self.idx[rows], dict(self.source))
 
     def fingerprint(self) -> dict:
-        """A description of exactly which data this is (for table metadata)."""
+        """A description of exactly which data this is (for table metadata).
+
+        ``sha256`` covers the inputs, labels and original indices, so two selections of the same split
+        differ, and the same selection is stable across runs and processes.
+        """
         from robcli.utils.hashing import tensor_fingerprint
 
         return {
@@ -160,19 +182,56 @@ def load_split(
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if image_size is not None and int(image_size) < 1:
+        raise DataError(f"--image-size {image_size} must be a positive number of pixels")
     entry = DATASETS[name]
     opts = {"data_dir": data_dir, "download": download, "image_size": image_size}
     info = entry.info(**opts)
     base = "test" if split == "test" else "train"
     x, y, source = entry.load(base, **opts)
+    x = torch.as_tensor(x)
+    if x.dtype != torch.uint8:
+        x = x.to(torch.float32)
     y = torch.as_tensor(y, dtype=torch.long)
+    if x.shape[0] != y.shape[0] or tuple(x.shape[1:]) != tuple(info.input_shape):
+        raise DataError(f"{name}/{base} loaded inputs of shape {tuple(x.shape)} for {y.shape[0]} labels; "
+                        f"expected (N, {', '.join(map(str, info.input_shape))})")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
+        raise DataError(f"{name}/{base} has labels outside 0..{info.num_classes - 1}")
     idx = torch.arange(y.shape[0])
     if split in ("train", "val"):
-        g = torch.Generator().manual_seed(VAL_SEED)
-        perm = torch.randperm(y.shape[0], generator=g)
-        n_val = max(1, int(round(VAL_FRACTION * y.shape[0])))
-        rows = torch.sort(perm[:n_val] if split == "val" else perm[n_val:]).values
-        x, y, idx = x[rows], y[rows], idx[rows]
+        in_val = torch.zeros(y.shape[0], dtype=torch.bool)
+        in_val[val_rows(y)] = True
+        keep = idx[in_val] if split == "val" else idx[~in_val]
+        x, y, idx = x[keep], y[keep], idx[keep]
     source = dict(source)
-    source["split_rule"] = f"val={VAL_FRACTION} of train, seed {VAL_SEED}" if split in ("train", "val") else base
+    source["split_rule"] = (
+        f"val = stratified {VAL_FRACTION} of train, seed {VAL_SEED}" if split in ("train", "val") else base
+    )
     return SplitData(info, split, x, y, idx, source)
+
+
+def val_rows(y):
+    """The rows of the full training set that form the validation split (sorted LongTensor).
+
+    Stratified: each class gives ``round(VAL_FRACTION * n_c)`` of its ``n_c`` examples (at least one when
+    it has two or more), drawn with the fixed seed ``VAL_SEED``, so a small class is represented and the
+    split never changes with ``--seed``. Carved from TRAIN only; the test split is never touched.
+    """
+    import torch
+
+    y = torch.as_tensor(y, dtype=torch.long)
+    g = torch.Generator().manual_seed(VAL_SEED)
+    parts = []
+    for c in torch.unique(y).tolist():
+        rows_c = torch.nonzero(y == c).flatten()
+        n_c = rows_c.numel()
+        n_val = int(round(VAL_FRACTION * n_c))
+        if n_c >= 2:
+            n_val = min(max(1, n_val), n_c - 1)
+        else:
+            n_val = 0
+        perm = torch.randperm(n_c, generator=g)
+        parts.append(rows_c[perm[:n_val]])
+    val = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    return torch.sort(val).values
