@@ -1,0 +1,4 @@
+"""Training: the finetune loop, its configuration, augmentation and BatchNorm handling.
+
+Kept import-light: ``robcli.losses`` imports :mod:`robcli.train.bn` from here.
+"""
