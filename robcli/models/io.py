@@ -359,6 +359,12 @@ def _read_safetensors(path: Path) -> tuple[dict, dict | None]:
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
+def _starts_as_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # pickle PROTO opcode
+
+
 def _read_state_file(path: Path) -> dict:
     """Read weights from a safetensors file or a weights-only torch checkpoint (nothing is unpickled)."""
     kind = _sniff(path)
@@ -372,19 +378,20 @@ def _read_state_file(path: Path) -> dict:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, refused globals
         text = str(e)
-        if "Weights only load failed" in text or type(e).__name__ == "UnpicklingError":
-            m = _GLOBAL_RE.search(text)
-            what = f" ({m.group(1)})" if m else ""
+        m = _GLOBAL_RE.search(text) if "Unsupported global" in text else None
+        if m is not None:
             raise ModelError(
-                f"{path} holds pickled Python objects{what}, which robcli refuses to unpickle (it could run "
-                "code); save model.state_dict() with torch.save, or script/export the model"
+                f"{path} holds pickled Python objects ({m.group(1)}), which robcli refuses to unpickle (it could "
+                "run code); save model.state_dict() with torch.save, or script/export the model"
             ) from None
-        if "pickle protocol" in text or "pickle" in type(e).__module__:
+        if kind == "other" and _starts_as_pickle(path):
             raise ModelError(
-                f"{path} is a plain pickle file, which robcli refuses to unpickle (it could run code); "
-                "save model.state_dict() with torch.save or as safetensors"
+                f"{path} holds pickled Python objects (a plain pickle, not a weights-only torch checkpoint), "
+                "which robcli refuses to unpickle (it could run code); save model.state_dict() with torch.save"
             ) from None
-        first = text.splitlines()[0][:120] if text else type(e).__name__
+        first = text.strip().splitlines()[0][:120] if text.strip() else ""
+        if not isinstance(e, RuntimeError) or "Weights only" in first or not first:
+            first = f"unrecognized content ({type(e).__name__})"
         raise ModelError(f"{path} is not a readable torch checkpoint (corrupt or truncated?): {first}") from None
     return _unnest(obj, str(path))
 
@@ -560,6 +567,11 @@ def load_model(
             model = build(spec_s, k, shape, mean=mean, std=std)
         card = make_card(spec_s, k, shape, dataset=getattr(dataset_info, "name", None), mean=mean, std=std)
         lm = LoadedModel(model, card, [], "registered")
+    elif path.is_dir() and _is_composite_dir(path):
+        # ---- composite run dirs (robcli compose --export): members are loaded by robcli.compose.export ----
+        from robcli.compose.export import load_composite
+
+        lm = load_composite(path, read_card(path))
     elif path.is_dir():
         card = read_card(path)
         w = path / WEIGHTS
@@ -627,6 +639,14 @@ def _load_file(path: Path, *, arch, k, shape, flag_classes, flag_shape, dataset_
     card = make_card(arch, k, shape, dataset=getattr(dataset_info, "name", None), mean=m, std=s,
                      class_names=getattr(dataset_info, "class_names", None))
     return LoadedModel(model, card, [str(path)], "checkpoint")
+
+
+def _is_composite_dir(path: Path) -> bool:
+    """A run dir written by ``robcli compose --export`` (card ``arch: composite``, no weights of its own)."""
+    try:
+        return json.loads((path / CARD).read_text()).get("arch") == "composite"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _from_card(card: dict, weights: Path, kind: str) -> LoadedModel:
