@@ -1,0 +1,325 @@
+"""The finetune training loop: a pure function of a :class:`FinetuneConfig` and a progress callback.
+
+Per epoch: seeded shuffling (dedicated generator), optional augmentation, the registered loss
+(``get_loss(cfg.loss)``), SGD with momentum and weight decay, the step learning-rate schedule; then
+train natural accuracy (eval mode, un-augmented), and on the ``val`` split (carved from train): natural
+accuracy and robust accuracy / robust inaccuracy under PGD at the training eps, judged against the model's
+OWN clean prediction (margin objective ``-(z_F(x) - max_{c != F(x)} z_c)``, ``cfg.eval_steps`` = 20 steps,
+``cfg.eval_restarts`` = 1 uniform random start, step ``2.5 * eps / steps``; a point counts as non-robust
+if any restart changes the prediction). This is a quick model-selection signal, not an evaluation: use
+``robcli attack`` for that.
+
+Files in the run directory (all written atomically):
+``train_log.parquet`` (kind ``train_log``, rewritten each epoch), ``model.safetensors`` (best epoch by
+:func:`robcli.train.config.selection_criterion`, ties to the later epoch), ``last.safetensors``,
+``card.json``, ``resume_state.pt`` (model, optimizer, epoch, generator and RNG states, log rows, best;
+``torch.save``, read back only with ``weights_only=True``). The lr schedule is a pure function of the
+epoch (:meth:`FinetuneConfig.lr_at`), so it needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from robcli.errors import ModelError, RobcliError, UsageError
+from robcli.train.config import FinetuneConfig, selection_criterion
+
+ProgressFn = Callable[[int, int, str], None]
+RESUME = "resume_state.pt"
+LOG = "train_log.parquet"
+COLLAPSE_MARGIN = 0.05  # "near chance": natural accuracy <= 1/K + 5 points
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    log: object  # pandas.DataFrame
+    best_epoch: int
+    criterion: str
+    collapsed: bool
+    card: dict = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+def _noop(done: int, total: int, desc: str) -> None:
+    return None
+
+
+def _is_run_dir(p: Path) -> bool:
+    return p.is_dir() and (not any(p.iterdir()) or any((p / n).exists() for n in ("card.json", RESUME, LOG)))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_data(cfg: FinetuneConfig):
+    from robcli.data.registry import load_split
+
+    train = load_split(cfg.dataset, "train", data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+    if cfg.train_subset is not None:
+        train = train.select(subset=cfg.train_subset)
+    val = load_split(cfg.dataset, "val", data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+    if cfg.augment != "none" and not train.info.is_image:
+        raise UsageError(f"--augment {cfg.augment} needs images; {cfg.dataset} is vector data (use --augment none)")
+    return train, val
+
+
+def _load_start_model(cfg: FinetuneConfig, info):
+    from robcli.models.io import load_model
+    from robcli.models.registry import is_model
+
+    if cfg.init is not None:
+        lm = load_model(cfg.init, arch=cfg.arch, dataset_info=info, seed=cfg.seed)
+        if lm.kind not in ("run", "checkpoint"):
+            raise ModelError(
+                f"--init {cfg.init}: a {lm.kind} model cannot be fine-tuned here; give a robcli run directory or a "
+                "checkpoint of a registered architecture"
+            )
+        return lm
+    arch = cfg.model or ("small_cnn" if info.is_image else "mlp")
+    if not is_model(arch):
+        raise UsageError(
+            f"--model {arch!r} is not a registered architecture; to start from a run directory or checkpoint use --init"
+        )
+    return load_model(arch, dataset_info=info, seed=cfg.seed)
+
+
+@torch.no_grad()
+def _predict(model, data, device, batch: int, channels_last: bool) -> torch.Tensor:
+    preds = []
+    for s in range(0, len(data), batch):
+        xb, _ = data.get(slice(s, s + batch))
+        xb = _to_device(xb, device, channels_last)
+        preds.append(model(xb).argmax(1).cpu())
+    return torch.cat(preds)
+
+
+def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator, channels_last: bool = False) -> dict:
+    """Natural accuracy, robust accuracy and robust inaccuracy on ``data`` (model in eval mode)."""
+    from robcli.attacks.pgd import margin, pgd
+
+    model.eval()
+    n = len(data)
+    nat = rob_acc = rob_inacc = 0
+    for s in range(0, n, cfg.eval_batch):
+        xb, yb = data.get(slice(s, s + cfg.eval_batch))
+        xb, yb = _to_device(xb, device, channels_last), yb.to(device)
+        with torch.no_grad():
+            pred = model(xb).argmax(1)
+        nat += int((pred == yb).sum())
+        if cfg.eps > 0:
+            robust = torch.ones_like(pred, dtype=torch.bool)
+            for _ in range(cfg.eval_restarts):
+                xa = pgd(model, xb, lambda z, _xa: -margin(z, pred), eps=cfg.eps, norm=cfg.norm,
+                         steps=cfg.eval_steps, rand_init=True, generator=gen)
+                with torch.no_grad():
+                    robust &= model(xa).argmax(1) == pred
+            rob_acc += int((robust & (pred == yb)).sum())
+            rob_inacc += int((robust & (pred != yb)).sum())
+    out = {"val_nat_acc": nat / n, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan")}
+    if cfg.eps > 0:
+        out["val_robust_acc"] = rob_acc / n
+        out["val_robust_inaccuracy"] = rob_inacc / n
+    return out
+
+
+def _score(row: dict, criterion: str) -> float:
+    if criterion == "val_robust_acc":
+        v = row["val_robust_acc"]
+    elif criterion == "val_robust_acc - val_robust_inaccuracy":
+        v = row["val_robust_acc"] - row["val_robust_inaccuracy"]
+    else:
+        v = row["val_nat_acc"]
+    return float(v) if v == v else float(row["val_nat_acc"])
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    cb: ProgressFn | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    command: list[str] | None = None,
+) -> FinetuneResult:
+    """Train or fine-tune a model per ``cfg`` and write a run directory to ``cfg.out``.
+
+    Args:
+        cfg: the validated configuration.
+        cb: progress callback ``cb(done, total, desc)`` (descs ``"epochs"`` and ``"batches"``).
+        resume: continue ``cfg.out`` from its ``resume_state.pt`` (a fresh run if ``cfg.out`` does not exist).
+        force: replace an existing run directory.
+        command: the command line, recorded in the table metadata.
+
+    Raises:
+        UsageError, DataError, ModelError: bad configuration; nothing is written in that case.
+    """
+    import pandas as pd
+
+    from robcli.losses import get_loss
+    from robcli.models.io import LAST, make_card, save_run, save_weights
+    from robcli.tables import provenance, write_table
+    from robcli.utils.device import resolve_device
+    from robcli.utils.seeding import make_generator, seed_everything
+
+    cb = cb or _noop
+    out = Path(cfg.out)
+    state = None
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a directory")
+        if resume and (out / RESUME).exists():
+            try:
+                state = torch.load(out / RESUME, map_location="cpu", weights_only=True)
+            except Exception as e:  # corrupt or foreign file
+                raise UsageError(f"{out / RESUME} cannot be read ({type(e).__name__}); rerun with --force") from None
+            if json.loads(state["config"]) != json.loads(json.dumps(cfg.identity(), default=str)):
+                raise UsageError(f"--resume: {out} was made with a different configuration; use --force to start over")
+        elif resume and any(out.iterdir()):
+            raise UsageError(f"--resume: {out} holds no {RESUME} to continue from")
+        elif not resume and not force:
+            raise UsageError(f"{out} exists; pass --force to overwrite or --resume to continue")
+        if force and not resume and not _is_run_dir(out):
+            raise UsageError(f"--force: {out} is not a robcli run directory; refusing to delete it")
+
+    device = resolve_device(cfg.device)
+    loss_fn = get_loss(cfg.loss)
+    lcfg = cfg.loss_config()
+    train, val = _load_data(cfg)
+    info = train.info
+    lm = _load_start_model(cfg, info)
+    model = lm.model.to(device)
+    is_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    channels_last = cfg.channels_last if cfg.channels_last is not None else (device.type == "cpu" and is_conv)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    seed_everything(cfg.seed)
+    g_data = make_generator(cfg.seed)  # shuffling + augmentation (CPU)
+    g_loss = make_generator(cfg.seed + 1, device)  # the loss's inner attacks / noise
+    criterion = selection_criterion(cfg.loss)
+    rows: list[dict] = []
+    best = {"epoch": 0, "score": -math.inf}
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        g_data.set_state(state["gen_data"])
+        g_loss.set_state(state["gen_loss"])
+        torch.set_rng_state(state["rng_cpu"])
+        rows = json.loads(state["rows"])
+        best = json.loads(state["best"])
+        start = int(state["epoch"])
+
+    new_run = state is None
+    if new_run and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    card_base = dict(lm.card)
+    norm = card_base.get("normalization") or {}
+    prov = provenance(seed=cfg.seed, device=device, models=list(lm.files), data=train.fingerprint(), command=command)
+    chance = 1.0 / info.num_classes
+
+    def card(best_epoch: int, collapsed: bool) -> dict:
+        return make_card(
+            card_base["arch"], info.num_classes, info.input_shape, dataset=info.name, mean=norm.get("mean"),
+            std=norm.get("std"), class_names=info.class_names, arch_kwargs=card_base.get("arch_kwargs"),
+            training={
+                "command": "finetune", "config": cfg.to_dict(), "loss": cfg.loss, "init": cfg.init,
+                "init_card": lm.card.get("training") if cfg.init else None, "epochs_done": len(rows),
+                "best_epoch": best_epoch, "criterion": criterion, "collapsed": collapsed,
+                "chance": chance, "device": str(device),
+            },
+        )
+
+    n = len(train)
+    nb = max(1, n // cfg.batch + (1 if n % cfg.batch > 1 else 0))  # a trailing batch of 1 is dropped (BatchNorm)
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = cfg.lr_at(epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            model.train()
+            perm = torch.randperm(n, generator=g_data)
+            sums: dict[str, float] = {}
+            seen = 0
+            for bi in range(nb):
+                idx = perm[bi * cfg.batch:(bi + 1) * cfg.batch]
+                xb, yb = train.get(idx)
+                if cfg.augment != "none":
+                    from robcli.train.augment import augment_batch
+
+                    xb = augment_batch(xb, cfg.augment, g_data, info.name)
+                xb, yb = _to_device(xb, device, channels_last), yb.to(device)
+                loss, terms = loss_fn(model, xb, yb, lcfg, g_loss)
+                if not torch.isfinite(loss):
+                    raise RobcliError(f"the {cfg.loss} loss became {float(loss)} in epoch {epoch + 1}; lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                k = int(yb.shape[0])
+                seen += k
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * k
+                for name, v in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(v) * k
+                cb(bi + 1, nb, "batches")
+            train_pred = _predict(model.eval(), train, device, cfg.eval_batch, channels_last)
+            g_eval = make_generator((cfg.seed * 1_000_003 + epoch) % (2**62), device)
+            metrics = evaluate_val(model, val, cfg, device, g_eval, channels_last)
+            row = {"epoch": epoch + 1, "lr": lr, "loss": sums.pop("loss") / seen,
+                   "train_nat_acc": float((train_pred == train.y).float().mean()), **metrics,
+                   "seconds": time.perf_counter() - t0}
+            row.update({name: v / seen for name, v in sums.items() if name not in row})
+            row["collapsed"] = bool(row["val_nat_acc"] <= chance + COLLAPSE_MARGIN)
+            score = _score(row, criterion)
+            if score >= best["score"]:
+                best = {"epoch": epoch + 1, "score": score}
+                save_run(out, model, card(best["epoch"], row["collapsed"]))
+            rows.append(row)
+            save_weights(model, out / LAST)
+            write_table(pd.DataFrame(rows), out / LOG, "train_log", config=cfg.to_dict(), prov=prov)
+            _atomic_torch_save({
+                "config": json.dumps(cfg.identity(), default=str), "epoch": epoch + 1,
+                "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "gen_data": g_data.get_state(), "gen_loss": g_loss.get_state().cpu(),
+                "rng_cpu": torch.get_rng_state(), "rows": json.dumps(rows), "best": json.dumps(best),
+            }, out / RESUME)
+            cb(epoch + 1, cfg.epochs, "epochs")
+    except BaseException:
+        if new_run and not rows and out.exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing resumable: leave nothing behind
+        raise
+
+    df = pd.DataFrame(rows)
+    best_row = df[df["epoch"] == best["epoch"]].iloc[0]
+    collapsed = bool(df["val_nat_acc"].iloc[-1] <= chance + COLLAPSE_MARGIN or best_row["val_nat_acc"] <= chance + COLLAPSE_MARGIN)
+    final_card = card(int(best["epoch"]), collapsed)
+    from robcli.models.io import CARD, _atomic_write_bytes
+
+    _atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
+    return FinetuneResult(out, df, int(best["epoch"]), criterion, collapsed, final_card, resumed_from=start)
