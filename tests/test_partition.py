@@ -1,0 +1,115 @@
+"""robcli partition: four-way splits from attack/certify tables (paper A.9), index export, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robcli.tables.io import read_table, write_table
+
+DATA = {"dataset": "digits", "split": "test", "n": 8}
+
+
+def attack_rows(idx, label, pred, robust, eps, attack="apgd-ce", norm="Linf"):
+    n = len(idx)
+    pred = np.asarray(pred)
+    robust = np.asarray(robust, bool)
+    return pd.DataFrame({
+        "idx": idx, "label": label, "eps": [eps] * n, "norm": [norm] * n, "attack": [attack] * n,
+        "clean_pred": pred, "adv_pred": np.where(robust, pred, (pred + 1) % 10),
+        "correct": pred == np.asarray(label), "robust": robust,
+        "clean_margin": 1.0, "adv_margin": np.where(robust, 0.5, -0.5), "pert_norm": eps,
+    })
+
+
+def write_attack(path, frames, data=DATA, model="runs/m"):
+    write_table(pd.concat(frames, ignore_index=True), path, "attack",
+                prov={"data": data, "models": [{"path": model, "sha256": None}]})
+    return path
+
+
+IDX = list(range(8))
+LABEL = [0, 1, 2, 3, 4, 5, 6, 7]
+PRED = [0, 1, 2, 9, 9, 5, 9, 7]          # wrong at 3, 4, 6
+ROB_APGD = [1, 1, 0, 1, 0, 0, 1, 1]
+ROB_SQUARE = [1, 0, 0, 1, 0, 1, 1, 1]    # worst case: robust at 0, 3, 6, 7
+
+
+@pytest.fixture
+def table(tmp_path):
+    e = 2 / 255
+    return write_attack(tmp_path / "att.parquet", [
+        attack_rows(IDX, LABEL, PRED, ROB_APGD, e, "apgd-ce"),
+        attack_rows(IDX, LABEL, PRED, ROB_SQUARE, e, "square"),
+        attack_rows(IDX, LABEL, PRED, [0] * 8, 4 / 255, "apgd-ce"),
+    ])
+
+
+def test_worst_case_partition_known_answer(cli, table, tmp_path):
+    out = tmp_path / "part.parquet"
+    r = cli("partition", table, "--eps", "2/255", "--out", out)
+    assert r.exit_code == 0, r.output
+    t = read_table(out, "partition")
+    split = dict(zip(t.df["idx"], t.df["split"]))
+    assert split == {0: "robust_accurate", 1: "nonrobust_accurate", 2: "nonrobust_accurate",
+                     3: "robust_inaccurate", 4: "nonrobust_inaccurate", 5: "nonrobust_accurate",
+                     6: "robust_inaccurate", 7: "robust_accurate"}
+    assert "robust_inaccurate" in r.stdout and "25.00%" in r.stdout  # 2 of 8
+    assert t.meta["data"]["dataset"] == "digits"
+
+
+def test_single_attack_and_export(cli, table, tmp_path):
+    lst = tmp_path / "ri.txt"
+    r = cli("partition", table, "--eps", "0.00784313725490196", "--attack", "apgd-ce",
+            "--export-split", "robust_inaccurate", "--export", lst, "-q")
+    assert r.exit_code == 0, r.output
+    assert lst.read_text().split() == ["3", "6"]  # apgd-ce alone: robust at 0,1,3,6,7; wrong at 3,4,6
+
+
+def test_export_list_is_read_by_select(table, tmp_path, cli):
+    from robcli.data.registry import load_split
+
+    lst = tmp_path / "na.txt"
+    assert cli("partition", table, "--eps", "2/255", "--export-split", "nonrobust-accurate", "--export", lst).exit_code == 0
+    ids = [int(s) for s in lst.read_text().split()]
+    sd = load_split("digits", "test").select(subset=ids)
+    assert sorted(sd.idx.tolist()) == [1, 2, 5]
+
+
+def test_certify_partition(cli, tmp_path):
+    df = pd.DataFrame({
+        "idx": [0, 1, 2, 3], "label": [0, 1, 2, 3], "predict": [0, 1, -1, 2], "radius": [0.5, 0.1, 0.0, 0.3],
+        "time": 0.1, "sigma": 0.25, "N0": 100, "N": 1000, "alpha": 0.001, "nA": 900, "pA_lower": 0.9,
+    })
+    df["correct"] = df["predict"] == df["label"]
+    p = write_table(df, tmp_path / "cert.parquet", "certify", prov={"data": DATA})
+    out = tmp_path / "p.parquet"
+    r = cli("partition", p, "--radius", "0.25", "--out", out, "--format", "json")
+    assert r.exit_code == 0, r.output
+    s = dict(zip(read_table(out).df["idx"], read_table(out).df["split"]))
+    assert s == {0: "robust_accurate", 1: "nonrobust_accurate", 2: "nonrobust_inaccurate", 3: "robust_inaccurate"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--eps", "3/255"], "no rows at eps"),
+    ([], "several eps"),
+    (["--eps", "2/255", "--export-split", "robust_accurate"], "go together"),
+    (["--eps", "2/255", "--export-split", "bogus", "--export", "X"], "unknown split"),
+    (["--eps", "2/255", "--radius", "0.1"], "attack table"),
+    (["--eps", "2/255", "--attack", "fab-t"], "no 'fab-t' rows"),
+])
+def test_bad_input_one_line_nothing_written(cli, table, tmp_path, args, needle):
+    out = tmp_path / "o.parquet"
+    args = [a if a != "X" else str(tmp_path / "x.txt") for a in args]
+    r = cli("partition", table, *args, "--out", out)
+    assert r.exit_code == 2
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "x.txt").exists()
+
+
+def test_wrong_kind(cli, tmp_path):
+    df = pd.DataFrame({"idx": [0], "label": [1], "split": ["robust_accurate"]})
+    p = write_table(df, tmp_path / "p.parquet", "partition")
+    r = cli("partition", p)
+    assert r.exit_code == 2 and "expected attack or certify" in r.stderr
