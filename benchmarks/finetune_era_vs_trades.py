@@ -111,7 +111,7 @@ def main() -> None:
         return float(other_logprob(z, pred).mean()), float((z.argmax(1) != pred).float().mean())
 
     print("inner descent quality (higher max_{c!=F(x)} log p_c = lower eq.-8 CE; flip = prediction changed):")
-    print("  TRADES point alone          logp %.3f  flip %.3f" % quality(x_tr))
+    print("  TRADES point alone          logp {:.3f}  flip {:.3f}".format(*quality(x_tr)))
     for k in (3, 10):
         xa = descent_adversary(model, x, pred, replace(base, step_size=args.eps / 4), gen, x_start=x_tr, steps=k)
         print(f"  from TRADES point, {k:2d} steps  logp %.3f  flip %.3f" % quality(xa))

@@ -1,14 +1,118 @@
-"""`robcli finetune` (being written)."""
+"""`robcli finetune`: train or fine-tune a model (std, trades, era, dga, noise, cra). Parsing and display only."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from robcli.cli.common import fail
+from robcli.cli.common import (
+    ArchOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    ProgressCallback,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    argv,
+    console,
+    handle_errors,
+    progress,
+)
+
+HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA term."
 
 
-def finetune(args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
-    """Not yet available."""
-    fail("'robcli finetune' is not yet available in this version")
+@handle_errors
+def finetune(
+    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra (mixnet: not yet).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory to create.")],
+    dataset: DatasetOpt = "gaussians",
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    image_size: ImageSizeOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Architecture to train from scratch (default mlp for vectors, small_cnn for images).")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to fine-tune: run directory or checkpoint.")] = None,
+    arch: ArchOpt = None,
+    eps: Annotated[str, typer.Option("--eps", help="Training radius, e.g. 8/255 (required for trades/era/dga).")] = "0",
+    norm: Annotated[str, typer.Option("--norm", help="Linf or L2.")] = "Linf",
+    beta: Annotated[float, typer.Option("--beta", help=HELP_BETA)] = 1.0,
+    trades_beta: Annotated[float, typer.Option("--trades-beta", help="TRADES KL weight (batch-mean KL).")] = 6.0,
+    era_adv: Annotated[str, typer.Option("--era-adv", help="ERA/DGA adversarial point: descent (inner targeted descent) or single (reference: one CE-ascent point).")] = "descent",
+    era_steps: Annotated[Optional[int], typer.Option("--era-steps", help="Inner descent steps (default 2).")] = None,
+    detach_weight: Annotated[bool, typer.Option("--detach-weight/--no-detach-weight", help="Stop gradients through ERA's weight 1 - p_y(x).")] = True,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default 50 with --init, 20 from scratch (App. A.2).")] = None,
+    lr: Annotated[Optional[str], typer.Option("--lr", help="Default 1e-3 with --init, 0.1 from scratch (App. A.2).")] = None,
+    lr_milestones: Annotated[str, typer.Option("--lr-milestones", help="Fractions of epochs where lr x0.1, e.g. 0.75,0.9; 'none' = constant.")] = "0.75",
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Batch size.")] = 200,
+    augment: Annotated[str, typer.Option("--augment", help="none, standard (crop+flip) or autoaugment; images only.")] = "none",
+    attack_steps: Annotated[int, typer.Option("--attack-steps", help="Training-time PGD steps.")] = 10,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 2e-4,
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    sigma: Annotated[float, typer.Option("--sigma", help="Gaussian noise std (noise/cra).")] = 0.12,
+    num_noise: Annotated[int, typer.Option("--num-noise", help="Noise samples k (cra).")] = 16,
+    temperature: Annotated[float, typer.Option("--temperature", help="Inverse softmax temperature (cra).")] = 4.0,
+    train_subset: Annotated[Optional[str], typer.Option("--train-subset", help="File of train indices, one per line.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train with std/TRADES/ERA/DGA (and noise/CRA); writes a run dir with train_log.parquet."""
+    from robcli.errors import UsageError
+    from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
+
+    nrm = parse_norm(norm)
+    milestones: tuple[float, ...] = ()
+    if lr_milestones.strip().lower() not in ("", "none"):
+        milestones = tuple(parse_float_expr(m, "--lr-milestones entry") for m in lr_milestones.split(","))
+    subset = None
+    if train_subset is not None:
+        try:
+            lines = open(train_subset).read().split()
+        except OSError as e:
+            raise UsageError(f"--train-subset {train_subset}: {e.strerror or e}") from None
+        try:
+            subset = tuple(sorted(set(int(t) for t in lines)))
+        except ValueError:
+            raise UsageError(f"--train-subset {train_subset} must hold integer indices, one per line") from None
+        if not subset:
+            raise UsageError(f"--train-subset {train_subset} is empty")
+
+    from robcli.train.config import FinetuneConfig
+
+    cfg = FinetuneConfig(
+        loss=loss, dataset=dataset, out=out, data_dir=data_dir, image_size=image_size, download=download,
+        train_subset=subset, init=init, arch=arch, model=model, eps=parse_eps(eps, nrm), norm=nrm, beta=beta,
+        trades_beta=trades_beta, era_adv=era_adv, era_steps=era_steps, detach_weight=detach_weight,
+        attack_steps=attack_steps, epochs=epochs, lr=None if lr is None else parse_float_expr(lr, "--lr"),
+        lr_milestones=milestones, batch=batch, momentum=momentum, weight_decay=weight_decay, augment=augment,
+        sigma=sigma, num_noise=num_noise, temperature=temperature, seed=seed, device=device,
+    )
+    from robcli.train.loop import finetune as run_finetune
+
+    with progress(quiet) as prog:
+        result = run_finetune(cfg, ProgressCallback(prog), resume=resume, force=force, command=argv())
+    con = console(stderr=False)
+    if not quiet:
+        from rich.table import Table
+
+        t = Table(title=f"{cfg.loss} on {cfg.dataset}: {result.run_dir}")
+        cols = ["epoch", "lr", "loss", "train_nat_acc", "val_nat_acc", "val_robust_acc", "val_robust_inaccuracy", "seconds"]
+        for c in cols:
+            t.add_column(c.replace("val_", "val ").replace("_", " "), justify="right")
+        for _, r in result.log.iterrows():
+            mark = " *" if int(r["epoch"]) == result.best_epoch else ""
+            t.add_row(*(f"{int(r[c])}{mark}" if c == "epoch" else f"{r[c]:.4g}" for c in cols))
+        con.print(t)
+        con.print(f"best epoch {result.best_epoch} (*) by {result.criterion}; model.safetensors = best, last.safetensors = last")
+    if result.collapsed:
+        console(stderr=True).print(
+            f"[bold red]WARNING: natural accuracy collapsed to near chance (1/{result.card['num_classes']}); "
+            "this model is useless as a classifier (recorded as collapsed: true in card.json)[/bold red]"
+        )

@@ -134,7 +134,7 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
         if cfg.eps > 0:
             robust = torch.ones_like(pred, dtype=torch.bool)
             for _ in range(cfg.eval_restarts):
-                xa = pgd(model, xb, lambda z, _xa: -margin(z, pred), eps=cfg.eps, norm=cfg.norm,
+                xa = pgd(model, xb, lambda z, _xa, p=pred: -margin(z, p), eps=cfg.eps, norm=cfg.norm,
                          steps=cfg.eval_steps, rand_init=True, generator=gen)
                 with torch.no_grad():
                     robust &= model(xa).argmax(1) == pred
