@@ -13,14 +13,20 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from robcli.errors import TableError
-from robcli.tables.schema import FRACTIONS, NULLABLE, SCHEMA_VERSION, SCHEMAS
+from robcli.tables.schema import FRACTIONS, NULLABLE, PARTITION_SPLITS, SCHEMA_VERSION, SCHEMAS
 
 META_PREFIX = "robcli."
+# the columns that identify a row: two shards of one table never share a key
+_ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "attack": ("idx", "eps", "attack"),
+    "certify": ("idx", "sigma"),
+    "partition": ("idx",),
+}
 
 
 @dataclass
@@ -63,10 +69,15 @@ def provenance(
     model_entries = []
     for m in models or []:
         p = Path(m)
-        if p.is_dir():
-            files = sorted(p.glob("*.safetensors"))
+        entry: dict[str, Any] = {"path": str(m)}
+        if p.is_dir():  # a run directory: the weights it loads, and its card (normalization, classes)
+            w = p / "model.safetensors"
+            files = [w] if w.is_file() else sorted(p.glob("*.safetensors"))
+            if (p / "card.json").is_file():
+                entry["card_sha256"] = sha256_file(p / "card.json")
             p = files[0] if files else p
-        model_entries.append({"path": str(m), "sha256": sha256_file(p) if p.is_file() else None})
+        entry["sha256"] = sha256_file(p) if p.is_file() else None
+        model_entries.append(entry)
     return {
         "seed": seed,
         "device": str(device) if device is not None else None,
@@ -77,40 +88,73 @@ def provenance(
     }
 
 
-def _coerce(df, kind: str):
+def _coerce_column(s, typ: str, nullable: bool):
+    """Convert one column to its schema type, refusing lossy or ambiguous conversions."""
     import numpy as np
-    import pandas as pd
+    from pandas.api import types as pt
 
+    if typ == "string":
+        if s.isna().any():
+            raise ValueError("missing values")
+        if not all(isinstance(v, str) for v in s.tolist()):
+            raise ValueError("non-text values")
+        return s.astype(str)
+    if s.dtype == object or pt.is_string_dtype(s.dtype):
+        raise ValueError("text values")
+    if typ == "bool":
+        if s.isna().any():
+            raise ValueError("missing values")
+        if pt.is_bool_dtype(s.dtype):
+            return s.astype(bool)
+        if pt.is_numeric_dtype(s.dtype) and s.isin([0, 1]).all():
+            return s.astype(bool)
+        raise ValueError("values other than true/false")
+    if not pt.is_numeric_dtype(s.dtype) or pt.is_bool_dtype(s.dtype):
+        raise ValueError(f"dtype {s.dtype}")
+    if typ == "int64":
+        if s.isna().any():
+            raise ValueError("missing values")
+        v = s.to_numpy()
+        if pt.is_float_dtype(s.dtype) and not (np.isfinite(v).all() and (np.floor(v) == v).all()):
+            raise ValueError("non-integer values")
+        return s.astype("int64")
+    if typ == "float64":
+        out = s.astype("float64")
+        if not nullable and out.isna().any():
+            raise ValueError("NaN values")
+        return out
+    raise ValueError(f"unknown schema type {typ}")  # pragma: no cover
+
+
+def _coerce(df, kind: str, where: str = ""):
+    """Validate ``df`` against the schema of ``kind`` and return a copy with the schema's types.
+
+    Raises:
+        TableError: a missing column, a value of the wrong type, NaN in a non-nullable column, or a
+            fraction outside [0, 1].
+    """
+    import numpy as np
+
+    pre = f"{where}: " if where else ""
     schema = SCHEMAS[kind]
     missing = [c for c in schema if c not in df.columns]
     if missing:
-        raise TableError(f"{kind} table lacks required column(s): {', '.join(missing)}")
+        raise TableError(f"{pre}{kind} table lacks required column(s): {', '.join(missing)}")
     df = df.copy()
     for col, typ in schema.items():
-        s = df[col]
         try:
-            if typ == "int64":
-                if s.isna().any():
-                    raise ValueError("missing values")
-                df[col] = s.astype("int64")
-            elif typ == "float64":
-                df[col] = s.astype("float64")
-                if col not in NULLABLE.get(kind, ()) and df[col].isna().any():
-                    raise ValueError("NaN values")
-            elif typ == "bool":
-                if s.isna().any():
-                    raise ValueError("missing values")
-                df[col] = s.astype(bool)
-            elif typ == "string":
-                df[col] = s.astype(str)
-        except (ValueError, TypeError) as e:
-            raise TableError(f"{kind} table column {col!r} cannot be {typ}: {e}") from None
+            df[col] = _coerce_column(df[col], typ, col in NULLABLE.get(kind, ()))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise TableError(f"{pre}{kind} table column {col!r} cannot be {typ}: {e}") from None
     for col in FRACTIONS.get(kind, ()):
         v = df[col].to_numpy(dtype=float)
         v = v[~np.isnan(v)]
         if v.size and (v.min() < 0 or v.max() > 1):
-            raise TableError(f"{kind} table column {col!r} must hold fractions in [0,1]")
-    assert isinstance(df, pd.DataFrame)
+            raise TableError(f"{pre}{kind} table column {col!r} must hold fractions in [0,1] (got {v.min():g}..{v.max():g})")
+    if kind == "partition":
+        bad = sorted(set(df["split"]) - set(PARTITION_SPLITS))
+        if bad:
+            raise TableError(f"{pre}partition table has unknown split(s): {', '.join(bad[:3])}")
     return df
 
 
@@ -131,14 +175,17 @@ def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, 
         "version": __version__,
         "config": json.dumps(config or {}, sort_keys=True, default=str),
         "seed": json.dumps(prov.get("seed")),
-        "device": str(prov.get("device")),
+        "device": "" if prov.get("device") is None else str(prov.get("device")),
         "torch_version": str(prov.get("torch_version")),
         "models": json.dumps(prov.get("models") or [], default=str),
         "data": json.dumps(prov.get("data") or {}, sort_keys=True, default=str),
         "command": json.dumps(prov.get("command")),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise TableError(f"{kind} table cannot be stored as Parquet: {str(e).splitlines()[0][:120]}") from None
     existing = table.schema.metadata or {}
     merged = dict(existing)
     merged.update({(META_PREFIX + k).encode(): v.encode() for k, v in meta.items()})
@@ -193,9 +240,9 @@ def _read_one(path: Path) -> Table:
         raise TableError(
             f"{path} has schema version {meta.get('schema_version')!r}; this robcli reads {SCHEMA_VERSION!r}"
         )
-    df = t.to_pandas()
-    if kind in SCHEMAS:
-        df = _coerce(df, kind)
+    if kind not in SCHEMAS:
+        raise TableError(f"{path} is a {kind!r} table, a kind this robcli does not know")
+    df = _coerce(t.to_pandas(), kind, str(path))
     return Table(df=df, kind=kind, meta=meta, path=str(path))
 
 
@@ -224,9 +271,24 @@ def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> T
             return {k: v for k, v in (cfg or {}).items() if k not in ("shard", "out", "resume")}
 
         base = _base(parts[0].config)
+        models0 = [m.get("sha256") for m in parts[0].meta.get("models") or [] if isinstance(m, dict)]
         for p in parts[1:]:
             if _base(p.config) != base:
-                raise TableError(f"shards in {path} were made with different configurations ({p.path})")
+                raise TableError(f"shards in {path} were made with different configurations ({Path(p.path).name})")
+            if [m.get("sha256") for m in p.meta.get("models") or [] if isinstance(m, dict)] != models0:
+                raise TableError(f"shards in {path} were made with different model files ({Path(p.path).name})")
+        keys = [c for c in _ROW_KEYS.get(parts[0].kind, ()) if c in parts[0].df.columns]
+        if keys:
+            seen: dict[tuple, str] = {}
+            for p in parts:
+                for row in p.df[keys].drop_duplicates().itertuples(index=False, name=None):
+                    if row in seen:
+                        raise TableError(
+                            f"shards {Path(seen[row]).name} and {Path(p.path).name} in {path} both hold "
+                            f"{dict(zip(keys, row))}; remove the duplicate shard"
+                        )
+                for row in p.df[keys].drop_duplicates().itertuples(index=False, name=None):
+                    seen[row] = p.path
         df = pd.concat([p.df for p in parts], ignore_index=True)
         sort_cols = [c for c in ("idx", "sigma", "eps", "attack") if c in df.columns]
         if sort_cols:

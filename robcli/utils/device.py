@@ -6,15 +6,26 @@ from robcli.errors import UsageError
 
 
 def resolve_device(spec: str = "auto"):
+    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` are checked.
+
+    Raises:
+        UsageError: an unknown or unavailable device.
+    """
     import torch
 
     s = (spec or "auto").strip().lower()
     if s == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if s.startswith("cuda"):
+    if s == "cuda" or s.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-        return torch.device(s)
+        try:
+            dev = torch.device(s)
+        except RuntimeError:
+            raise UsageError(f"--device {spec!r} is malformed; use cuda or cuda:N") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return dev
     if s == "cpu":
         return torch.device("cpu")
     if s == "mps":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
@@ -25,12 +26,26 @@ def sha256_bytes(*parts: bytes) -> str:
 
 
 def tensor_fingerprint(*tensors) -> str:
-    """sha256 over the raw bytes of CPU-contiguous tensors/arrays (shape and dtype included)."""
+    """sha256 over the raw bytes of tensors/arrays, with each one's shape and dtype included.
+
+    Equal for equal contents whatever the device or memory layout; bfloat16 is hashed by its bits.
+    """
     import numpy as np
 
     h = hashlib.sha256()
     for t in tensors:
-        a = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.ascontiguousarray(t)
-        h.update(str((a.shape, str(a.dtype))).encode())
+        if hasattr(t, "detach"):
+            import torch
+
+            t = t.detach().cpu().contiguous()
+            bf16 = t.dtype == torch.bfloat16
+            if bf16:  # numpy has no bfloat16: hash the raw 16-bit patterns
+                t = t.view(torch.int16)
+            a = t.numpy()
+            dtype = "bfloat16" if bf16 else str(a.dtype)
+        else:
+            a = np.ascontiguousarray(t)
+            dtype = str(a.dtype)
+        h.update(str((tuple(a.shape), dtype)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
