@@ -1,14 +1,233 @@
-"""`robcli compose` (not yet available)."""
+"""`robcli compose`: robust model(s) + selector + core model, evaluated soundly from tables (paper eq. 15)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from robcli.cli.common import fail
+from robcli.cli.common import (
+    DataDirOpt,
+    DeviceOpt,
+    ForceOpt,
+    QuietOpt,
+    SeedOpt,
+    argv,
+    check_out,
+    handle_errors,
+)
+
+SWEEP = [round(0.05 * i, 2) for i in range(21)]
 
 
-def compose(args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
-    """Not yet available."""
-    fail("'robcli compose' is not yet available in this version")
+def _read_many(spec: str):
+    """``A.parquet[,B.parquet]``: tables of one model (e.g. eps and 2*eps runs) read as one."""
+    import pandas as pd
+
+    from robcli.errors import TableError
+    from robcli.tables.io import Table, read_table
+
+    parts = [read_table(p.strip(), ("attack", "certify")) for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise TableError(f"empty table list {spec!r}")
+    kinds = {p.kind for p in parts}
+    if len(kinds) != 1:
+        raise TableError(f"{spec} mixes attack and certify tables")
+    for p in parts[1:]:
+        for key in ("dataset", "split"):
+            a, b = (parts[0].meta.get("data") or {}).get(key), (p.meta.get("data") or {}).get(key)
+            if a is not None and b is not None and a != b:
+                raise TableError(f"{p.path} is on {key} {b!r} but {parts[0].path} is on {a!r}")
+    if len(parts) == 1:
+        return parts[0]
+    return Table(df=pd.concat([p.df for p in parts], ignore_index=True), kind=parts[0].kind, meta=parts[0].meta, path=spec)
+
+
+@handle_errors
+def compose(
+    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order).")],
+    core: Annotated[str, typer.Option("--core", "-c", help="Core model's attack (or certify) table at eps.")],
+    eps: Annotated[str, typer.Option("--eps", help="Threat radius of the composition, e.g. 1/255 (certified: the L2 radius).")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Compose table (Parquet).")] = None,
+    selector: Annotated[str, typer.Option("--selector", help="ri (robustness indicator, eq. 12/13) or sr (softmax response, eq. 16).")] = "ri",
+    threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="Softmax-response threshold in [0,1]; repeatable.")] = None,
+    do_sweep: Annotated[bool, typer.Option("--sweep", help="Softmax response: thresholds 0, 0.05, ..., 1.")] = False,
+    norm: Annotated[Optional[str], typer.Option("--norm", help="Linf or L2 (default: the tables' norm; certify tables: L2).")] = None,
+    sigma: Annotated[Optional[float], typer.Option("--sigma", help="Certify tables holding several sigmas: which one.")] = None,
+    check: Annotated[str, typer.Option("--selection-check", help="2eps (sound, eq. 14) or eps (the paper's certified criterion; not sound for the selector).")] = "2eps",
+    robust_model: Annotated[Optional[list[str]], typer.Option("--robust-model", help="Robust model run dir(s), same order as --robust: softmax confidences and --export.")] = None,
+    core_model: Annotated[Optional[str], typer.Option("--core-model", help="Core model run dir (for --export).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set, when the tables do not record it.")] = None,
+    data_dir: DataDirOpt = None,
+    export: Annotated[Optional[str], typer.Option("--export", help="Write the composite as a model run dir that robcli attack can load.")] = None,
+    export_threshold: Annotated[Optional[list[str]], typer.Option("--export-threshold", help="Softmax threshold(s) of the exported selector (default: the --threshold, or calibrated to the robustness indicator).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="PGD steps for confidences computed from --robust-model.")] = 50,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x) (and cascades) from per-example tables."""
+    import numpy as np
+    import pandas as pd
+
+    from robcli.analysis.metrics import check_same_examples, view_from_table
+    from robcli.compose.evaluate import evaluate_composition
+    from robcli.compose.selectors import parse_selector, ri_member, sr_member
+    from robcli.errors import TableError, UsageError
+    from robcli.report.render import markdown_table
+    from robcli.tables.io import provenance, write_table
+    from robcli.utils.parse import parse_eps, parse_fraction_in, parse_norm
+
+    sel = parse_selector(selector)
+    if check not in ("2eps", "eps"):
+        raise UsageError(f"--selection-check {check!r}: choose 2eps or eps")
+    nrm = parse_norm(norm) if norm is not None else None
+    e = parse_eps(eps, nrm or "Linf")
+    taus = [parse_fraction_in(t, "threshold", 0.0, 1.0) for t in (threshold or [])]
+    if do_sweep:
+        taus = sorted(set(taus) | set(SWEEP))
+    if sel == "ri" and taus:
+        raise UsageError("--threshold/--sweep belong to the softmax-response selector (--selector sr)")
+    if sel == "sr" and not taus:
+        raise UsageError("the softmax-response selector needs --threshold T or --sweep")
+    if robust_model and len(robust_model) != len(robust):
+        raise UsageError(f"{len(robust_model)} --robust-model for {len(robust)} --robust tables: give one per robust model, in order")
+    exp_taus = [parse_fraction_in(t, "export threshold", 0.0, 1.0) for t in (export_threshold or [])]
+    if export is not None:
+        if not robust_model or core_model is None:
+            raise UsageError("--export needs --robust-model (one per --robust) and --core-model run dirs")
+        if exp_taus and len(exp_taus) != len(robust):
+            raise UsageError("give one --export-threshold per robust model")
+        if sel == "sr" and not exp_taus and len(taus) != 1:
+            raise UsageError("--export with a threshold sweep: choose the exported threshold with --export-threshold")
+    for p in (out,):
+        if p is not None:
+            check_out(p, force)
+    if export is not None:
+        check_out(export, force)
+
+    core_t = _read_many(core)
+    core_v = view_from_table(core_t, e, norm=nrm, sigma=sigma)
+    rob_ts = [_read_many(r) for r in robust]
+    e_check = 2 * e if check == "2eps" else e
+    views_eps, views_chk = [], []
+    for spec, t in zip(robust, rob_ts):
+        v = view_from_table(t, e, norm=nrm, sigma=sigma)
+        views_eps.append(v)
+        if sel == "ri":
+            try:
+                vc = view_from_table(t, e_check, norm=nrm, sigma=sigma) if check == "2eps" else v
+            except TableError:
+                raise TableError(
+                    f"{spec} has no rows at 2*eps={e_check:g}: the robustness-indicator selector needs robust selection "
+                    f"(eq. 14); run `robcli attack --model ROBUST_MODEL --eps {e_check:g} ...` and pass both tables as "
+                    f"--robust EPS_TABLE,2EPS_TABLE"
+                ) from None
+            views_chk.append(vc)
+    check_same_examples([core_v, *views_eps, *views_chk])
+    if core_v.norm != views_eps[0].norm:
+        raise TableError("robust and core tables use different norms")
+
+    n_models = len(rob_ts)
+    rows: list[dict] = []
+    names = [v.model for v in views_eps]
+    confs: list[tuple[np.ndarray, np.ndarray]] = []
+    if sel == "sr" or (export is not None and not exp_taus):
+        confs = _confidences(rob_ts, views_eps, robust, robust_model, e_check if sel == "sr" else e, steps, device, seed,
+                             data_dir, dataset, need_min=sel == "sr")
+    if sel == "ri":
+        members = [ri_member(v, vc, name) for v, vc, name in zip(views_eps, views_chk, names)]
+        m, _ = evaluate_composition(members, core_v)
+        m["threshold"] = float("nan")
+        m["selector"] = members[0].selector
+        rows.append(m)
+    else:
+        for tau in taus:
+            members = [sr_member(v, cc, mc, tau, name) for v, (cc, mc), name in zip(views_eps, confs, names)]
+            m, _ = evaluate_composition(members, core_v)
+            m["threshold"] = tau
+            m["selector"] = "softmax-response"
+            rows.append(m)
+    df = pd.DataFrame(rows)
+    df["eps"] = e
+    df["norm"] = core_v.norm
+    df["selection_check"] = check
+    df["robust_models"] = ";".join(names)
+    df["core_model"] = core_v.model
+    df["robust_tables"] = ";".join(robust)
+    df["core_table"] = core
+    df["n_robust_models"] = n_models
+    from robcli.analysis.pareto import pareto_mask
+
+    df["pareto_nat_robust"] = pareto_mask(df["nat_acc"], df["robust_acc"])
+    lead = ["selector", "threshold", "eps", "nat_acc", "robust_acc", "robust_selection", "selected_robust_acc",
+            "robust_inaccuracy", "delta_nat_acc", "delta_robust_acc"]
+    df = df[lead + [c for c in df.columns if c not in lead]]
+
+    export_info = None
+    if export is not None:
+        from robcli.compose.export import calibrate_threshold, write_composite
+
+        if exp_taus:
+            ets = exp_taus
+        elif sel == "sr":
+            ets = [taus[0]] * n_models
+        else:
+            ets = [calibrate_threshold(cc, v.df["robust"].to_numpy(bool)) for (cc, _), v in zip(confs, views_eps)]
+        export_info = {"thresholds": ets, "evaluated_selector": rows[0]["selector"], "eps": e}
+    config = {"robust": list(robust), "core": core, "eps": e, "norm": core_v.norm, "selector": sel, "thresholds": taus,
+              "selection_check": check, "sigma": sigma, "robust_model": robust_model, "core_model": core_model,
+              "export": export, "export_selector": export_info}
+    if out is not None:
+        prov = provenance(data=core_t.meta.get("data"), command=argv(), seed=seed)
+        prov["models"] = [*(t.meta.get("models") or [] for t in rob_ts), core_t.meta.get("models") or []]
+        write_table(df, out, "compose", config=config, prov=prov)
+    if export is not None:
+        write_composite(export, list(robust_model or []), export_info["thresholds"], str(core_model),
+                        info={"evaluated": config})
+        if not quiet:
+            typer.echo(f"wrote composite model {export} (softmax-response thresholds {export_info['thresholds']})", err=True)
+    if not quiet:
+        show = df[lead + ["core_nat_acc", "core_robust_acc"]]
+        typer.echo(markdown_table(show))
+
+
+def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, dataset, need_min):
+    """Per robust model: (clean max-softmax, lowest max-softmax on B_{e2}) from table columns or the model."""
+    import numpy as np
+
+    from robcli.analysis.metrics import same_eps
+    from robcli.errors import TableError
+
+    out = []
+    for i, (t, v, spec) in enumerate(zip(tables, views, specs)):
+        df = t.df
+        rows = df[(df["attack"] == "apgd-conf") & df["eps"].map(lambda x: same_eps(x, e2))] if t.kind == "attack" else df.iloc[:0]
+        have_cols = {"clean_conf", "adv_conf"} <= set(df.columns) and len(rows)
+        cc = mc = None
+        if have_cols:
+            r = rows.drop_duplicates("idx").set_index("idx").reindex(v.df.index)
+            if r["clean_conf"].isna().any():
+                raise TableError(f"{spec}: the apgd-conf rows at {e2:g} do not cover every example")
+            cc = r["clean_conf"].to_numpy(float)
+            mc = np.minimum(r["adv_conf"].to_numpy(float), cc)
+        if runs:
+            from robcli.compose.confidence import load_view_examples, softmax_confidences
+            from robcli.models.io import load_model
+            from robcli.utils.device import resolve_device
+
+            x, _, info = load_view_examples(v, data_dir, dataset)
+            lm = load_model(runs[i], dataset_info=info)
+            dev = resolve_device(device)
+            c2, m2 = softmax_confidences(lm.model, x, eps=e2, norm=v.norm, steps=steps if need_min else 0, seed=seed, device=dev)
+            cc = c2 if cc is None else cc
+            mc = m2 if mc is None else np.minimum(mc, m2)
+        if cc is None:
+            raise TableError(
+                f"{spec}: the softmax-response selector needs the robust model's confidences at 2*eps={e2:g}: run "
+                f"`robcli attack --model ROBUST_MODEL --attack apgd-conf --eps {e2:g}` (its table carries clean_conf/adv_conf) "
+                "or pass --robust-model RUN"
+            )
+        out.append((cc, mc))
+    return out

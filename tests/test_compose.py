@@ -1,0 +1,217 @@
+"""robcli compose: the soundness rule on hand-built tables (answers computed by hand), cascades,
+softmax response, export, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robcli.tables.io import read_table, write_table
+
+E = 2 / 255
+DATA = {"dataset": "gaussians", "split": "test"}
+
+
+def rows(label, pred, robust, eps, attack="apgd-ce", **extra):
+    n = len(label)
+    pred = np.asarray(pred)
+    robust = np.asarray(robust, bool)
+    df = pd.DataFrame({
+        "idx": np.arange(n), "label": label, "eps": eps, "norm": "Linf", "attack": attack,
+        "clean_pred": pred, "adv_pred": np.where(robust, pred, (pred + 1) % 3),
+        "correct": pred == np.asarray(label), "robust": robust, "clean_margin": 1.0,
+        "adv_margin": np.where(robust, 0.5, -0.5), "pert_norm": eps,
+    })
+    for k, v in extra.items():
+        df[k] = v
+    return df
+
+
+def write(path, frames, data=DATA, model="runs/x"):
+    write_table(pd.concat(frames, ignore_index=True), path, "attack",
+                prov={"data": data, "models": [{"path": model, "sha256": None}]})
+    return str(path)
+
+
+LABEL = [0, 0, 0, 0, 0, 0, 0, 0]
+#            0  1  2  3  4  5  6  7
+R_PRED = [0, 0, 0, 1, 1, 0, 2, 0]
+R_EPS = [1, 1, 1, 1, 0, 0, 0, 0]
+R_2EPS = [1, 0, 0, 1, 0, 0, 0, 0]
+C_PRED = [1, 0, 0, 0, 0, 0, 2, 1]
+C_EPS = [0, 1, 0, 1, 1, 1, 1, 0]
+
+
+@pytest.fixture
+def tables(tmp_path):
+    r = write(tmp_path / "r.parquet", [rows(LABEL, R_PRED, R_EPS, E), rows(LABEL, R_PRED, R_2EPS, 2 * E)], model="runs/robust")
+    c = write(tmp_path / "c.parquet", [rows(LABEL, C_PRED, C_EPS, E)], model="runs/core")
+    return r, c
+
+
+def test_soundness_rule_known_answer(cli, tables, tmp_path):
+    r, c = tables
+    out = tmp_path / "comp.parquet"
+    res = cli("compose", "--robust", r, "--core", c, "--eps", "2/255", "--out", out)
+    assert res.exit_code == 0, res.output
+    row = read_table(out, "compose").df.iloc[0]
+    # by hand (see the table above): H picks R where R is robust at eps (0-3), else C
+    assert row["nat_acc"] == pytest.approx(5 / 8)            # 0,1,2,4,5
+    assert row["robust_acc"] == pytest.approx(3 / 8)         # 0 (robustly selected, R right), 1 and 5 (R right, C robust+right)
+    assert row["robust_selection"] == pytest.approx(2 / 8)   # 0, 3 robust at 2*eps
+    assert row["selected_robust_acc"] == pytest.approx(1 / 2)
+    assert row["robust_inaccuracy"] == pytest.approx(2 / 8)  # 3 (R robustly wrong), 6 (R and C both constant on 2)
+    assert row["core_robust_acc"] == pytest.approx(4 / 8)
+    assert row["delta_robust_acc"] == pytest.approx(-1 / 8)
+    assert row["delta_nat_acc"] == pytest.approx(0.0)
+    assert row["selector"] == "ri-empirical" and math.isnan(row["threshold"])
+    assert row["robust_models"] == "runs/robust" and row["core_model"] == "runs/core"
+
+
+def test_example_4_is_not_counted_even_though_core_is_robust(cli, tables, tmp_path):
+    """R is wrong at x and non-robust: the selector may still select at some x' in the ball, where R(x') = R(x)."""
+    from robcli.analysis.metrics import attack_view
+    from robcli.compose.evaluate import evaluate_composition
+    from robcli.compose.selectors import ri_member
+
+    r, c = tables
+    rv, rv2, cv = attack_view(read_table(r), E), attack_view(read_table(r), 2 * E), attack_view(read_table(c), E)
+    _, per = evaluate_composition([ri_member(rv, rv2)], cv)
+    assert per["robust_accurate"].tolist() == [True, True, False, False, False, True, False, False]
+    assert per["routed"].tolist() == [0, 0, 0, 0, -1, -1, -1, -1]
+
+
+def test_paper_eps_check_is_less_conservative(cli, tables, tmp_path):
+    r, c = tables
+    out = tmp_path / "comp.parquet"
+    assert cli("compose", "--robust", r, "--core", c, "--eps", "2/255", "--selection-check", "eps", "--out", out).exit_code == 0
+    row = read_table(out).df.iloc[0]
+    assert row["robust_selection"] == pytest.approx(4 / 8)   # robust at eps: 0-3
+    assert row["robust_acc"] == pytest.approx(4 / 8)         # 0, 1, 2 selected and right; 5 via core
+
+
+def test_cascade_known_answer(tmp_path, cli):
+    lab = [0, 0, 0, 0]
+    # member 1 robustly selects 0 (right) and 1 (wrong); member 2 robustly selects 2, 3 (right)
+    r1 = write(tmp_path / "r1.parquet", [rows(lab, [0, 1, 0, 2], [1, 1, 0, 0], E), rows(lab, [0, 1, 0, 2], [1, 1, 0, 0], 2 * E)])
+    r2 = write(tmp_path / "r2.parquet", [rows(lab, [0, 0, 0, 0], [1, 1, 1, 1], E), rows(lab, [0, 0, 0, 0], [1, 1, 1, 1], 2 * E)])
+    c = write(tmp_path / "c.parquet", [rows(lab, [0, 0, 0, 0], [1, 1, 1, 1], E)])
+    out = tmp_path / "o.parquet"
+    res = cli("compose", "-r", r1, "-r", r2, "--core", c, "--eps", "2/255", "--out", out)
+    assert res.exit_code == 0, res.output
+    row = read_table(out).df.iloc[0]
+    # 0: r1 ok. 1: r1 robustly wrong. 2: r1 may select (R1 right) then r2 robustly selects, right.
+    # 3: r1 would answer 2 wherever it selects -> not robust-accurate.
+    assert row["robust_acc"] == pytest.approx(2 / 4)
+    assert row["nat_acc"] == pytest.approx(3 / 4)       # routed at x: 0 r1 (right), 1 r1 (wrong), 2 and 3 r2 (right)
+    assert row["robust_selection"] == pytest.approx(1.0)
+    assert row["n_robust_models"] == 2
+
+
+def test_softmax_response_from_table_confidences(tmp_path, cli):
+    lab = [0, 0, 0, 0]
+    pred = [0, 0, 1, 0]
+    frames = [rows(lab, pred, [1, 1, 1, 0], E),
+              rows(lab, pred, [1, 1, 1, 0], 2 * E, attack="apgd-conf",
+                   clean_conf=[0.9, 0.9, 0.95, 0.6], adv_conf=[0.85, 0.5, 0.9, 0.3])]
+    r = write(tmp_path / "r.parquet", frames)
+    c = write(tmp_path / "c.parquet", [rows(lab, [0, 0, 0, 0], [0, 1, 0, 0], E)])
+    out = tmp_path / "sr.parquet"
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.8", "--sweep", "--out", out)
+    assert res.exit_code == 0, res.output
+    df = read_table(out).df
+    assert len(df) == 21  # 0.8 is on the sweep grid
+    row = df[np.isclose(df["threshold"], 0.8)].iloc[0]
+    # tau=.8: selected at x: 0,1,2; robustly selected: 0 (.85), 2 (.9); ok: 0 (R robust+right)
+    # ex1: not robustly selected, R ok, C robust+right -> counts; ex2: robustly selected, R wrong; ex3: R not ok
+    assert row["robust_selection"] == pytest.approx(2 / 4)
+    assert row["robust_acc"] == pytest.approx(2 / 4)
+    assert row["selected_robust_acc"] == pytest.approx(1 / 2)
+    assert row["nat_acc"] == pytest.approx(3 / 4)
+    t0 = df[np.isclose(df["threshold"], 0.0)].iloc[0]
+    assert t0["robust_selection"] == pytest.approx(1.0)
+    t1 = df[np.isclose(df["threshold"], 1.0)].iloc[0]
+    assert t1["nat_acc"] == pytest.approx(t1["core_nat_acc"])
+
+
+@pytest.fixture
+def bad(tmp_path, tables):
+    r, c = tables
+    only_eps = write(tmp_path / "r_eps.parquet", [rows(LABEL, R_PRED, R_EPS, E)])
+    other_data = write(tmp_path / "c_dig.parquet", [rows(LABEL, C_PRED, C_EPS, E)], data={"dataset": "digits", "split": "test"})
+    fewer = write(tmp_path / "c_few.parquet", [rows(LABEL[:6], C_PRED[:6], C_EPS[:6], E)])
+    other_eps = write(tmp_path / "c_4.parquet", [rows(LABEL, C_PRED, C_EPS, 2 * E)])
+    part = write_table(pd.DataFrame({"idx": [0], "label": [0], "split": ["robust_accurate"]}), tmp_path / "p.parquet", "partition")
+    return {"r": r, "c": c, "only_eps": only_eps, "digits": other_data, "fewer": fewer, "c4": other_eps, "part": str(part)}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-r", "only_eps", "-c", "c"], "robcli attack --model ROBUST_MODEL --eps 0.0156863"),
+    (["-r", "r", "-c", "digits"], "is on dataset"),
+    (["-r", "r", "-c", "fewer"], "different examples"),
+    (["-r", "r", "-c", "c4"], "no rows at eps"),
+    (["-r", "r", "-c", "part"], "expected attack or certify"),
+    (["-r", "r", "-c", "c", "--selector", "sr", "--threshold", "1.5"], "outside [0.0, 1.0]"),
+    (["-r", "r", "-c", "c", "--selector", "sr", "--threshold", "-0.1"], "outside"),
+    (["-r", "r", "-c", "c", "--selector", "sr", "--threshold", "0.5"], "--attack apgd-conf"),
+    (["-r", "r", "-c", "c", "--threshold", "0.5"], "softmax-response"),
+    (["-r", "r", "-c", "c", "--selector", "bogus"], "unknown selector"),
+])
+def test_bad_input(cli, bad, tmp_path, args, needle):
+    out = tmp_path / "never.parquet"
+    args = [bad.get(a, a) for a in args]
+    res = cli("compose", *args, "--eps", "2/255", "--out", out)
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _run_dir(path, seed):
+    import torch
+
+    from robcli.models.io import build, make_card, save_run
+
+    torch.manual_seed(seed)
+    m = build("tiny_mlp", 3, (2,))
+    save_run(path, m, make_card("tiny_mlp", 3, (2,), dataset="gaussians"))
+    return str(path)
+
+
+def test_export_composite_loads_and_routes(tmp_path, cli):
+    import torch
+
+    from robcli.data.registry import load_split
+    from robcli.models.io import load_model
+
+    sd = load_split("gaussians", "test").select(n_ex=8)
+    lab = sd.y.tolist()
+    idx = sd.idx.tolist()
+    rr = rows(lab, lab, [1] * 8, E)
+    rr2 = rows(lab, lab, [1, 0] * 4, 2 * E)
+    cc = rows(lab, lab, [0] * 8, E)
+    for f in (rr, rr2, cc):
+        f["idx"] = idx
+    r = write(tmp_path / "r.parquet", [rr, rr2])
+    c = write(tmp_path / "c.parquet", [cc])
+    rrun, crun = _run_dir(tmp_path / "robust", 1), _run_dir(tmp_path / "core", 2)
+    exp = tmp_path / "composite"
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--robust-model", rrun, "--core-model", crun,
+              "--export", exp, "--export-threshold", "0.4", "-q")
+    assert res.exit_code == 0, res.output
+    lm = load_model(str(exp))
+    x, _ = sd.tensors()
+    robust, core = load_model(rrun).model, load_model(crun).model
+    with torch.no_grad():
+        out = lm.model(x)
+        pr = torch.softmax(robust(x), 1)
+        want = torch.where((pr.amax(1) >= 0.4).view(-1, 1), torch.log_softmax(robust(x), 1), torch.log_softmax(core(x), 1))
+    assert torch.allclose(out, want, atol=1e-6)
+    assert len(lm.files) == 2
+    # calibrated threshold (no --export-threshold) is written into the card
+    exp2 = tmp_path / "composite2"
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--robust-model", rrun, "--core-model", crun,
+               "--export", exp2, "-q").exit_code == 0
+    assert 0.0 <= float(load_model(str(exp2)).model.thresholds[0]) <= 1.0
