@@ -1,0 +1,58 @@
+"""`robcli finetune` in-process: success path and one-line errors with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_finetune_cli_runs(cli, tmp_path):
+    out = tmp_path / "run"
+    r = cli("finetune", "--loss", "era", "--dataset", "gaussians", "--model", "tiny_mlp", "--eps", "0.05",
+            "--epochs", "2", "--batch", "100", "--lr", "0.05", "--attack-steps", "2", "--beta", "0.5",
+            "--no-detach-weight", "--era-adv", "single", "--lr-milestones", "none", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["config"]["detach_weight"] is False
+    assert card["training"]["config"]["era_adv"] == "single"
+    assert card["training"]["config"]["lr_milestones"] == []
+    r2 = cli("finetune", "--loss", "era", "--dataset", "gaussians", "--model", "tiny_mlp", "--eps", "0.05",
+             "--epochs", "2", "--batch", "100", "--lr", "0.05", "--attack-steps", "2", "--beta", "0.5",
+             "--no-detach-weight", "--era-adv", "single", "--lr-milestones", "none", "--out", out, "--quiet", "--resume")
+    assert r2.exit_code == 0, r2.output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--loss", "nope"], "unknown loss"),
+        (["--loss", "trades"], "--eps > 0"),
+        (["--loss", "trades", "--eps", "-1"], "negative"),
+        (["--loss", "std", "--lr", "0"], "--lr"),
+        (["--loss", "std", "--epochs", "0"], "--epochs"),
+        (["--loss", "std", "--augment", "standard"], "vector data"),
+        (["--loss", "mixnet"], "not yet available"),
+        (["--loss", "std", "--model", "no_such_arch"], "not a registered architecture"),
+        (["--loss", "std", "--train-subset", "/nonexistent/file"], "--train-subset"),
+    ],
+)
+def test_finetune_cli_errors(cli, tmp_path, args, needle):
+    out = tmp_path / "run"
+    r = cli("finetune", "--dataset", "gaussians", "--out", out, "--quiet", *args)
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and needle in lines[0], r.output
+    assert not out.exists()
+
+
+def test_init_that_does_not_fit(cli, tmp_path):
+    src = tmp_path / "gauss"
+    r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--model", "tiny_mlp", "--epochs", "1", "--out", src, "--quiet")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "digits_run"
+    r = cli("finetune", "--loss", "std", "--dataset", "digits", "--init", src, "--epochs", "1", "--out", out, "--quiet")
+    assert r.exit_code == 2 and "shape" in r.output
+    assert not out.exists()
+    r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--model", "tiny_mlp", "--epochs", "1", "--out", src, "--quiet")
+    assert r.exit_code == 2 and "exists" in r.output
