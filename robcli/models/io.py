@@ -284,7 +284,8 @@ def _fit_report(sd: dict, ref: dict, source: str, arch: str) -> None:
         )
     bad = [k for k in sd if tuple(sd[k].shape) != tuple(ref[k].shape)]
     if bad:
-        last = list(ref)[-1]  # the classifier's bias/weight come last in every registered architecture
+        # the classifier's weight/bias come last in every registered architecture (wrapper buffers aside)
+        last = [k for k in ref if k not in ("mean", "std")][-1]
         head = {k for k in ref if k.rsplit(".", 1)[0] == last.rsplit(".", 1)[0]}
         if set(bad) <= head:
             k = sorted(bad)[0]
@@ -487,7 +488,7 @@ def _opaque(model: nn.Module, path: Path, kind: str, num_classes, input_shape, d
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.full((1, *shape), 0.5))
+            out = model(torch.full((2, *shape), 0.5))  # batch 2: dynamic batch dims often exclude 0 and 1
     except Exception as e:
         msg = str(e).strip().splitlines()
         hint = msg[-1][:140] if msg else type(e).__name__
@@ -496,7 +497,7 @@ def _opaque(model: nn.Module, path: Path, kind: str, num_classes, input_shape, d
         ) from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"{path}: model output is {got}; robcli needs a (batch, classes) tensor of logits")
     if declared is not None and declared != out.shape[1]:
