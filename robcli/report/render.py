@@ -29,10 +29,11 @@ class Section:
 class Report:
     sections: list[Section] = field(default_factory=list)
     figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes)
+    data: dict = field(default_factory=dict)  # raw rows for the plots
 
 
 def _is_pct(col: str) -> bool:
-    return any(col.endswith(s) for s in PCT_SUFFIXES) or col.startswith("delta_") or col.startswith("acc@")
+    return any(col.endswith(s) for s in PCT_SUFFIXES) or col.startswith(("delta_", "acc@", "inacc@"))
 
 
 def _cell(v: Any, col: str) -> str:

@@ -1,0 +1,245 @@
+"""Collect robcli tables (files, shard folders or run dirs) into paper-style report sections and figures.
+
+* attack tables     -> Table 1: nat. accuracy, robust accuracy, robust inaccuracy per model and threat model
+* partition tables  -> Tables 8/9: relative split sizes
+* compose tables    -> Tables 4/6: composition vs core model (with deltas), Pareto flags
+* certify tables    -> Tables 2/3: certified accuracy and robust inaccuracy at radii
+* train logs        -> last epoch of each run
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from robcli.errors import TableError
+from robcli.report.render import Report, Section
+
+DEFAULT_RADII = (0.0, 0.12, 0.25, 0.5, 0.75, 1.0)
+
+
+def collect(paths) -> list:
+    """Read every table named (a run dir contributes every robcli table inside it)."""
+    from robcli.tables.io import read_table
+
+    tables = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise TableError(f"{p} does not exist")
+        if p.is_dir() and (p / "card.json").exists():  # a run dir: every table inside
+            files = sorted(p.rglob("*.parquet"))
+            if not files:
+                raise TableError(f"run dir {p} holds no tables")
+            tables += [read_table(f) for f in files if not f.name.startswith(".")]
+        else:
+            tables.append(read_table(p))
+    return tables
+
+
+def _model_label(t) -> str:
+    models = t.meta.get("models") or []
+    if models and isinstance(models[0], dict) and models[0].get("path"):
+        return Path(str(models[0]["path"])).name or str(models[0]["path"])
+    return Path(t.path).stem
+
+
+def build_report(tables, radii=DEFAULT_RADII) -> Report:
+    import pandas as pd
+
+    from robcli.analysis.metrics import attack_view, available_eps, certify_view, summarize
+    from robcli.analysis.partition import split_summary
+
+    rep = Report()
+    att, part, comp, cert, logs = [], [], [], [], []
+    for t in tables:
+        if t.kind == "attack":
+            for norm in sorted(t.df["norm"].unique()):
+                for e in available_eps(t.df[t.df["norm"] == norm]):
+                    v = attack_view(t, e, norm=norm)
+                    s = summarize(v)
+                    att.append({"model": _model_label(t), "norm": norm, "eps": e, "attacks": "+".join(v.attacks),
+                                "n": s["n"], "nat_acc": s["nat_acc"], "robust_acc": s["robust_acc"],
+                                "robust_inaccuracy": s["robust_inaccuracy"], "table": t.path})
+        elif t.kind == "partition":
+            s = split_summary(t.df)
+            row = {"model": _model_label(t), "eps": float(t.df["eps"].iloc[0]) if "eps" in t.df else float("nan"),
+                   "n": len(t.df)}
+            row.update({k: v["fraction"] for k, v in s.items()})
+            part.append(row)
+        elif t.kind == "compose":
+            d = t.df.copy()
+            d.insert(0, "table", Path(t.path).stem)
+            comp.append(d)
+        elif t.kind == "certify":
+            for sg in sorted(t.df["sigma"].unique()):
+                row = {"model": _model_label(t), "sigma": float(sg), "n": int((t.df["sigma"] == sg).sum())}
+                for r in radii:
+                    v = certify_view(t, r, sigma=float(sg))
+                    s = summarize(v)
+                    row[f"acc@{r:g}"] = s["robust_acc"]
+                    row[f"inacc@{r:g}"] = s["robust_inaccuracy"]
+                cert.append(row)
+        elif t.kind == "train_log":
+            last = t.df.iloc[-1].to_dict()
+            last = {"run": Path(t.path).parent.name, **last}
+            logs.append(last)
+    if att:
+        rep.sections.append(Section("Robust accuracy and robust inaccuracy per model and threat model (Table 1)",
+                                    pd.DataFrame(att), "Worst case over the attacks run at each eps (eq. 2, 3)."))
+    if part:
+        rep.sections.append(Section("Robustness/accuracy splits (Tables 8-9)", pd.DataFrame(part)))
+    if comp:
+        d = pd.concat(comp, ignore_index=True)
+        keep = [c for c in ("table", "selector", "threshold", "eps", "robust_models", "core_model", "nat_acc",
+                            "delta_nat_acc", "robust_acc", "delta_robust_acc", "robust_selection",
+                            "selected_robust_acc", "robust_inaccuracy", "core_nat_acc", "core_robust_acc") if c in d]
+        from robcli.analysis.pareto import pareto_mask
+
+        d = d[keep].copy()
+        d["pareto"] = pareto_mask(d["nat_acc"], d["robust_acc"])
+        rep.sections.append(Section("Compositions against the core model alone (Tables 4/6)", d,
+                                    "Sound rule: see robcli/compose/evaluate.py; deltas are against the core model."))
+    if cert:
+        rep.sections.append(Section("Certified accuracy (acc@r) and certified robust inaccuracy (inacc@r) at L2 radii (Tables 2/3)",
+                                    pd.DataFrame(cert)))
+    if logs:
+        rep.sections.append(Section("Training runs (last epoch)", pd.DataFrame(logs)))
+    rep.data = {"attack": att, "compose": comp, "certify": [t for t in tables if t.kind == "certify"]}
+    return rep
+
+
+def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
+    """One figure with a panel per available plot (Figures 2-4 style, certified accuracy vs radius).
+
+    Writes ``path`` (PNG or SVG) when given; returns the PNG bytes (for HTML), or None when nothing to plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from robcli.analysis.pareto import pareto_front
+
+    data = rep.data
+    panels = []
+    if data.get("attack"):
+        panels.append("att")
+    if data.get("compose"):
+        panels += ["nat_rob", "sel"]
+    if data.get("certify"):
+        panels.append("cert")
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    for ax, kind in zip(axes[0], panels):
+        if kind == "att":
+            d = pd.DataFrame(data["attack"])
+            for (m, e), g in d.groupby(["model", "eps"]):
+                ax.scatter(100 * g["robust_inaccuracy"], 100 * g["robust_acc"], label=f"{m} eps={e:.3g}", s=30)
+            f = pareto_front(d, "robust_inaccuracy", "robust_acc")
+            ax.plot(100 * f["robust_inaccuracy"], 100 * f["robust_acc"], "k--", lw=1, label="Pareto front")
+            ax.set_xlabel("robust inaccuracy [%]")
+            ax.set_ylabel("robust accuracy [%]")
+            ax.set_title("Robust accuracy vs robust inaccuracy (Fig. 2)")
+        elif kind in ("nat_rob", "sel"):
+            d = pd.concat(data["compose"], ignore_index=True)
+            x, y = ("nat_acc", "robust_acc") if kind == "nat_rob" else ("robust_selection", "selected_robust_acc")
+            for name, g in d.groupby(["table", "selector"]):
+                ax.scatter(100 * g[x], 100 * g[y], s=25, label=" ".join(name))
+            f = pareto_front(d.dropna(subset=[x, y]), x, y)
+            ax.plot(100 * f[x], 100 * f[y], "k--", lw=1, label="Pareto front")
+            if kind == "nat_rob" and "core_nat_acc" in d:
+                core = d.drop_duplicates("core_model")
+                ax.scatter(100 * core["core_nat_acc"], 100 * core["core_robust_acc"], marker="*", s=120, c="red", label="core alone")
+            ax.set_xlabel(x.replace("_", " ") + " [%]")
+            ax.set_ylabel(y.replace("_", " ") + " [%]")
+            ax.set_title("Compositions (Fig. 4)" if kind == "nat_rob" else "Abstain models (Fig. 3)")
+        else:
+            for t in data["certify"]:
+                for sg in sorted(t.df["sigma"].unique()):
+                    g = t.df[t.df["sigma"] == sg]
+                    rmax = max(float(g["radius"].max()), 0.1)
+                    rs = np.linspace(0, rmax * 1.05, 100)
+                    ok = (g["predict"] != -1) & g["correct"]
+                    acc = [float((ok & (g["radius"] >= r)).mean()) for r in rs]
+                    ax.plot(rs, 100 * np.asarray(acc), label=f"{Path(t.path).stem} sigma={sg:g}")
+            ax.set_xlabel("L2 radius")
+            ax.set_ylabel("certified accuracy [%]")
+            ax.set_title("Certified accuracy vs radius")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    if path is not None:
+        fig.savefig(str(path), format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+SPLIT_COLORS = {"robust_accurate": "#1a9850", "robust_inaccurate": "#d73027", "nonrobust_accurate": "#91bfdb",
+                "nonrobust_inaccurate": "#fc8d59"}
+
+
+def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = None, *, grid: int = 300) -> bytes:
+    """Fig. 1: decision regions of 2-D models with the test points coloured by their split.
+
+    Args:
+        pairs: list of (run dir, attack-or-partition table of that model on 2-D data).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from robcli.analysis.metrics import attack_view
+    from robcli.analysis.partition import partition_frame
+    from robcli.compose.confidence import load_view_examples
+    from robcli.errors import UsageError
+    from robcli.models.io import load_model
+    from robcli.tables.io import read_table
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.2), squeeze=False)
+    for ax, (run, tpath) in zip(axes[0], pairs):
+        t = read_table(tpath, ("attack", "partition"))
+        if t.kind == "attack":
+            v = attack_view(t, None)
+            part = partition_frame(v)
+        else:
+            part = t.df
+            from robcli.analysis.metrics import ModelView
+
+            v = ModelView(part.set_index("idx")[["label"]], float(part["eps"].iloc[0]) if "eps" in part else 0.0,
+                          "Linf", str(tpath), "partition", dict(t.meta.get("data") or {}))
+        x, y, info = load_view_examples(v, data_dir)
+        if x.dim() != 2 or x.shape[1] != 2:
+            raise UsageError(f"decision regions need 2-D data; {info.name} has inputs of shape {tuple(x.shape[1:])}")
+        lm = load_model(run, dataset_info=info)
+        xs = np.linspace(0, 1, grid)
+        gx, gy = np.meshgrid(xs, xs)
+        pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+        with torch.no_grad():
+            z = lm.model(pts).argmax(1).numpy().reshape(grid, grid)
+        ax.contourf(gx, gy, z, levels=np.arange(info.num_classes + 1) - 0.5, cmap="Pastel1", alpha=0.8)
+        split = part.set_index("idx").loc[v.df.index, "split"].to_numpy()
+        xn = x.numpy()
+        for s, col in SPLIT_COLORS.items():
+            m = split == s
+            ax.scatter(xn[m, 0], xn[m, 1], s=9, c=col, label=f"{s.replace('_', ' ')} ({100 * m.mean():.1f}%)",
+                       edgecolors="none")
+        ax.set_title(f"{Path(run).name} (eps={v.eps:.3g})", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    if path is not None:
+        fig.savefig(str(path), format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

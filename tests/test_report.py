@@ -1,0 +1,105 @@
+"""robcli report: every format, the plots (Agg), the Fig. 1 region picture, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robcli.tables.io import write_table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_compose import C_EPS, C_PRED, LABEL, R_2EPS, R_EPS, R_PRED, E, rows, write  # noqa: E402
+
+
+@pytest.fixture
+def tabs(tmp_path, cli):
+    r = write(tmp_path / "r.parquet", [rows(LABEL, R_PRED, R_EPS, E), rows(LABEL, R_PRED, R_2EPS, 2 * E)], model="runs/era")
+    c = write(tmp_path / "c.parquet", [rows(LABEL, C_PRED, C_EPS, E)], model="runs/std")
+    comp = tmp_path / "comp.parquet"
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--out", comp, "-q").exit_code == 0
+    part = tmp_path / "part.parquet"
+    assert cli("partition", r, "--eps", "2/255", "--out", part, "-q").exit_code == 0
+    cert = pd.DataFrame({"idx": [0, 1, 2, 3], "label": [0, 1, 2, 0], "predict": [0, 1, -1, 2],
+                         "radius": [0.5, 0.1, 0.0, 0.3], "time": 0.1, "sigma": 0.25, "N0": 100, "N": 1000,
+                         "alpha": 0.001, "nA": 900, "pA_lower": 0.9})
+    cert["correct"] = cert["predict"] == cert["label"]
+    cp = write_table(cert, tmp_path / "cert.parquet", "certify")
+    return [str(r), str(c), str(comp), str(part), str(cp)]
+
+
+def test_markdown_to_stdout_has_paper_tables(cli, tabs):
+    res = cli("report", *tabs)
+    assert res.exit_code == 0, res.output
+    md = res.stdout
+    for title in ("(Table 1)", "(Tables 8-9)", "(Tables 4/6)", "(Tables 2/3)"):
+        assert title in md
+    # robust model at 2/255: nat acc 5/8 (R right at 0,1,2,5,7), robust acc 3/8 (0,1,2), robust inacc 1/8 (3)
+    assert "| era | Linf | 0.007843 | apgd-ce | 8 | 62.50 | 37.50 | 12.50 |" in md
+    # certified at r=0.25: robust and right only idx 0 -> 25 %; robust and wrong idx 3 -> 25 %
+    line = [ln for ln in md.splitlines() if ln.startswith("| cert")][0]
+    assert "| 25.00 | 25.00 |" in line
+
+
+def test_json_csv_latex(cli, tabs, tmp_path):
+    res = cli("report", *tabs, "--format", "json")
+    doc = json.loads(res.stdout)
+    comp = [s for s in doc["sections"] if "Tables 4/6" in s["title"]][0]["rows"][0]
+    assert comp["robust_acc"] == pytest.approx(3 / 8) and comp["delta_robust_acc"] == pytest.approx(-1 / 8)
+    csv = cli("report", *tabs, "--format", "csv").stdout
+    assert "nat_acc" in csv and "0.625" in csv
+    tex = cli("report", *tabs, "--format", "latex", "--out", tmp_path / "r.tex")
+    assert tex.exit_code == 0
+    t = (tmp_path / "r.tex").read_text()
+    assert "\\begin{tabular}" in t and "robust\\_inaccuracy" in t
+
+
+def test_html_is_self_contained_and_plot_written(cli, tabs, tmp_path):
+    png = tmp_path / "fig.png"
+    out = tmp_path / "r.html"
+    res = cli("report", *tabs, "--format", "html", "--out", out, "--plot", png)
+    assert res.exit_code == 0, res.output
+    h = out.read_text()
+    assert "data:image/png;base64," in h and "<table>" in h and "http" not in h.replace("http-equiv", "")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_regions_plot_on_gaussians(cli, tmp_path):
+    import torch
+
+    from robcli.data.registry import load_split
+    from robcli.models.io import build, make_card, save_run
+
+    torch.manual_seed(0)
+    save_run(tmp_path / "m", build("tiny_mlp", 3, (2,)), make_card("tiny_mlp", 3, (2,), dataset="gaussians"))
+    sd = load_split("gaussians", "test").select(n_ex=40)
+    lab = sd.y.numpy()
+    rng = np.random.default_rng(0)
+    f = rows(lab, rng.integers(0, 3, 40), rng.integers(0, 2, 40), E)
+    f["idx"] = sd.idx.numpy()
+    t = write(tmp_path / "a.parquet", [f])
+    png = tmp_path / "regions.png"
+    res = cli("report", t, "--regions", f"{tmp_path / 'm'}={t}", "--plot-regions", png)
+    assert res.exit_code == 0, res.output
+    assert png.stat().st_size > 5000
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--format", "docx"], "unknown --format"),
+    (["--plot", "x.pdf"], ".png or .svg"),
+    (["--plot-regions", "x.png"], "needs at least one --regions"),
+    (["--regions", "nope"], "RUN_DIR=TABLE"),
+])
+def test_bad_input(cli, tabs, tmp_path, args, needle):
+    res = cli("report", *tabs, *args, "--out", tmp_path / "o.md")
+    assert res.exit_code == 2 and needle in res.stderr
+    assert not (tmp_path / "o.md").exists()
+
+
+def test_missing_table(cli, tmp_path):
+    res = cli("report", tmp_path / "nope.parquet")
+    assert res.exit_code == 2 and "does not exist" in res.stderr
