@@ -1,4 +1,7 @@
-"""Attacks: training-time PGD, AutoAttack/APGD wrappers, APGD-conf, grid search, eps sweeps."""
+"""Attacks: training-time PGD, AutoAttack/APGD wrappers, APGD-conf, grid search, eps sweeps.
+
+Heavy modules (torch, pyautoattack) load on first use: ``ATTACKS`` is importable without torch.
+"""
 
 from robcli.attacks.pgd import margin, perturbation_norm, pgd, project
 
