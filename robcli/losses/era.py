@@ -8,7 +8,10 @@ Choices the paper leaves open (documented here and in the README):
   (eq. 5's smooth stand-in for ``1{F(x) != y}``). Detached by default (``cfg.detach_weight``): the ERA term
   then only moves the decision boundary near inaccurate points, and cannot lower itself by making the
   model *less* confident in the true label (which a non-detached weight rewards: ``d w / d p_y = -1``
-  times a positive CE). Measured on the Gaussians, see the report/CHANGELOG.
+  times a positive CE). Measured on the Gaussians (mlp, ERA from the standard model, eps 0.05, beta 1,
+  10 epochs, lr 0.01, batch 50, val split of 100 points), seeds 1 and 2: detached val robust inaccuracy
+  0.02 / 0.02 vs 0.06 / 0.08 not detached, at val robust accuracy 0.89 / 0.91 vs 0.90 / 0.92 (seed 0's
+  standard model was itself stuck near one class, so both variants failed there).
 * **Adversarial label** ``t(x') = argmax_{c != F(x)} f(x')_c`` where ``F(x)`` is the model's clean
   prediction (eval mode), recomputed at every inner step and once more at the final point.
 * **The min over the ball** (``era_adv = "descent"``, default): since ``CE(f(x'), t(x')) = -log
@@ -39,7 +42,6 @@ from robcli.attacks.pgd import pgd
 from robcli.losses import LossConfig, register_loss
 from robcli.losses.trades import kl_per_example, step_size, trades_adversary
 from robcli.train.bn import eval_mode, frozen_bn_stats
-
 
 DEFAULT_ERA_STEPS = 2
 
