@@ -1,0 +1,169 @@
+"""The adaptive mixing network alpha_theta(x) (004 Sec. 4.3, Fig. 3 and 10, App. C.2, D.1).
+
+Inputs: features tapped from two depths ("shallow" = upstream, "middle") of both frozen base models, in the
+same forward pass that produces their logits. Architecture (Fig. 3/10, scaled to our models):
+
+  shallow: concat(g_shallow, h_shallow) -> Conv3x3-BN-ReLU -> ResNet block -> pooled to the middle resolution
+  middle:  concat(g_middle, h_middle) -> Conv1x1 ("a linear transformation layer (Conv1x1) to match the
+           dimensions, reduce the number of features", App. D.1)
+  concat(shallow, middle) -> ResNet block (stride 2 when the map is larger than 4x4) -> ResNet block
+  -> global average pool -> Linear(1) -> BatchNorm1d without affine (App. C.2) -> sigmoid(scale * z).
+
+Vector features (MLPs) are treated as 1x1 maps, so the same network applies. Feature maps of g and h with
+different spatial sizes are resized by adaptive average pooling to the smaller one. Layer names default per
+registered architecture (see :data:`DEFAULT_LAYERS`); any other model needs explicit names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robcli.errors import ModelError
+
+# (shallow, middle) tap points, relative to a robcli model (the Normalized wrapper: its network is ``net``).
+# ResNets / WRNs: the first residual stage and the second (App. D.1: "the initial Conv2D layer and the first
+# ResNet block as the upstream layers ... the second ResNet block as the middle layers").
+DEFAULT_LAYERS: dict[str, tuple[str, str]] = {
+    "resnet18": ("net.layer1", "net.layer2"),
+    "resnet18_tiny": ("net.layer1", "net.layer2"),
+    "resnet50": ("net.layer1", "net.layer2"),
+    "wrn-28-10": ("net.block1", "net.block2"),
+    "wrn-34-10": ("net.block1", "net.block2"),
+    "wrn_tiny": ("net.block1", "net.block2"),
+    # SmallCNN: after the first conv-BN-ReLU, and after the first pooling stage
+    "small_cnn": ("net.features.2", "net.features.6"),
+    "tiny_cnn": ("net.features.2", "net.features.6"),
+    # MLPs: after the first and the second hidden ReLU
+    "mlp": ("net.net.2", "net.net.4"),
+    "tiny_mlp": ("net.net.2", "net.net.4"),
+}
+
+
+def default_layers(model: nn.Module, arch: str | None = None, who: str = "model") -> tuple[str, str]:
+    """The (shallow, middle) layer names for ``model``: by architecture name, else the first known pair it has.
+
+    Raises:
+        ModelError: no default fits; the message lists the model's layers so the user can pick two.
+    """
+    names = {n for n, _ in model.named_modules()}
+    if arch is not None and arch in DEFAULT_LAYERS and set(DEFAULT_LAYERS[arch]) <= names:
+        return DEFAULT_LAYERS[arch]
+    for pair in DEFAULT_LAYERS.values():
+        if set(pair) <= names:
+            return pair
+    avail = [n for n, _ in model.named_modules() if n]
+    raise ModelError(
+        f"no default feature layers for {who} (architecture {arch!r}); name two with --layers-g/--layers-h; "
+        f"available layers: {', '.join(avail)}"
+    )
+
+
+def _as_map(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 4:
+        return t
+    if t.dim() == 2:
+        return t[:, :, None, None]
+    if t.dim() == 3:  # (B, C, L) sequences
+        return t[:, :, :, None]
+    return t.flatten(1)[:, :, None, None]
+
+
+def _resize(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(t.shape[-2:]) == tuple(hw):
+        return t
+    return F.adaptive_avg_pool2d(t, hw)
+
+
+class ResBlock(nn.Module):
+    """A basic ResNet block (He et al.): conv-BN-ReLU-conv-BN plus (projected) shortcut, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.b1(self.c1(x)))
+        out = self.b2(self.c2(out))
+        return F.relu(out + self.short(x))
+
+
+class AlphaNet(nn.Module):
+    """alpha_theta: tapped features -> (B,) weights in (0, 1).
+
+    Args:
+        shallow_channels: channels of (g_shallow, h_shallow) features; middle_channels likewise.
+        width: channels inside the network.
+        sigmoid_scale: the scale of the sigmoid input (App. C.2, Table 7: 2 was best on CIFAR-10).
+        shift: a constant added to the sigmoid input (App. C.2 shifts the output to set the clean accuracy).
+    """
+
+    def __init__(self, shallow_channels: tuple[int, int], middle_channels: tuple[int, int], *, width: int = 32,
+                 sigmoid_scale: float = 2.0, shift: float = 0.0):
+        super().__init__()
+        self.config = {"shallow_channels": [int(c) for c in shallow_channels],
+                       "middle_channels": [int(c) for c in middle_channels], "width": int(width),
+                       "sigmoid_scale": float(sigmoid_scale), "shift": float(shift)}
+        cs, cm = sum(shallow_channels), sum(middle_channels)
+        self.stem = nn.Sequential(nn.Conv2d(cs, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.up = ResBlock(width, width)
+        self.mid = nn.Sequential(nn.Conv2d(cm, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = ResBlock(2 * width, 2 * width)
+        self.block2 = ResBlock(2 * width, 2 * width)
+        self.fc = nn.Linear(2 * width, 1)
+        self.out_bn = nn.BatchNorm1d(1, affine=False)  # App. C.2: output BN without trainable affine
+        self.sigmoid_scale = float(sigmoid_scale)
+        self.shift = float(shift)
+
+    def logit(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The pre-sigmoid output z (B,) after the output BatchNorm."""
+        gs, gm, hs, hm = (_as_map(f) for f in feats)
+        hw_s = min(gs.shape[-2], hs.shape[-2]), min(gs.shape[-1], hs.shape[-1])
+        hw_m = min(gm.shape[-2], hm.shape[-2]), min(gm.shape[-1], hm.shape[-1])
+        s = self.up(self.stem(torch.cat([_resize(gs, hw_s), _resize(hs, hw_s)], 1)))
+        m = self.mid(torch.cat([_resize(gm, hw_m), _resize(hm, hw_m)], 1))
+        hw = min(s.shape[-2], m.shape[-2]), min(s.shape[-1], m.shape[-1])
+        z = torch.cat([_resize(s, hw), _resize(m, hw)], 1)
+        z = self.block2(self.block1(z))
+        z = F.adaptive_avg_pool2d(z, 1).flatten(1)
+        return self.out_bn(self.fc(z)).squeeze(1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(self.sigmoid_scale * self.logit(feats) + self.shift)
+
+
+def build_alpha_net(g: nn.Module, h: nn.Module, layers_g: tuple[str, str], layers_h: tuple[str, str],
+                    input_shape, *, width: int = 32, sigmoid_scale: float = 2.0, shift: float = 0.0,
+                    device=None) -> AlphaNet:
+    """Build an ``AlphaNet`` whose input channels fit the tapped layers (one probe forward pass each).
+
+    Raises:
+        ModelError: unknown layer names (listing the available ones) or fewer/more than two per model.
+    """
+    from robcli.mixing.mixed import FeatureTaps
+
+    for who, names in (("core model g", layers_g), ("robust model h", layers_h)):
+        if len(tuple(names)) != 2:
+            raise ModelError(f"{who}: give exactly two feature layers (shallow, middle), got {len(tuple(names))}")
+    chans = []
+    for m, names, who in ((g, layers_g, "core model g"), (h, layers_h, "robust model h")):
+        taps = FeatureTaps(m, tuple(names), who)
+        try:
+            p = next(iter(m.parameters()), None)
+            dev = device if device is not None else (p.device if p is not None else "cpu")
+            with torch.no_grad():
+                m.eval()
+                m(torch.full((2, *input_shape), 0.5, device=dev))
+            chans.append([_as_map(f).shape[1] for f in taps.pop()])
+        finally:
+            taps.remove()
+    net = AlphaNet((chans[0][0], chans[1][0]), (chans[0][1], chans[1][1]), width=width,
+                   sigmoid_scale=sigmoid_scale, shift=shift)
+    return net.to(device) if device is not None else net
