@@ -138,8 +138,10 @@ def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
             d = pd.DataFrame(data["attack"])
             for (m, e), g in d.groupby(["model", "eps"]):
                 ax.scatter(100 * g["robust_inaccuracy"], 100 * g["robust_acc"], label=f"{m} eps={e:.3g}", s=30)
-            f = pareto_front(d, "robust_inaccuracy", "robust_acc")
-            ax.plot(100 * f["robust_inaccuracy"], 100 * f["robust_acc"], "k--", lw=1, label="Pareto front")
+            for i, (_, g) in enumerate(d.groupby("eps")):  # fronts only compare models at the same threat model
+                f = pareto_front(g, "robust_inaccuracy", "robust_acc")
+                ax.plot(100 * f["robust_inaccuracy"], 100 * f["robust_acc"], "k--", marker="o", mfc="none", ms=9, lw=1,
+                        label="Pareto front (per eps)" if i == 0 else None)
             ax.set_xlabel("robust inaccuracy [%]")
             ax.set_ylabel("robust accuracy [%]")
             ax.set_title("Robust accuracy vs robust inaccuracy (Fig. 2)")
@@ -149,7 +151,7 @@ def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
             for name, g in d.groupby(["table", "selector"]):
                 ax.scatter(100 * g[x], 100 * g[y], s=25, label=" ".join(name))
             f = pareto_front(d.dropna(subset=[x, y]), x, y)
-            ax.plot(100 * f[x], 100 * f[y], "k--", lw=1, label="Pareto front")
+            ax.plot(100 * f[x], 100 * f[y], "k--", marker="o", mfc="none", ms=9, lw=1, label="Pareto front")
             if kind == "nat_rob" and "core_nat_acc" in d:
                 core = d.drop_duplicates("core_model")
                 ax.scatter(100 * core["core_nat_acc"], 100 * core["core_robust_acc"], marker="*", s=120, c="red", label="core alone")
