@@ -51,7 +51,7 @@ def main() -> None:
                 tot = g * b
                 shapes += [min(a.batch, tot - i) for i in range(0, tot, a.batch)]
                 done += b
-    counter = VoteCounter(model, 10, dev, a.batch)  # same memory format handling as certify
+    counter = VoteCounter(model, 10, dev, a.batch)  # same memory format (channels_last) as certify
     noisy = (x[:1] + a.sigma * torch.randn((a.batch, *x.shape[1:]), device=dev)).contiguous()
     with torch.inference_mode():
         counter._forward(noisy)  # warm-up

@@ -92,31 +92,28 @@ class VoteCounter:
         num_classes: K.
         device: where noise, forward passes and counts live.
         batch: inputs per forward pass.
-        channels_last: use channels_last memory format for 4-D inputs.
+        channels_last: use channels_last memory format (converts the model's parameters in place) when
+            ``image`` (inputs (C, H, W)).
         compile: wrap the model with ``torch.compile`` (fixed input shape via padding).
     """
 
     def __init__(self, model, num_classes: int, device, batch: int, *, channels_last: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, image: bool = True):
         import torch
 
         self.device = torch.device(device)
         self.K = int(num_classes)
         self.batch = int(batch)
-        self.channels_last = channels_last
-        self.model = model
-        self._cl_ready = False
+        self.channels_last = channels_last and image
+        if self.channels_last:  # before compiling, so the compiled graph sees the final parameter layout
+            model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
         self.compiled = compile
-        if compile:
-            self.model = torch.compile(model)
 
     def _forward(self, x):
         import torch
 
         if self.channels_last and x.dim() == 4:
-            if not self._cl_ready:
-                self.model.to(memory_format=torch.channels_last)
-                self._cl_ready = True
             x = x.contiguous(memory_format=torch.channels_last)
         n = x.shape[0]
         if self.compiled and n < self.batch:
@@ -262,7 +259,8 @@ def run_certify(
     if shard is not None:
         i, k = shard
         pos = pos[pos % k == i]
-    counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile)
+    counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile,
+                          image=len(data.info.input_shape) == 3)
     x_all, _ = data.get(torch.as_tensor(pos[:2], dtype=torch.long))
     counter.check_output(x_all)
     rows: list[dict] = [] if done is None or len(done) == 0 else done[COLUMNS].to_dict("records")
