@@ -375,3 +375,16 @@ def test_cli_bad_input_one_line_no_file(cli, tmp_path, gaussians_run, args, word
     assert len(lines) == 1 and lines[0].startswith("robcli: error:"), r.output
     assert word in lines[0]
     assert not out.exists() and not partial_path(out).exists()
+
+
+@pytest.mark.gpu
+def test_certify_on_cuda_matches_exact_linear_answers_and_is_reproducible():
+    import pandas.testing as pdt
+
+    assert torch.cuda.is_available(), "run -m gpu on a machine with CUDA"
+    model, data, margin, _ = _linear_problem(200)
+    cfg = CertifyConfig(sigmas=(0.5,), N0=64, N=20_000, alpha=0.01, batch=20_000, seed=1)
+    a = run_certify(model, data, cfg, device="cuda")
+    b = run_certify(model, data, CertifyConfig(**{**cfg.__dict__, "batch": 7000}), device="cuda")
+    pdt.assert_frame_equal(_drop_time(a), _drop_time(b))
+    _check_certificates(a, margin, 0.5, 0.01)
