@@ -269,8 +269,14 @@ def apgd_suite(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
 
 def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                version: str = "standard", attacks: list[str] | None = None, batch: int = 500,
-               generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Setting C: pyautoattack's AutoAttack on the end-to-end mixture (global RNG seeded from ``generator``)."""
+               generator: torch.Generator | None = None, device=None, n_restarts: int | None = None,
+               n_iter: int | None = None) -> torch.Tensor:
+    """Setting C: pyautoattack's AutoAttack on the end-to-end mixture (global RNG seeded from ``generator``).
+
+    ``attacks`` (a subset of apgd-ce, apgd-t, fab-t, square, ...) switches to ``version="custom"``;
+    ``n_restarts`` overrides APGD-CE's restarts (custom mode keeps 5); ``n_iter`` rebuilds both APGD parts with
+    that many iterations (AutoAttack's standard is 100).
+    """
     from pyautoattack import AutoAttack
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()) if generator is not None else 0
@@ -279,7 +285,19 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
         version = "custom"
     adversary = AutoAttack(model, norm=norm, eps=eps, version=version, attacks=attacks, device=dev, seed=seed)
     adversary.verbose = False
-    return adversary.run_standard_evaluation(x, y, batch_size=batch).detach()
+    if n_iter is not None:  # APGD fixes its step schedule at construction: rebuild both APGD parts
+        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+        adversary.apgd = APGDAttack(model, n_restarts=5, n_iter=int(n_iter), eps=eps, norm=norm, eot_iter=1,
+                                    rho=0.75, seed=seed, device=dev)
+        adversary.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, n_iter=int(n_iter), eps=eps, norm=norm,
+                                                      eot_iter=1, rho=0.75, seed=seed, device=dev)
+        if version != "custom":
+            adversary._set_version(version)  # re-apply the version's restarts/targets to the new objects
+    if n_restarts is not None:
+        adversary.apgd.n_restarts = int(n_restarts)
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch)
+    return x_adv.detach()
 
 
 def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, setting: str, *, eps: float,
