@@ -48,6 +48,28 @@ def check_classes(attack: str, num_classes: int, version: str = "standard", aa_a
         )
 
 
+def _members(attack: str, version: str, aa_attacks: tuple[str, ...]) -> tuple[str, ...]:
+    if attack != "autoattack":
+        return (attack,)
+    return {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+            "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+            "rand": ("apgd-ce", "apgd-dlr")}.get(version, aa_attacks)
+
+
+def check_inputs(attack: str, input_shape, version: str = "standard", aa_attacks: tuple[str, ...] = ()) -> None:
+    """Square Attack samples square patches: it needs image inputs (C, H, W).
+
+    Raises:
+        UsageError: square (alone or inside AutoAttack) on vector inputs.
+    """
+    if "square" in _members(attack, version, aa_attacks) and len(tuple(input_shape)) != 3:
+        what = attack if attack != "autoattack" else f"autoattack --version {version}"
+        raise UsageError(
+            f"--attack {what} runs Square Attack, which needs image inputs (C,H,W); these have shape "
+            f"{tuple(input_shape)}: use apgd-ce, apgd-conf, pgd, grid or --version custom without square"
+        )
+
+
 @contextlib.contextmanager
 def _quiet(device: torch.device, notes: list[str]):
     """Fork the global RNG, and collect pyautoattack's warnings and log messages into ``notes``."""

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from robcli.attacks.aa import AA_ATTACKS, AA_VERSIONS, check_classes
+from robcli.attacks.aa import AA_ATTACKS, AA_VERSIONS, check_classes, check_inputs
 from robcli.errors import ModelError, UsageError
 from robcli.utils.parse import parse_eps, parse_norm
 
@@ -324,6 +324,7 @@ def run_attack(
     if cfg.attack == "grid":
         check_dim(shape)
     check_classes(cfg.attack, K, cfg.version, cfg.aa_attacks)
+    check_inputs(cfg.attack, shape, cfg.version, cfg.aa_attacks)
     fwd = _prepare(model, device, len(shape) == 3)
     saved = [(p, p.requires_grad) for p in fwd.parameters()]
     for p, _ in saved:

@@ -1,14 +1,159 @@
-"""`robcli attack` (being written)."""
+"""`robcli attack`: per-example empirical robustness (PGD, APGD, AutoAttack, APGD-conf, grid) over an eps sweep."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from robcli.cli.common import fail
+from robcli.cli.common import (
+    ArchOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpsListOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    ModelOpt,
+    NExOpt,
+    NormOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    SkipOpt,
+    SplitOpt,
+    handle_errors,
+)
 
 
-def attack(args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
-    """Not yet available."""
-    fail("'robcli attack' is not yet available in this version")
+def _read_subset(path: str, split_name: Optional[str]) -> list[int]:
+    """Example indices from a text file (one per line, '#' comments) or a partition table + split name."""
+    from pathlib import Path
+
+    from robcli.errors import DataError, UsageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--subset file {p} does not exist")
+    if p.suffix == ".parquet":
+        from robcli.tables.io import read_table
+        from robcli.tables.schema import PARTITION_SPLITS
+
+        if not split_name:
+            raise UsageError(f"--subset {p} is a partition table: name the split with --subset-split "
+                             f"({', '.join(PARTITION_SPLITS)})")
+        if split_name not in PARTITION_SPLITS:
+            raise UsageError(f"unknown --subset-split {split_name!r}; choose one of {', '.join(PARTITION_SPLITS)}")
+        df = read_table(p, "partition").df
+        return [int(i) for i in df.loc[df["split"] == split_name, "idx"]]
+    if split_name:
+        raise UsageError("--subset-split applies to a partition table (.parquet) only")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        try:
+            out.append(int(s))
+        except ValueError:
+            raise DataError(f"--subset {p} line {n}: {s!r} is not an example index") from None
+    return out
+
+
+@handle_errors
+def attack(
+    model: ModelOpt,
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output attack table (.parquet); one row per example x eps.")],
+    attack_: Annotated[str, typer.Option("--attack", "-a", help="pgd, apgd-ce, apgd-dlr, apgd-t, apgd-conf, fab-t, square, autoattack, grid.")] = "apgd-ce",
+    eps: EpsListOpt = None,
+    norm: NormOpt = "Linf",
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Iterations (square: queries). Default: 100 for APGD/FAB/grid (AutoAttack's value), 40 for pgd, 5000 for square.")] = None,
+    restarts: Annotated[Optional[int], typer.Option("--restarts", help="Random restarts (targeted attacks: per target class). Default 1.")] = None,
+    version: Annotated[str, typer.Option("--version", help="AutoAttack version: standard, plus, rand or custom (with --aa-attacks).")] = "standard",
+    aa_attacks: Annotated[Optional[str], typer.Option("--aa-attacks", help="Attacks of --version custom, comma separated, e.g. apgd-ce,apgd-t.")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="pgd's objective: margin or ce.")] = "margin",
+    grid_points: Annotated[Optional[int], typer.Option("--grid-points", help="grid: values per axis (default 101 in 2-D).")] = None,
+    split: SplitOpt = "test",
+    n_ex: NExOpt = None,
+    skip: SkipOpt = 0,
+    subset: Annotated[Optional[str], typer.Option("--subset", help="Only these examples: a text file of indices (one per line) or a partition table.")] = None,
+    subset_split: Annotated[Optional[str], typer.Option("--subset-split", help="With a partition table as --subset: which split, e.g. robust_inaccurate.")] = None,
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Examples per attack call (part of the seeding).")] = 256,
+    arch: ArchOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    image_size: ImageSizeOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Attack each example at every --eps (ascending); robustness is judged against the model's own prediction.
+
+    An example found non-robust at a smaller eps is not attacked again at larger ones. Every adversarial point
+    is re-evaluated and checked to lie in the ball and in [0,1]. The summary (stderr) gives, per eps, natural
+    accuracy, robust accuracy (eq. 2) and robust inaccuracy (eq. 3) as fractions of the attacked examples.
+    """
+    from pathlib import Path
+
+    from robcli.attacks.engine import AttackConfig, run_attack, same_config, summary_text
+    from robcli.cli.common import ProgressCallback, argv, check_out, console, progress
+    from robcli.errors import UsageError
+
+    cfg = AttackConfig(
+        attack=attack_, eps=tuple(eps or ["8/255"]), norm=norm, steps=steps, restarts=restarts, version=version,
+        aa_attacks=tuple((aa_attacks or "").split(",")), objective=objective, grid_points=grid_points,
+        batch=batch, seed=seed,
+        extra={"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
+               "subset": subset, "subset_split": subset_split, "image_size": image_size},
+    )
+    out_p = Path(out)
+    if out_p.suffix != ".parquet":
+        raise UsageError(f"--out {out}: give a file name ending in .parquet")
+    check_out(out_p, force, resume)
+
+    from robcli.data.registry import load_split
+    from robcli.models.io import load_model
+    from robcli.tables.io import partial_path, provenance, read_table, write_table
+    from robcli.utils.device import resolve_device
+
+    config = cfg.as_dict()
+    part = partial_path(out_p)
+    if resume and out_p.exists() and not part.exists():
+        t = read_table(out_p, "attack")
+        if not same_config(t.config, config):
+            raise UsageError(f"{out_p} was made with a different configuration; use --force to start over")
+        if not quiet:
+            console().print(f"{out_p} is already complete\n" + summary_text(t.df), highlight=False, soft_wrap=True)
+        return
+    done = None
+    if resume and part.exists():
+        t = read_table(part, "attack")
+        if not same_config(t.config, config):
+            raise UsageError(f"{part} was made with a different configuration; drop --resume (or use --force) to start over")
+        done = t.df
+
+    dev = resolve_device(device)
+    ids = _read_subset(subset, subset_split) if subset is not None else None
+    data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
+    data = data.select(n_ex=n_ex, skip=skip, subset=ids)
+    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed)
+    prov = provenance(seed=seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=argv())
+
+    def checkpoint(df) -> None:
+        write_table(df, part, "attack", config=config, prov=prov)
+
+    notes: list[str] = []
+    with progress(quiet) as prog:
+        df = run_attack(lm.model, data, cfg, device=dev, done=done, checkpoint=checkpoint,
+                        progress=ProgressCallback(prog), notes=notes)
+    write_table(df, out_p, "attack", config=config, prov=prov)
+    if part.exists():
+        part.unlink()
+    if not quiet:
+        msgs = "".join(f"pyautoattack: {m}\n" for m in dict.fromkeys(notes))
+        console().print(msgs + summary_text(df) + f"\nwrote {out_p} ({len(df)} rows)", highlight=False,
+                        soft_wrap=True)
