@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the default suite must pass on CPU alone
 
 
 @pytest.fixture(autouse=True)
