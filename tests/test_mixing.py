@@ -412,3 +412,21 @@ def test_alpha_sweep_endpoints_match_the_members(pair):
     assert (df["robust_acc"] <= df[["std_acc", "rob_acc", "mix_acc"]].min(axis=1) + 1e-9).all()
     with pytest.raises(UsageError):
         alpha_sweep(g, h, x, y, [0.5, 2.0], eps=0.1)
+
+
+def test_registered_mixnet_loss_trains_only_the_alpha_network():
+    import robcli.losses.mixnet  # noqa: F401  (registers "mixnet")
+    from robcli.losses import LOSSES, LossConfig
+
+    m = adaptive()
+    m.train()
+    x, y = xs(n=8)
+    g_before = [p.clone() for p in m.g.parameters()]
+    loss, terms = LOSSES["mixnet"](m, x, y, LossConfig(eps=0.1, attack_steps=2), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert np.isfinite(float(loss)) and {"ce", "bce", "alpha_clean", "alpha_adv"} <= set(terms)
+    assert all(p.grad is not None for p in m.alpha_net.parameters())
+    assert all(p.grad is None for p in m.g.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(g_before, m.g.parameters()))
+    with pytest.raises(UsageError, match="--core G and --robust H"):
+        LOSSES["mixnet"](tiny(), x, y, LossConfig(eps=0.1), None)

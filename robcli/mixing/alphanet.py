@@ -3,11 +3,16 @@
 Inputs: features tapped from two depths ("shallow" = upstream, "middle") of both frozen base models, in the
 same forward pass that produces their logits. Architecture (Fig. 3/10, scaled to our models):
 
-  shallow: concat(g_shallow, h_shallow) -> Conv3x3-BN-ReLU -> ResNet block -> pooled to the middle resolution
-  middle:  concat(g_middle, h_middle) -> Conv1x1 ("a linear transformation layer (Conv1x1) to match the
-           dimensions, reduce the number of features", App. D.1)
-  concat(shallow, middle) -> ResNet block (stride 2 when the map is larger than 4x4) -> ResNet block
-  -> global average pool -> Linear(1) -> BatchNorm1d without affine (App. C.2) -> sigmoid(scale * z).
+  shallow: concat(g_shallow, h_shallow) -> Conv1x1-BN-ReLU -> average-pooled to the middle resolution
+  middle:  concat(g_middle, h_middle) -> Conv1x1-BN-ReLU ("a linear transformation layer (Conv1x1) to match
+           the dimensions, reduce the number of features, and improve efficiency", App. D.1)
+  concat(shallow, middle) -> ``blocks`` ResNet blocks (the first with stride 2 when the middle map is larger
+  than 8x8) -> global average pool -> Linear(1) -> BatchNorm1d without affine (App. C.2) -> sigmoid(scale * z).
+
+Deviation from Fig. 10 (which runs a ResNet block at the shallow resolution and a ResNet-18-like trunk):
+this network is kept small so that a training step costs at most ~1.3x one forward+backward through the two
+base models even for our small CNNs on 8x8 digits (see ``benchmarks/mixnet_step.py``); ``width`` and
+``blocks`` scale it up for big base models.
 
 Vector features (MLPs) are treated as 1x1 maps, so the same network applies. Feature maps of g and h with
 different spatial sizes are resized by adaptive average pooling to the smaller one. Layer names default per
@@ -100,23 +105,26 @@ class AlphaNet(nn.Module):
 
     Args:
         shallow_channels: channels of (g_shallow, h_shallow) features; middle_channels likewise.
-        width: channels inside the network.
+        width: channels of each of the two branches (the residual trunk has 2 * width).
+        blocks: ResNet blocks in the trunk (the first has stride 2 when the map is larger than 4x4).
         sigmoid_scale: the scale of the sigmoid input (App. C.2, Table 7: 2 was best on CIFAR-10).
         shift: a constant added to the sigmoid input (App. C.2 shifts the output to set the clean accuracy).
     """
 
-    def __init__(self, shallow_channels: tuple[int, int], middle_channels: tuple[int, int], *, width: int = 32,
-                 sigmoid_scale: float = 2.0, shift: float = 0.0):
+    def __init__(self, shallow_channels: tuple[int, int], middle_channels: tuple[int, int], *, width: int = 16,
+                 blocks: int = 1, sigmoid_scale: float = 2.0, shift: float = 0.0, stride2: bool = False):
         super().__init__()
         self.config = {"shallow_channels": [int(c) for c in shallow_channels],
                        "middle_channels": [int(c) for c in middle_channels], "width": int(width),
-                       "sigmoid_scale": float(sigmoid_scale), "shift": float(shift)}
+                       "blocks": int(blocks), "sigmoid_scale": float(sigmoid_scale), "shift": float(shift),
+                       "stride2": bool(stride2)}
         cs, cm = sum(shallow_channels), sum(middle_channels)
-        self.stem = nn.Sequential(nn.Conv2d(cs, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.up = ResBlock(width, width)
+        # both branches: Conv1x1 to `width` channels (App. D.1: "Conv1x1 to match the dimensions, reduce the
+        # number of features, and improve efficiency"); the shallow branch is then pooled to the middle resolution
+        self.up = nn.Sequential(nn.Conv2d(cs, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.mid = nn.Sequential(nn.Conv2d(cm, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.block1 = ResBlock(2 * width, 2 * width)
-        self.block2 = ResBlock(2 * width, 2 * width)
+        self.trunk = nn.Sequential(*[ResBlock(2 * width, 2 * width, 2 if (i == 0 and stride2) else 1)
+                                     for i in range(max(1, int(blocks)))])
         self.fc = nn.Linear(2 * width, 1)
         self.out_bn = nn.BatchNorm1d(1, affine=False)  # App. C.2: output BN without trainable affine
         self.sigmoid_scale = float(sigmoid_scale)
@@ -127,11 +135,10 @@ class AlphaNet(nn.Module):
         gs, gm, hs, hm = (_as_map(f) for f in feats)
         hw_s = min(gs.shape[-2], hs.shape[-2]), min(gs.shape[-1], hs.shape[-1])
         hw_m = min(gm.shape[-2], hm.shape[-2]), min(gm.shape[-1], hm.shape[-1])
-        s = self.up(self.stem(torch.cat([_resize(gs, hw_s), _resize(hs, hw_s)], 1)))
-        m = self.mid(torch.cat([_resize(gm, hw_m), _resize(hm, hw_m)], 1))
-        hw = min(s.shape[-2], m.shape[-2]), min(s.shape[-1], m.shape[-1])
-        z = torch.cat([_resize(s, hw), _resize(m, hw)], 1)
-        z = self.block2(self.block1(z))
+        hw = min(hw_s[0], hw_m[0]), min(hw_s[1], hw_m[1])
+        s = _resize(self.up(torch.cat([_resize(gs, hw_s), _resize(hs, hw_s)], 1)), hw)
+        m = _resize(self.mid(torch.cat([_resize(gm, hw_m), _resize(hm, hw_m)], 1)), hw)
+        z = self.trunk(torch.cat([s, m], 1))
         z = F.adaptive_avg_pool2d(z, 1).flatten(1)
         return self.out_bn(self.fc(z)).squeeze(1)
 
@@ -140,8 +147,8 @@ class AlphaNet(nn.Module):
 
 
 def build_alpha_net(g: nn.Module, h: nn.Module, layers_g: tuple[str, str], layers_h: tuple[str, str],
-                    input_shape, *, width: int = 32, sigmoid_scale: float = 2.0, shift: float = 0.0,
-                    device=None) -> AlphaNet:
+                    input_shape, *, width: int = 16, blocks: int = 1, sigmoid_scale: float = 2.0,
+                    shift: float = 0.0, device=None) -> AlphaNet:
     """Build an ``AlphaNet`` whose input channels fit the tapped layers (one probe forward pass each).
 
     Raises:
@@ -152,7 +159,8 @@ def build_alpha_net(g: nn.Module, h: nn.Module, layers_g: tuple[str, str], layer
     for who, names in (("core model g", layers_g), ("robust model h", layers_h)):
         if len(tuple(names)) != 2:
             raise ModelError(f"{who}: give exactly two feature layers (shallow, middle), got {len(tuple(names))}")
-    chans = []
+    chans: list[list[int]] = []
+    sizes: list[int] = []
     for m, names, who in ((g, layers_g, "core model g"), (h, layers_h, "robust model h")):
         taps = FeatureTaps(m, tuple(names), who)
         try:
@@ -161,9 +169,11 @@ def build_alpha_net(g: nn.Module, h: nn.Module, layers_g: tuple[str, str], layer
             with torch.no_grad():
                 m.eval()
                 m(torch.full((2, *input_shape), 0.5, device=dev))
-            chans.append([_as_map(f).shape[1] for f in taps.pop()])
+            feats = [_as_map(f) for f in taps.pop()]
+            chans.append([f.shape[1] for f in feats])
+            sizes.append(min(feats[1].shape[-2:]))
         finally:
             taps.remove()
-    net = AlphaNet((chans[0][0], chans[1][0]), (chans[0][1], chans[1][1]), width=width,
-                   sigmoid_scale=sigmoid_scale, shift=shift)
+    net = AlphaNet((chans[0][0], chans[1][0]), (chans[0][1], chans[1][1]), width=width, blocks=blocks,
+                   sigmoid_scale=sigmoid_scale, shift=shift, stride2=max(sizes) > 8)
     return net.to(device) if device is not None else net

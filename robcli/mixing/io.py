@@ -62,7 +62,8 @@ def load_members(core: str, robust: str, *, dataset_info=None, device=None, seed
 def build_mixture(lg, lh, *, alpha: float | None = 0.5, mix_space: str = "prob", scale_g: float = 1.0,
                   scale_h: float = 1.0, alpha_range: tuple[float, float] | None = None,
                   layers_g: tuple[str, str] | None = None, layers_h: tuple[str, str] | None = None,
-                  width: int = 32, sigmoid_scale: float = 2.0, device=None, seed: int = 0) -> MixedClassifier:
+                  width: int = 16, blocks: int = 1, sigmoid_scale: float = 2.0, device=None,
+                  seed: int = 0) -> MixedClassifier:
     """A ``MixedClassifier`` over two ``LoadedModel``s: fixed ``alpha``, or ``alpha=None`` for a fresh alpha net.
 
     Raises:
@@ -78,8 +79,8 @@ def build_mixture(lg, lh, *, alpha: float | None = 0.5, mix_space: str = "prob",
     lay_h = tuple(layers_h) if layers_h else default_layers(lh.model, lh.card.get("arch"), "robust model h")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_alpha_net(lg.model, lh.model, lay_g, lay_h, shape, width=width, sigmoid_scale=sigmoid_scale,
-                              device=device)
+        net = build_alpha_net(lg.model, lh.model, lay_g, lay_h, shape, width=width, blocks=blocks,
+                              sigmoid_scale=sigmoid_scale, device=device)
     m = MixedClassifier(lg.model, lh.model, net, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
                         alpha_range=alpha_range, layers_g=lay_g, layers_h=lay_h, num_classes=lg.num_classes)
     m.input_shape = tuple(shape)
@@ -211,7 +212,8 @@ def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: 
         else:
             cfg = mix.get("alpha_net") or {}
             net = AlphaNet(tuple(cfg["shallow_channels"]), tuple(cfg["middle_channels"]), width=cfg["width"],
-                           sigmoid_scale=cfg["sigmoid_scale"], shift=cfg.get("shift", 0.0))
+                           blocks=cfg.get("blocks", 1), sigmoid_scale=cfg["sigmoid_scale"],
+                           shift=cfg.get("shift", 0.0), stride2=cfg.get("stride2", False))
             rng = alpha_range if alpha_range is not None else (tuple(mix["alpha_range"]) if mix.get("alpha_range") else None)
             model = MixedClassifier(lg.model, lh.model, net, mix_space=mix.get("mix_space", "prob"),
                                     scale_g=mix.get("scale_g", 1.0), scale_h=mix.get("scale_h", 1.0),

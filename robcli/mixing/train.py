@@ -52,7 +52,7 @@ class MixnetConfig:
         c_ce, c_bce, c_prod: composite loss constants (eq. 8); defaults from App. C.2.
         epochs, batch, lr, weight_decay: AdamW training (Sec. 5.2).
         ema: EMA decay of the alpha network's weights (App. D.1 used 0.8; None = off).
-        width, sigmoid_scale: alpha network size and sigmoid input scale (App. C.2, Table 7: 2).
+        width, blocks, sigmoid_scale: alpha network size and sigmoid input scale (App. C.2, Table 7: 2).
     """
 
     eps: float = 8 / 255
@@ -69,7 +69,8 @@ class MixnetConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ema: float | None = None
-    width: int = 32
+    width: int = 16
+    blocks: int = 1
     sigmoid_scale: float = 2.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -97,8 +98,8 @@ class MixnetConfig:
             raise UsageError("--lr must be > 0")
         if self.ema is not None and not (0.0 < self.ema < 1.0):
             raise UsageError("--ema decay must lie in (0, 1)")
-        if self.width < 1 or not (self.sigmoid_scale > 0):
-            raise UsageError("width must be >= 1 and sigmoid_scale > 0")
+        if self.width < 1 or self.blocks < 1 or not (self.sigmoid_scale > 0):
+            raise UsageError("width and blocks must be >= 1 and sigmoid_scale > 0")
 
     def as_dict(self) -> dict:
         return asdict(self)
