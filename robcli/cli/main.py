@@ -42,6 +42,10 @@ def _register() -> None:
     app.command("report", help="Paper-style tables and plots from robcli tables.")(report.report)
     app.command("run", help="Run a recipe (TOML): an ordered list of robcli commands.")(run.run)
     app.command("list", help="List registered data sets, models, losses or attacks.")(listing.list_cmd)
+    # ---- mixing / adaptive smoothing (robcli/cli/mix.py, issue 5) ----
+    from robcli.cli import mix
+
+    app.add_typer(mix.mix_app, name="mix", help="Mixed classifiers and adaptive smoothing: build, sweep, train, attack, certify.")
 
 
 _register()

@@ -15,12 +15,6 @@ from robcli.mixing.attacks import pgd_mix
 from robcli.mixing.mixed import MixedClassifier, check_alpha
 
 
-def _acc(model, x, y, batch):
-    with torch.no_grad():
-        pred = torch.cat([model(x[s:s + batch]).argmax(1) for s in range(0, x.shape[0], batch)])
-    return pred == y
-
-
 def _attack(model, x, y, *, eps, norm, steps, batch):
     out = []
     for s in range(0, x.shape[0], batch):
@@ -31,7 +25,8 @@ def _attack(model, x, y, *, eps, norm, steps, batch):
 def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, alphas, *, eps: float,
                 norm: str = "Linf", steps: int = 20, mix_space: str = "prob", scale_g: float = 1.0,
                 scale_h: float = 1.0, batch: int = 256, attacks=("std", "rob", "mix")):
-    """One row per alpha: ``alpha, mix_space, eps, norm, steps, n, nat_acc, std_acc, rob_acc, mix_acc, robust_acc``.
+    """One row per alpha: ``alpha, mix_space, eps, norm, steps, n, nat_acc, std_acc, rob_acc, mix_acc, robust_acc,
+    robust_wrong`` (``robust_wrong``: the prediction survives every attack unchanged but is wrong).
 
     Accuracies are fractions in [0, 1]. Attacks are PGD-``steps`` with CE loss, start at x (no random init),
     step 2.5 eps / steps.
@@ -59,18 +54,25 @@ def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torc
         m = MixedClassifier(g, h, a, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h).eval()
         row = {"alpha": a, "mix_space": mix_space, "eps": float(eps), "norm": norm, "steps": int(steps),
                "n": int(x.shape[0])}
-        nat = _acc(m, x, y, batch)
+        with torch.no_grad():
+            pred0 = torch.cat([m(x[s:s + batch]).argmax(1) for s in range(0, x.shape[0], batch)])
+        nat = pred0 == y
         row["nat_acc"] = float(nat.float().mean())
         ok = nat.clone()
+        unchanged = torch.ones_like(nat)
         for name in ("std", "rob", "mix"):
             if name not in attacks:
                 row[f"{name}_acc"] = float("nan")
                 continue
             xa = adv[name] if name != "mix" else _attack(m, x, y, eps=eps, norm=norm, steps=steps, batch=batch)
-            c = _acc(m, xa, y, batch)
+            with torch.no_grad():
+                pa = torch.cat([m(xa[s:s + batch]).argmax(1) for s in range(0, x.shape[0], batch)])
+            c = pa == y
             row[f"{name}_acc"] = float(c.float().mean())
             ok &= c
+            unchanged &= pa == pred0
         row["robust_acc"] = float(ok.float().mean())
+        row["robust_wrong"] = float((unchanged & ~nat).float().mean())
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -573,6 +573,11 @@ def load_model(
         from robcli.compose.export import load_composite
 
         lm = load_composite(path, read_card(path))
+    elif path.is_dir() and _is_mixnet_dir(path):
+        # ---- mixture run dirs (robcli mix build/train, robcli.mixing): members are loaded by robcli.mixing.io ----
+        from robcli.mixing.io import load_mixnet
+
+        lm = load_mixnet(path)
     elif path.is_dir():
         card = read_card(path)
         w = path / WEIGHTS
@@ -646,6 +651,14 @@ def _is_composite_dir(path: Path) -> bool:
     """A run dir written by ``robcli compose --export`` (card ``arch: composite``, no weights of its own)."""
     try:
         return json.loads((path / CARD).read_text()).get("arch") == "composite"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _is_mixnet_dir(path: Path) -> bool:
+    """A run dir written by ``robcli mix build/train`` (card ``arch: mixnet``; weights of the mixing state only)."""
+    try:
+        return json.loads((path / CARD).read_text()).get("arch") == "mixnet"
     except (OSError, ValueError, AttributeError):
         return False
 

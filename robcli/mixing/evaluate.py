@@ -1,0 +1,88 @@
+"""Table rows for mixtures: attack tables (settings A-D, with alpha(x) per example), certify tables (mixture radii)
+and compose tables (the fixed-alpha sweep). Pure functions returning DataFrames; the CLI writes them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from robcli.attacks.pgd import margin, perturbation_norm
+from robcli.mixing.attacks import attack_mixture
+from robcli.mixing.mixed import MixedClassifier
+
+
+def attack_frame(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, idx, *, setting: str, eps: float,
+                 norm: str = "Linf", steps: int = 20, n_iter: int = 100, n_targets: int = 9,
+                 alpha_weight: float = 1.0, batch: int = 256, generator: torch.Generator | None = None,
+                 device=None, progress=None):
+    """Attack-table rows (DESIGN.md columns) plus ``alpha_clean``/``alpha_adv`` (alpha(x) at x and at x_adv)."""
+    import pandas as pd
+
+    model.eval()
+    rows = []
+    n = x.shape[0]
+    for s in range(0, n, batch):
+        xb = x[s:s + batch].to(device or x.device)
+        yb = y[s:s + batch].to(xb.device)
+        xa = attack_mixture(model, xb, yb, setting, eps=eps, norm=norm, steps=steps, n_iter=n_iter,
+                            n_targets=n_targets, alpha_weight=alpha_weight, generator=generator, device=device)
+        with torch.no_grad():
+            zc, ac = model.forward_with_alpha(xb)
+            za, aa = model.forward_with_alpha(xa)
+        pc, pa = zc.argmax(1), za.argmax(1)
+        rows.append(pd.DataFrame({
+            "idx": np.asarray(idx[s:s + batch], dtype=np.int64), "label": yb.cpu().numpy(), "eps": float(eps),
+            "norm": norm, "attack": f"mix-{setting.upper()}", "clean_pred": pc.cpu().numpy(),
+            "adv_pred": pa.cpu().numpy(), "correct": (pc == yb).cpu().numpy(),
+            "robust": (pa == pc).cpu().numpy(), "clean_margin": margin(zc, yb).cpu().numpy(),
+            "adv_margin": margin(za, yb).cpu().numpy(), "pert_norm": perturbation_norm(xa, xb, norm).cpu().numpy(),
+            "alpha_clean": ac.detach().cpu().numpy(), "alpha_adv": aa.detach().cpu().numpy(),
+        }))
+        if progress is not None:
+            progress(min(s + batch, n), n, f"setting {setting.upper()}")
+    return pd.concat(rows, ignore_index=True)
+
+
+def certify_frame(cert, idx, labels, *, sigma: float, n0: int, n: int, alpha_cert: float, alpha: float,
+                  seconds: float):
+    """Certify-table rows (Cohen's columns + the mixture's) from a ``MixtureCertificate``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    df = cert.frame()
+    df.insert(0, "idx", np.asarray(idx, dtype=np.int64))
+    df.insert(1, "label", labels)
+    df["correct"] = df["predict"].to_numpy() == labels
+    df["time"] = seconds / max(len(labels), 1)
+    df["sigma"] = float(sigma) if sigma is not None else float("nan")
+    df["N0"] = int(n0)
+    df["N"] = int(n)
+    df["alpha"] = float(alpha_cert)
+    df["mix_alpha"] = float(alpha)
+    df["pA_lower"] = df["pA_lower"].clip(0.0, 1.0)
+    return df
+
+
+def sweep_compose_frame(sweep, *, core: str, robust: str):
+    """The fixed-alpha sweep as compose-table rows: one row per alpha.
+
+    ``selector = "fixed-alpha"``, ``threshold = alpha``; ``robust_selection = alpha`` (the weight the mixture
+    puts on the robust model); ``robust_acc`` = correct under all of the STD/ROB/MIX attacks;
+    ``robust_inaccuracy`` = the prediction survives all attacks unchanged but is wrong (``robust_wrong``).
+    """
+    df = sweep.copy()
+    df.insert(0, "selector", "fixed-alpha")
+    df.insert(1, "threshold", df["alpha"].astype(float))
+    df["robust_selection"] = df["alpha"].astype(float)
+    df["selected_robust_acc"] = float("nan")
+    df["robust_inaccuracy"] = df["robust_wrong"].astype(float)
+    df["core_model"] = core
+    df["robust_models"] = robust
+    return df
+
+
+def timed(fn, *a, **kw):
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0

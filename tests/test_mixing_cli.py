@@ -1,0 +1,150 @@
+"""`robcli mix ...` in-process: build, sweep, train, attack, certify; bad input = one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robcli.models.io import build, make_card, save_run
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    import torch.nn.functional as F
+
+    from robcli.data.registry import load_split
+
+    d = tmp_path_factory.mktemp("members")
+    tr = load_split("digits", "train")
+    x, y = tr.tensors()
+    x, y = x[:512], y[:512]
+    paths = {}
+    for name, seed in (("g", 0), ("h", 1)):
+        torch.manual_seed(seed)
+        m = build("tiny_cnn", 10, (1, 8, 8), mean=tr.info.mean, std=tr.info.std)
+        opt = torch.optim.Adam(m.parameters(), 1e-2)
+        m.train()
+        for s in range(0, len(x), 64):
+            F.cross_entropy(m(x[s:s + 64]), y[s:s + 64]).backward()
+            opt.step()
+            opt.zero_grad()
+        m.eval()
+        save_run(d / name, m, make_card("tiny_cnn", 10, (1, 8, 8), dataset="digits", mean=tr.info.mean, std=tr.info.std))
+        paths[name] = str(d / name)
+    torch.manual_seed(2)
+    other = build("tiny_cnn", 7, (1, 8, 8))
+    save_run(d / "k7", other, make_card("tiny_cnn", 7, (1, 8, 8)))
+    paths["k7"] = str(d / "k7")
+    return paths
+
+
+def _one_line_error(res, *words):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robcli: error:"), res.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
+    from robcli.models.io import load_model
+    from robcli.tables.io import read_table
+
+    run = tmp_path / "mix"
+    res = cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.7", "--export", run, "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "card.json").read_text())["arch"] == "mixnet"
+    lm = load_model(str(run))  # the hook in robcli.models.io: every command that takes --model loads a mixture
+    assert lm.kind == "mixnet" and float(lm.model.alpha_fixed) == pytest.approx(0.7)
+    out = tmp_path / "att.parquet"
+    res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--steps", "5",
+              "--n-ex", "40", "-o", out)
+    assert res.exit_code == 0, res.output
+    t = read_table(out, "attack")
+    assert len(t.df) == 40 and (t.df["attack"] == "mix-B").all()
+    assert t.df["alpha_clean"].to_numpy() == pytest.approx([0.7] * 40)
+    assert (t.df["pert_norm"] <= 0.1 + 1e-6).all()
+
+
+def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, tmp_path):
+    from robcli.tables.io import read_table
+
+    run = tmp_path / "adaptive"
+    res = cli("mix", "train", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
+              "--out", run, "--epochs", "1", "--n-ex", "256", "--attack-steps", "2", "--alpha-min", "0.3",
+              "--alpha-max", "0.9", "--ema", "0.8", "-q")
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "card.json").read_text())
+    assert card["mixnet"]["alpha"] is None and card["mixnet"]["alpha_range"] == [0.3, 0.9]
+    assert card["training"]["config"]["c_bce"] == 1.5 and len(card["training"]["log"]) == 1
+    out = tmp_path / "d.parquet"
+    res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-iter", "5",
+              "--n-ex", "16", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    df = read_table(out, "attack").df
+    assert df["alpha_clean"].between(0.3, 0.9).all() and df["alpha_adv"].between(0.3, 0.9).all()
+
+
+def test_sweep_writes_a_compose_table(cli, members, tmp_path):
+    from robcli.tables.io import read_table
+
+    out = tmp_path / "sweep.parquet"
+    res = cli("mix", "sweep", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
+              "--alpha", "0", "--alpha", "0.5", "--alpha", "1", "--steps", "3", "--n-ex", "64", "-o", out)
+    assert res.exit_code == 0, res.output
+    t = read_table(out, "compose")
+    assert list(t.df["threshold"]) == [0.0, 0.5, 1.0] and (t.df["selector"] == "fixed-alpha").all()
+    assert "nat_acc" in res.output
+
+
+def test_certify_mixture_radii_table(cli, members, tmp_path):
+    from robcli.tables.io import read_table
+
+    out = tmp_path / "cert.parquet"
+    res = cli("mix", "certify", "--robust", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25",
+              "--N0", "20", "--N", "200", "--alpha", "0.01", "--n-ex", "8", "-o", out)
+    assert res.exit_code == 0, res.output
+    df = read_table(out, "certify").df
+    assert len(df) == 8 and (df["radius"] >= 0).all() and (df["mix_alpha"] == 0.8).all()
+    assert ((df["predict"] == -1) == (df["radius"] == 0)).all()
+    out2 = tmp_path / "local.parquet"
+    res = cli("mix", "certify", "--robust", members["h"], "-d", "digits", "--mix", "0.9", "--method", "local",
+              "--eps", "0.05", "--norm", "Linf", "--n-ex", "4", "-o", out2)
+    assert res.exit_code == 0, res.output
+    assert "ESTIMATE" in res.output
+    assert read_table(out2, "certify").df["radius_is_estimate"].all()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["build", "--alpha", "1.5"], ["--alpha", "[0, 1]"]),
+    (["build", "--alpha", "0.5", "--robust-k7"], ["class counts"]),
+    (["train", "--alpha-min", "0.9", "--alpha-max", "0.2"], ["alpha_min 0.9 > alpha_max 0.2"]),
+    (["train", "--layers-g", "net.nope,net.features.6"], ["no layer 'net.nope'", "available layers"]),
+    (["sweep", "--alpha", "-0.2"], ["[0, 1]"]),
+])
+def test_bad_input_one_line_nothing_written(cli, members, tmp_path, args, words):
+    out = tmp_path / "out"
+    sub = args[0]
+    rob = members["k7"] if "--robust-k7" in args else members["h"]
+    extra = [a for a in args[1:] if a != "--robust-k7"]
+    common = ["--core", members["g"], "--robust", rob]
+    if sub == "build":
+        cmd = ["mix", "build", *common, "--export", out, *extra]
+    elif sub == "train":
+        cmd = ["mix", "train", *common, "-d", "digits", "--eps", "0.1", "--out", out, "--epochs", "1", "--n-ex", "64", *extra]
+    else:
+        cmd = ["mix", "sweep", *common, "-d", "digits", "--eps", "0.1", "-o", out, "--n-ex", "8", *extra]
+    _one_line_error(cli(*cmd), *words)
+    assert not out.exists()
+
+
+def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, members, tmp_path):
+    run = tmp_path / "mix"
+    assert cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.6", "--export", run,
+               "-q").exit_code == 0
+    out = tmp_path / "a.parquet"
+    _one_line_error(cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "A", "-o", out),
+                    "fixed alpha")
+    assert not out.exists()
