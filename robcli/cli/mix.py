@@ -322,6 +322,8 @@ def certify_cmd(
     from robcli.utils.seeding import make_generator
 
     a = check_alpha(parse_float_expr(alpha, "--mix"), "--mix")
+    if a < 0.5 and not quiet:
+        typer.echo("note: alpha < 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example abstains", err=True)
     methods = ("smoothing", "lipschitz-rs", "lipschitz", "local")
     if method not in methods:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(methods)}")
