@@ -73,7 +73,7 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
 
     run = tmp_path / "adaptive"
     res = cli("mix", "train", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
-              "--out", run, "--epochs", "1", "--n-ex", "256", "--attack-steps", "2", "--alpha-min", "0.3",
+              "--out", run, "--epochs", "1", "--n-ex", "128", "--attack-steps", "2", "--alpha-min", "0.3",
               "--alpha-max", "0.9", "--ema", "0.8", "-q")
     assert res.exit_code == 0, res.output
     card = json.loads((run / "card.json").read_text())
@@ -81,7 +81,7 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
     assert card["training"]["config"]["c_bce"] == 1.5 and len(card["training"]["log"]) == 1
     out = tmp_path / "d.parquet"
     res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-iter", "5",
-              "--n-ex", "16", "-o", out, "-q")
+              "--n-targets", "2", "--n-ex", "16", "-o", out, "-q")
     assert res.exit_code == 0, res.output
     df = read_table(out, "attack").df
     assert df["alpha_clean"].between(0.3, 0.9).all() and df["alpha_adv"].between(0.3, 0.9).all()

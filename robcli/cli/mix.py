@@ -226,6 +226,7 @@ def attack_cmd(
     steps: Annotated[int, typer.Option("--steps", help="PGD steps (A, B).")] = 20,
     n_iter: Annotated[int, typer.Option("--n-iter", help="APGD iterations (D).")] = 100,
     alpha_weight: Annotated[float, typer.Option("--alpha-weight", help="Weight of the log(1-alpha) term (D).")] = 1.0,
+    n_targets: Annotated[int, typer.Option("--n-targets", help="Target classes of the targeted APGD part (D).")] = 9,
     alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Override the stored alpha range.")] = None,
     alpha_max: Annotated[Optional[float], typer.Option("--alpha-max")] = None,
     norm: NormOpt = "Linf",
@@ -256,6 +257,8 @@ def attack_cmd(
         raise UsageError(f"--setting {setting!r}: choose A, B, C or D")
     if (alpha_min is None) != (alpha_max is None):
         raise UsageError("give both --alpha-min and --alpha-max (or neither)")
+    if steps < 1 or n_iter < 1 or n_targets < 1 or batch < 1:
+        raise UsageError("--steps, --n-iter, --n-targets and --batch must be >= 1")
     rng = (alpha_min, alpha_max) if alpha_min is not None else None
     check_out(out, force)
     dev = resolve_device(device)
@@ -263,9 +266,10 @@ def attack_cmd(
     lm = load_mixnet(model, dataset_info=data.info, device=dev, alpha_range=rng)
     x, y = data.tensors()
     df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm, steps=steps,
-                      n_iter=n_iter, alpha_weight=alpha_weight, batch=batch, generator=make_generator(seed, dev),
+                      n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight, batch=batch, generator=make_generator(seed, dev),
                       device=dev)
     config = {"model": model, "setting": setting.upper(), "eps": e, "norm": nrm, "steps": steps, "n_iter": n_iter,
+              "n_targets": n_targets,
               "alpha_weight": alpha_weight, "alpha_range": rng, "dataset": dataset, "split": split, "n_ex": n_ex,
               "skip": skip}
     prov = provenance(seed=seed, device=dev, models=lm.files, data=data.fingerprint(), command=argv())
