@@ -176,4 +176,6 @@ def build_alpha_net(g: nn.Module, h: nn.Module, layers_g: tuple[str, str], layer
             taps.remove()
     net = AlphaNet((chans[0][0], chans[1][0]), (chans[0][1], chans[1][1]), width=width, blocks=blocks,
                    sigmoid_scale=sigmoid_scale, shift=shift, stride2=max(sizes) > 8)
-    return net.to(device) if device is not None else net
+    p0 = next(iter(g.parameters()), None)
+    target = device if device is not None else (p0.device if p0 is not None else None)
+    return net.to(target) if target is not None else net

@@ -73,8 +73,9 @@ def build_mixture(lg, lh, *, alpha: float | None = 0.5, mix_space: str = "prob",
     shape = lg.input_shape
     if alpha is not None:
         check_alpha(alpha)
-        return MixedClassifier(lg.model, lh.model, float(alpha), mix_space=mix_space, scale_g=scale_g,
-                               scale_h=scale_h, num_classes=lg.num_classes, input_shape=None).to(device or "cpu")
+        fixed = MixedClassifier(lg.model, lh.model, float(alpha), mix_space=mix_space, scale_g=scale_g,
+                                scale_h=scale_h, num_classes=lg.num_classes, input_shape=None)
+        return fixed.to(device) if device is not None else fixed
     lay_g = tuple(layers_g) if layers_g else default_layers(lg.model, lg.card.get("arch"), "core model g")
     lay_h = tuple(layers_h) if layers_h else default_layers(lh.model, lh.card.get("arch"), "robust model h")
     with torch.random.fork_rng(devices=[]):
@@ -84,7 +85,7 @@ def build_mixture(lg, lh, *, alpha: float | None = 0.5, mix_space: str = "prob",
     m = MixedClassifier(lg.model, lh.model, net, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
                         alpha_range=alpha_range, layers_g=lay_g, layers_h=lay_h, num_classes=lg.num_classes)
     m.input_shape = tuple(shape)
-    return m.to(device or "cpu")
+    return m.to(device) if device is not None else m
 
 
 def _member_entry(spec: str, lm, run_dir: Path) -> dict:
