@@ -81,6 +81,7 @@ def attack(
     subset: Annotated[Optional[str], typer.Option("--subset", help="Only these examples: a text file of indices (one per line) or a partition table.")] = None,
     subset_split: Annotated[Optional[str], typer.Option("--subset-split", help="With a partition table as --subset: which split, e.g. robust_inaccurate.")] = None,
     batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Examples per attack call (part of the seeding).")] = 256,
+    setting: Annotated[Optional[str], typer.Option("--setting", help="Mixture models only (compose --mix / finetune --loss mixnet): A gray-box PGD, B white-box PGD, C AutoAttack, D adaptive AutoAttack (paper 004; same code as `robcli mix attack`).")] = None,
     arch: ArchOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
@@ -103,6 +104,32 @@ def attack(
     from robcli.cli.common import ProgressCallback, argv, check_out, console, progress
     from robcli.errors import UsageError
 
+    if setting is not None:
+        generic = {"--attack": attack_ != "apgd-ce", "--restarts": restarts is not None, "--version": version != "standard",
+                   "--aa-attacks": aa_attacks is not None, "--objective": objective != "margin",
+                   "--grid-points": grid_points is not None, "--subset": subset is not None,
+                   "--subset-split": subset_split is not None, "--arch": arch is not None, "--download": download,
+                   "--image-size": image_size is not None, "--resume": resume}
+        given = [f for f, on in generic.items() if on]
+        if given:
+            raise UsageError(f"{', '.join(given)} do not apply with --setting (mixture attacks; see robcli mix attack)")
+        if eps is not None and len(eps) != 1:
+            raise UsageError("--setting attacks at one --eps")
+        from robcli.mixing.io import is_mixnet_dir
+
+        if not is_mixnet_dir(model):
+            raise UsageError(f"--setting applies to mixture models (compose --mix, finetune --loss mixnet); {model} is not one")
+        from robcli.cli.mix import attack_cmd
+
+        s = setting.upper()
+        if s == "C" and steps is not None:
+            raise UsageError("--steps does not apply to setting C (standard AutoAttack)")
+        attack_cmd(model=model, dataset=dataset, eps=(eps or ["8/255"])[0], out=out, setting=setting,
+                   steps=steps if steps is not None and s in ("A", "B") else 20,
+                   n_iter=steps if steps is not None and s == "D" else 100, alpha_weight=1.0, n_targets=9,
+                   alpha_min=None, alpha_max=None, norm=norm, split=split, n_ex=n_ex, skip=skip, batch=batch,
+                   data_dir=data_dir, device=device, seed=seed, force=force, quiet=quiet)
+        return
     cfg = AttackConfig(
         attack=attack_, eps=tuple(eps or ["8/255"]), norm=norm, steps=steps, restarts=restarts, version=version,
         aa_attacks=tuple((aa_attacks or "").split(",")), objective=objective, grid_points=grid_points,

@@ -10,12 +10,16 @@ from robcli.cli.common import (
     DataDirOpt,
     DeviceOpt,
     ForceOpt,
+    NExOpt,
     QuietOpt,
     SeedOpt,
+    SkipOpt,
+    SplitOpt,
     argv,
     check_out,
     handle_errors,
 )
+from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt
 
 SWEEP = [round(0.05 * i, 2) for i in range(21)]
 
@@ -45,9 +49,9 @@ def _read_many(spec: str):
 
 @handle_errors
 def compose(
-    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order).")],
-    core: Annotated[str, typer.Option("--core", "-c", help="Core model's attack (or certify) table at eps.")],
-    eps: Annotated[str, typer.Option("--eps", help="Threat radius of the composition, e.g. 1/255 (certified: the L2 radius).")],
+    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order). With --mix/--mix-sweep: the robust MODEL h (run dir or checkpoint).")],
+    core: Annotated[str, typer.Option("--core", "-c", help="Core model's attack (or certify) table at eps. With --mix/--mix-sweep: the core MODEL g.")],
+    eps: Annotated[Optional[str], typer.Option("--eps", help="Threat radius of the composition, e.g. 1/255 (certified: the L2 radius); --mix-sweep: the attack radius.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Compose table (Parquet).")] = None,
     selector: Annotated[str, typer.Option("--selector", help="ri (robustness indicator, eq. 12/13) or sr (softmax response, eq. 16).")] = "ri",
     threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="Softmax-response threshold in [0,1]; repeatable.")] = None,
@@ -61,20 +65,56 @@ def compose(
     data_dir: DataDirOpt = None,
     export: Annotated[Optional[str], typer.Option("--export", help="Write the composite as a model run dir that robcli attack can load.")] = None,
     export_threshold: Annotated[Optional[list[str]], typer.Option("--export-threshold", help="Softmax threshold(s) of the exported selector (default: the --threshold, or calibrated to the robustness indicator).")] = None,
-    steps: Annotated[int, typer.Option("--steps", help="PGD steps for confidences computed from --robust-model.")] = 50,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="PGD steps for confidences computed from --robust-model (default 50); --mix-sweep: of the STD/ROB/MIX attacks (default 20).")] = None,
+    mix: Annotated[Optional[str], typer.Option("--mix", help="Fixed-alpha mixture log((1-a) softmax(g) + a softmax(h)) (paper 002) of the MODELS --core g and --robust h, a in [0, 1]; written with --export RUN.")] = None,
+    mix_sweep: Annotated[bool, typer.Option("--mix-sweep", help="Natural vs STD/ROB/MIX-attacked accuracy of fixed-alpha mixtures of the MODELS --core/--robust over an --alpha grid (002 Fig. 2/4).")] = False,
+    alpha: Annotated[Optional[list[str]], typer.Option("--alpha", help="--mix-sweep grid values; repeatable (default 0, 0.1, ..., 1).")] = None,
+    mix_space: MixSpaceOpt = "prob",
+    scale_g: ScaleGOpt = 1.0,
+    scale_h: ScaleHOpt = 1.0,
+    split: SplitOpt = "test",
+    n_ex: NExOpt = None,
+    skip: SkipOpt = 0,
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="--mix-sweep: examples per attack batch.")] = 256,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x) (and cascades) from per-example tables."""
+    """Evaluate H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x) (and cascades) from per-example tables.
+
+    With --mix or --mix-sweep, --core/--robust are models and the fixed-alpha mixture of paper 002 is built
+    (same code as `robcli mix build`) or swept over alpha (same code as `robcli mix sweep`).
+    """
+    from robcli.errors import UsageError
+
+    mix_only = {"--alpha": bool(alpha), "--mix-space": mix_space != "prob", "--scale-g": scale_g != 1.0,
+                "--scale-h": scale_h != 1.0, "--split": split != "test", "--n-ex": n_ex is not None,
+                "--skip": skip != 0, "--batch": batch != 256}
+    if mix is not None or mix_sweep:
+        table_only = {"--selector": selector != "ri", "--threshold": bool(threshold), "--sweep": do_sweep,
+                      "--sigma": sigma is not None, "--selection-check": check != "2eps",
+                      "--robust-model": bool(robust_model), "--core-model": core_model is not None,
+                      "--export-threshold": bool(export_threshold)}
+        _compose_mix(mix=mix, mix_sweep=mix_sweep, robust=robust, core=core, eps=eps, out=out, export=export,
+                     dataset=dataset, data_dir=data_dir, alpha=alpha, mix_space=mix_space, scale_g=scale_g,
+                     scale_h=scale_h, norm=norm, steps=steps, split=split, n_ex=n_ex, skip=skip, batch=batch,
+                     device=device, seed=seed, force=force, quiet=quiet, table_only=table_only)
+        return
+    given = [f for f, on in mix_only.items() if on]
+    if given:
+        raise UsageError(f"{', '.join(given)} belong to --mix/--mix-sweep (mixtures of models)")
+    if eps is None:
+        raise UsageError("missing --eps (the threat radius of the composition)")
+    if steps is None:
+        steps = 50
     import numpy as np
     import pandas as pd
 
     from robcli.analysis.metrics import check_same_examples, view_from_table
     from robcli.compose.evaluate import evaluate_composition
     from robcli.compose.selectors import parse_selector, ri_member, sr_member
-    from robcli.errors import TableError, UsageError
+    from robcli.errors import TableError
     from robcli.report.render import markdown_table
     from robcli.tables.io import provenance, write_table
     from robcli.utils.parse import parse_eps, parse_fraction_in, parse_norm
@@ -191,6 +231,60 @@ def compose(
     if not quiet:
         show = df[lead + ["core_nat_acc", "core_robust_acc"]]
         typer.echo(markdown_table(show))
+
+
+def _require_models(**specs: str) -> None:
+    """--mix/--mix-sweep mix models: refuse table paths (a .parquet file or a folder of shards) early."""
+    from pathlib import Path
+
+    from robcli.errors import UsageError
+
+    for flag, spec in specs.items():
+        p = Path(spec)
+        shards = p.is_dir() and not (p / "card.json").exists() and any(p.glob("*.parquet"))
+        if p.suffix == ".parquet" or ".parquet," in spec or shards:
+            raise UsageError(f"--mix/--mix-sweep take models (run dirs or checkpoints), not tables: {flag} {spec}")
+
+
+def _compose_mix(*, mix, mix_sweep, robust, core, eps, out, export, dataset, data_dir, alpha, mix_space, scale_g,
+                 scale_h, norm, steps, split, n_ex, skip, batch, device, seed, force, quiet, table_only) -> None:
+    """`compose --mix` = `mix build`, `compose --mix-sweep` = `mix sweep` (shared code in robcli.cli.mix)."""
+    from robcli.cli import mix as mix_cli
+    from robcli.errors import UsageError
+
+    if mix is not None and mix_sweep:
+        raise UsageError("give --mix ALPHA (export one mixture) or --mix-sweep (evaluate an --alpha grid), not both")
+    given = [f for f, on in table_only.items() if on]
+    if given:
+        raise UsageError(f"{', '.join(given)} belong to table compositions, not to --mix/--mix-sweep")
+    if len(robust) != 1:
+        raise UsageError(f"--mix/--mix-sweep mix one --robust model with the --core model (got {len(robust)})")
+    _require_models(**{"--core": core, "--robust": robust[0]})
+    if mix is not None:
+        sweep_only = {"--out": out is not None, "--eps": eps is not None, "--alpha": bool(alpha),
+                      "--dataset": dataset is not None, "--norm": norm is not None, "--steps": steps is not None,
+                      "--split": split != "test", "--n-ex": n_ex is not None, "--skip": skip != 0,
+                      "--batch": batch != 256}
+        given = [f for f, on in sweep_only.items() if on]
+        if given:
+            raise UsageError(f"{', '.join(given)} belong to --mix-sweep; --mix ALPHA only exports the mixture (--export RUN)")
+        if export is None:
+            raise UsageError("--mix needs --export RUN (the run directory of the mixture)")
+        from robcli.mixing.mixed import check_alpha
+        from robcli.utils.parse import parse_float_expr
+
+        check_alpha(parse_float_expr(mix, "--mix"), "--mix")  # named as the user spelled it
+        mix_cli.build_cmd(core=core, robust=robust[0], alpha=mix, export=export, mix_space=mix_space,
+                          scale_g=scale_g, scale_h=scale_h, force=force, quiet=quiet)
+        return
+    if export is not None:
+        raise UsageError("--mix-sweep writes a table (--out T.parquet); to export one mixture use --mix ALPHA --export RUN")
+    if dataset is None or eps is None:
+        raise UsageError("--mix-sweep needs --dataset and --eps")
+    mix_cli.sweep_cmd(core=core, robust=robust[0], dataset=dataset, eps=eps, out=out, alpha=alpha,
+                      steps=20 if steps is None else steps, norm=norm or "Linf", mix_space=mix_space, scale_g=scale_g,
+                      scale_h=scale_h, split=split, n_ex=n_ex, skip=skip, batch=batch, data_dir=data_dir,
+                      device=device, seed=seed, force=force, quiet=quiet)
 
 
 def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, dataset, need_min):

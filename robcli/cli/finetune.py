@@ -29,7 +29,7 @@ HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA
 
 @handle_errors
 def finetune(
-    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra (mixnet: not yet).")],
+    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra, or mixnet (the adaptive mixing network on --core/--robust; same code as `robcli mix train`).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory to create.")],
     dataset: DatasetOpt = "gaussians",
     data_dir: DataDirOpt = None,
@@ -57,15 +57,59 @@ def finetune(
     num_noise: Annotated[int, typer.Option("--num-noise", help="Noise samples k (cra).")] = 16,
     temperature: Annotated[float, typer.Option("--temperature", help="Inverse softmax temperature (cra).")] = 4.0,
     train_subset: Annotated[Optional[str], typer.Option("--train-subset", help="File of train indices, one per line.")] = None,
+    core: Annotated[Optional[str], typer.Option("--core", "-c", help="mixnet: accurate core model g (run dir or checkpoint), frozen.")] = None,
+    robust: Annotated[Optional[str], typer.Option("--robust", "-r", help="mixnet: robust model h (run dir or checkpoint), frozen.")] = None,
+    train_attack: Annotated[str, typer.Option("--train-attack", help="mixnet: training attack A (gray-box PGD), B (white-box PGD) or C (APGD).")] = "B",
+    c_ce: Annotated[float, typer.Option("--c-ce", help="mixnet: composite loss weight of CE (004 eq. 8).")] = 0.0,
+    c_bce: Annotated[float, typer.Option("--c-bce", help="mixnet: composite loss weight of BCE.")] = 1.5,
+    c_prod: Annotated[float, typer.Option("--c-prod", help="mixnet: composite loss weight of CE*BCE.")] = 0.2,
+    ema: Annotated[Optional[float], typer.Option("--ema", help="mixnet: EMA decay of the mixing network's weights (paper: 0.8).")] = None,
+    alpha_min: Annotated[float, typer.Option("--alpha-min", help="mixnet: lower end of alpha(x) at evaluation.")] = 0.0,
+    alpha_max: Annotated[float, typer.Option("--alpha-max", help="mixnet: upper end of alpha(x) at evaluation.")] = 1.0,
+    layers_g: Annotated[Optional[str], typer.Option("--layers-g", help="mixnet: shallow,middle layer names of g (default per architecture).")] = None,
+    layers_h: Annotated[Optional[str], typer.Option("--layers-h", help="mixnet: shallow,middle layer names of h.")] = None,
+    width: Annotated[int, typer.Option("--width", help="mixnet: mixing network width.")] = 16,
+    sigmoid_scale: Annotated[float, typer.Option("--sigmoid-scale", help="mixnet: scale of the sigmoid input (App. C.2).")] = 2.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train with std/TRADES/ERA/DGA (and noise/CRA); writes a run dir with train_log.parquet."""
+    """Train with std/TRADES/ERA/DGA (and noise/CRA); writes a run dir with train_log.parquet.
+
+    --loss mixnet trains the adaptive mixing network alpha_theta(x) of paper 004 (Sec. 4.3) on the frozen
+    --core/--robust models with `robcli mix train`'s code (defaults there: --epochs 10, --lr 1e-3 AdamW).
+    """
     from robcli.errors import UsageError
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
+
+    mix_opts = {"--core": core is not None, "--robust": robust is not None, "--train-attack": train_attack != "B",
+                "--c-ce": c_ce != 0.0, "--c-bce": c_bce != 1.5, "--c-prod": c_prod != 0.2, "--ema": ema is not None,
+                "--alpha-min": alpha_min != 0.0, "--alpha-max": alpha_max != 1.0, "--layers-g": layers_g is not None,
+                "--layers-h": layers_h is not None, "--width": width != 16, "--sigmoid-scale": sigmoid_scale != 2.0}
+    if loss == "mixnet":
+        generic = {"--model": model is not None, "--init": init is not None, "--arch": arch is not None,
+                   "--train-subset": train_subset is not None, "--resume": resume, "--augment": augment != "none",
+                   "--download": download, "--image-size": image_size is not None}
+        given = [f for f, on in generic.items() if on]
+        if given:
+            raise UsageError(f"{', '.join(given)} do not apply to --loss mixnet (it trains a mixing network on --core/--robust)")
+        if core is None or robust is None:
+            raise UsageError("--loss mixnet needs --core G and --robust H (the frozen models to mix)")
+        from robcli.cli.mix import train_cmd
+
+        train_cmd(core=core, robust=robust, dataset=dataset, eps=eps, out=out, train_attack=train_attack,
+                  attack_steps=attack_steps, epochs=10 if epochs is None else epochs, batch=batch,
+                  lr=1e-3 if lr is None else parse_float_expr(lr, "--lr"), c_ce=c_ce, c_bce=c_bce, c_prod=c_prod,
+                  ema=ema, alpha_min=alpha_min, alpha_max=alpha_max, layers_g=layers_g, layers_h=layers_h,
+                  width=width, sigmoid_scale=sigmoid_scale, norm=norm, mix_space="prob", scale_g=1.0, scale_h=1.0,
+                  split="train", n_ex=None, skip=0, data_dir=data_dir, device=device, seed=seed, force=force,
+                  quiet=quiet)
+        return
+    given = [f for f, on in mix_opts.items() if on]
+    if given:
+        raise UsageError(f"{', '.join(given)} belong to --loss mixnet")
 
     nrm = parse_norm(norm)
     milestones: tuple[float, ...] = ()

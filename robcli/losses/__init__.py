@@ -47,9 +47,11 @@ def get_loss(name: str):
 
 
 def _ensure_registered() -> None:
+    """Import every loss module. ``mixnet`` needs a mixture model: `finetune --loss mixnet` routes it to
+    :func:`robcli.mixing.train.train_mixnet` (the generic loop's model is not one, and the loss says so)."""
     import importlib
 
-    for mod in ("std", "trades", "era", "dga", "noise", "cra"):
+    for mod in ("std", "trades", "era", "dga", "noise", "cra", "mixnet"):
         try:
             importlib.import_module(f"robcli.losses.{mod}")
         except ModuleNotFoundError as e:
