@@ -57,7 +57,11 @@ def same_eps(a: float, b: float) -> bool:
 def _model_name(table) -> str:
     models = table.meta.get("models") or []
     if isinstance(models, list) and models and isinstance(models[0], dict) and models[0].get("path"):
-        return str(models[0]["path"])
+        from pathlib import Path
+
+        p = Path(str(models[0]["path"]))
+        # run-dir weights are named by their run directory
+        return str(p.parent) if p.name in ("model.safetensors", "last.safetensors") else str(p)
     return str(table.path)
 
 

@@ -20,8 +20,9 @@ def list_cmd(what: str = typer.Argument(..., help="datasets, models, losses or a
         for n in list_models():
             typer.echo(f"{n}\t{_MODELS[n].description}")
     elif what == "losses":
-        from robcli.losses import LOSSES
+        from robcli.losses import LOSSES, _ensure_registered
 
+        _ensure_registered()
         for n in sorted(LOSSES):
             typer.echo(n)
     elif what == "attacks":

@@ -16,6 +16,7 @@ def report(
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the report here (default: stdout).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write the plots (Pareto fronts, certified accuracy vs radius) to FILE.png or FILE.svg.")] = None,
     regions: Annotated[Optional[list[str]], typer.Option("--regions", help="RUN=TABLE: draw the Fig. 1 decision regions of a 2-D model with its attack/partition table's splits; repeatable.")] = None,
+    regions_eps: Annotated[Optional[str], typer.Option("--regions-eps", help="Radius of the --regions attack tables to colour the splits by (when they hold several).")] = None,
     plot_regions: Annotated[Optional[str], typer.Option("--plot-regions", help="Where to write the --regions figure (.png/.svg); html embeds it anyway.")] = None,
     radii: Annotated[Optional[list[float]], typer.Option("--radius", help="Radii for the certified-accuracy table (repeatable).")] = None,
     data_dir: DataDirOpt = None,
@@ -28,6 +29,7 @@ def report(
     from robcli.report.build import DEFAULT_RADII, build_report, collect, plot_report
     from robcli.report.build import plot_regions as draw_regions
     from robcli.report.render import FORMATS, render
+    from robcli.utils.parse import parse_eps
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -57,7 +59,7 @@ def report(
     if png is not None:
         rep.figures.append(("Pareto fronts and certified accuracy", png))
     if pairs:
-        rep.figures.append(("Decision regions with the four splits (Fig. 1)", draw_regions(pairs, plot_regions, data_dir)))
+        rep.figures.append(("Decision regions with the four splits (Fig. 1)", draw_regions(pairs, plot_regions, data_dir, eps=parse_eps(regions_eps) if regions_eps else None)))
     text = render(rep, fmt)
     if out is None:
         typer.echo(text, nl=False)

@@ -39,8 +39,16 @@ def collect(paths) -> list:
 def _model_label(t) -> str:
     models = t.meta.get("models") or []
     if models and isinstance(models[0], dict) and models[0].get("path"):
-        return Path(str(models[0]["path"])).name or str(models[0]["path"])
+        return model_display_name(str(models[0]["path"]))
     return Path(t.path).stem
+
+
+def model_display_name(path: str) -> str:
+    """A short, readable model name: the run directory's name for run-dir weights, else the file name."""
+    p = Path(path)
+    if p.name in ("model.safetensors", "last.safetensors", "card.json") and p.parent.name:
+        return p.parent.name
+    return p.name or str(path)
 
 
 def build_report(tables, radii=DEFAULT_RADII) -> Report:
@@ -185,11 +193,13 @@ SPLIT_COLORS = {"robust_accurate": "#1a9850", "robust_inaccurate": "#d73027", "n
                 "nonrobust_inaccurate": "#fc8d59"}
 
 
-def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = None, *, grid: int = 300) -> bytes:
+def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = None, *, grid: int = 300,
+                 eps: float | None = None) -> bytes:
     """Fig. 1: decision regions of 2-D models with the test points coloured by their split.
 
     Args:
         pairs: list of (run dir, attack-or-partition table of that model on 2-D data).
+        eps: which radius of an attack table holding several to colour the splits by.
     """
     import matplotlib
 
@@ -209,7 +219,7 @@ def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = N
     for ax, (run, tpath) in zip(axes[0], pairs):
         t = read_table(tpath, ("attack", "partition"))
         if t.kind == "attack":
-            v = attack_view(t, None)
+            v = attack_view(t, eps)
             part = partition_frame(v)
         else:
             part = t.df
