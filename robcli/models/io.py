@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from robcli.errors import ModelError, UsageError
 from robcli.models.registry import create_model, is_model, list_models
+from robcli.utils.fsio import publish_mode
 
 CARD = "card.json"
 WEIGHTS = "model.safetensors"
@@ -155,6 +156,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

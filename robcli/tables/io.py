@@ -19,6 +19,7 @@ from typing import Any
 
 from robcli.errors import TableError
 from robcli.tables.schema import FRACTIONS, NULLABLE, PARTITION_SPLITS, SCHEMA_VERSION, SCHEMAS
+from robcli.utils.fsio import publish_mode
 
 META_PREFIX = "robcli."
 # the columns that identify a row: two shards of one table never share a key
@@ -198,6 +199,7 @@ def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, 
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

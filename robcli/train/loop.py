@@ -33,6 +33,7 @@ import torch
 
 from robcli.errors import ModelError, RobcliError, UsageError
 from robcli.train.config import FinetuneConfig, selection_criterion
+from robcli.utils.fsio import publish_mode
 
 ProgressFn = Callable[[int, int, str], None]
 RESUME = "resume_state.pt"
@@ -64,6 +65,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
