@@ -298,14 +298,16 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
     for i, (t, v, spec) in enumerate(zip(tables, views, specs)):
         df = t.df
         rows = df[(df["attack"] == "apgd-conf") & df["eps"].map(lambda x: same_eps(x, e2))] if t.kind == "attack" else df.iloc[:0]
-        have_cols = {"clean_conf", "adv_conf"} <= set(df.columns) and len(rows)
+        have_cols = "clean_conf" in df.columns and ("adv_conf" in df.columns or {"adv_conf_other", "adv_margin"} <= set(df.columns)) and len(rows)
         cc = mc = None
         if have_cols:
             r = rows.drop_duplicates("idx").set_index("idx").reindex(v.df.index)
             if r["clean_conf"].isna().any():
                 raise TableError(f"{spec}: the apgd-conf rows at {e2:g} do not cover every example")
             cc = r["clean_conf"].to_numpy(float)
-            mc = np.minimum(r["adv_conf"].to_numpy(float), cc)
+            from robcli.compose.confidence import adv_max_softmax
+
+            mc = np.minimum(adv_max_softmax(r), cc)
         if runs:
             from robcli.compose.confidence import load_view_examples, softmax_confidences
             from robcli.models.io import load_model
@@ -320,7 +322,7 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
         if cc is None:
             raise TableError(
                 f"{spec}: the softmax-response selector needs the robust model's confidences at 2*eps={e2:g}: run "
-                f"`robcli attack --model ROBUST_MODEL --attack apgd-conf --eps {e2:g}` (its table carries clean_conf/adv_conf) "
+                f"`robcli attack --model ROBUST_MODEL --attack apgd-conf --eps {e2:g}` (its table carries clean_conf, adv_conf_other, adv_margin) "
                 "or pass --robust-model RUN"
             )
         out.append((cc, mc))

@@ -38,6 +38,25 @@ def load_view_examples(view, data_dir: str | None = None, dataset: str | None = 
     return x, y, sd.info
 
 
+def adv_max_softmax(rows) -> np.ndarray:
+    """Max softmax at each attack point of an attack table's rows.
+
+    ``robcli attack`` records, at the adversarial point x', ``adv_conf_other`` = max_{c != y} softmax_c(x')
+    and ``adv_margin`` = z_y(x') - max_{c != y} z_c(x') (logits; y = the clean prediction). Hence
+    max_c softmax_c(x') = adv_conf_other * exp(max(adv_margin, 0)), computed in log space. An explicit
+    ``adv_conf`` column (max softmax at x') is used as is. Where ``adv_conf_other`` underflowed to 0 the
+    prediction kept a huge margin and the max softmax is 1 to double precision.
+    """
+    if "adv_conf" in rows.columns:
+        return rows["adv_conf"].to_numpy(float)
+    other = rows["adv_conf_other"].to_numpy(float)
+    m = np.maximum(rows["adv_margin"].to_numpy(float), 0.0)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        val = np.exp(np.log(other) + m)
+    val = np.where(other > 0, val, 1.0)
+    return np.clip(val, 0.0, 1.0)
+
+
 def softmax_confidences(model: Any, x, *, eps: float, norm: str, steps: int = 50, restarts: int = 1,
                         batch: int = 256, seed: int = 0, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Per-example (clean max-softmax, lowest max-softmax found on B_eps(x)); pass eps = 2 * eps for eq. 16."""
