@@ -81,7 +81,25 @@ def progress(quiet: bool = False):
         TimeRemainingColumn,
     )
 
-    return Progress(
+    class _LazyProgress(Progress):
+        """Starts its display with the first task: an error raised before any work (bad input found while
+        loading) then leaves stderr holding only the one-line message, not a blank line from rich."""
+
+        def start(self) -> None:
+            if self.tasks:
+                super().start()
+
+        def add_task(self, *args, **kwargs):
+            task = super().add_task(*args, **kwargs)
+            if not self.live.is_started:
+                super().start()
+            return task
+
+        def stop(self) -> None:
+            if self.live.is_started:
+                super().stop()
+
+    return _LazyProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=console(True), disable=quiet, transient=False,
     )
