@@ -1,0 +1,131 @@
+"""Regressions found by using robcli end to end as a first user would (shell pipelines, kills, resumes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def test_atomic_writers_give_ordinary_file_modes(tmp_path):
+    """mkstemp files are 0600; tables, weights, cards and reports must get the umask's mode (0644 usually)."""
+    import torch
+
+    from robcli.models.io import _atomic_write_bytes
+    from robcli.tables.io import write_table
+    from robcli.train.loop import _atomic_torch_save
+
+    want = 0o666 & ~_umask()
+    df = pd.DataFrame({"idx": [0], "label": [1], "split": ["robust_accurate"]})
+    paths = [write_table(df, tmp_path / "p.parquet", "partition", config={}, prov={})]
+    _atomic_write_bytes(tmp_path / "card.json", b"{}")
+    _atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "state.pt")
+    paths += [tmp_path / "card.json", tmp_path / "state.pt"]
+    for p in paths:
+        assert (Path(p).stat().st_mode & 0o777) == want, p
+
+
+def test_adv_max_softmax_known_answer():
+    """Max softmax at the attack point, recovered from what the attack table stores (adv_conf_other, adv_margin)."""
+    import torch
+
+    from robcli.attacks.pgd import margin
+    from robcli.compose.confidence import adv_max_softmax
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 10, generator=g, dtype=torch.float64) * 4
+    z[:5, 3] += 800.0  # a huge margin: the other classes' softmax underflows to 0
+    y = torch.randint(0, 10, (200,), generator=g)  # the clean prediction: kept at x' for some rows, not for others
+    y[:5] = 3
+    p = z.softmax(1)
+    other = p.scatter(1, y[:, None], float("-inf")).amax(1)
+    rows = pd.DataFrame({"adv_conf_other": other.numpy(), "adv_margin": margin(z, y).numpy()})
+    np.testing.assert_allclose(adv_max_softmax(rows), p.amax(1).numpy(), rtol=1e-9, atol=1e-12)
+    assert np.array_equal(adv_max_softmax(pd.DataFrame({"adv_conf": [0.3, 0.9]})), [0.3, 0.9])
+
+
+def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
+    """The documented route (attack --attack apgd-conf at 2*eps, then compose --selector sr) must work."""
+    from robcli.tables.io import read_table
+
+    common = ["--model", "mlp", "--dataset", "gaussians", "--n-ex", "24", "--steps", "5", "-q"]
+    r_eps = tmp_path / "r_eps.parquet"
+    r_conf = tmp_path / "r_conf.parquet"
+    core = tmp_path / "core.parquet"
+    assert cli("attack", *common, "--eps", "0.05", "--out", r_eps).exit_code == 0
+    assert cli("attack", *common, "--attack", "apgd-conf", "--eps", "0.1", "--out", r_conf).exit_code == 0
+    assert cli("attack", *common, "--eps", "0.05", "--seed", "1", "--out", core).exit_code == 0
+    conf = read_table(r_conf).df
+    assert "adv_conf" not in conf.columns  # the attack table carries adv_conf_other + adv_margin only
+    out = tmp_path / "sr.parquet"
+    res = cli("compose", "-r", f"{r_eps},{r_conf}", "-c", core, "--eps", "0.05", "--selector", "sr",
+              "--threshold", "0", "--threshold", "1", "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    df = read_table(out).df.sort_values("threshold")
+    assert df["robust_selection"].tolist() == [1.0, 0.0]  # tau=0 selects everywhere; tau=1 only at softmax 1.0
+
+
+def test_error_inside_progress_leaves_only_the_message(capsys):
+    """rich printed a blank line on stderr when a command failed before its first progress task."""
+    from robcli.cli.common import progress
+
+    with pytest.raises(ValueError):
+        with progress(False):
+            raise ValueError
+    assert capsys.readouterr().err == ""
+    with progress(False) as prog:
+        t = prog.add_task("work", total=2)
+        prog.update(t, completed=2)
+    assert "work" in capsys.readouterr().err
+
+
+def _robcli() -> list[str]:
+    return [sys.executable, "-c", "from robcli.cli.main import main; main()"]
+
+
+def test_attack_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
+    """A real process, SIGKILLed after its first checkpoint, resumes to the uninterrupted run's table."""
+    import torch
+
+    from robcli.tables.io import partial_path, read_table
+
+    args = ["attack", "--model", "small_cnn", "--dataset", "digits", "--eps", "0.05", "--eps", "0.1",
+            "--n-ex", "160", "--batch", "8", "--steps", "10", "-q"]
+    ref = tmp_path / "ref.parquet"
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): float reductions depend on threads
+    assert cli(*args, "--out", ref).exit_code == 0
+    out = tmp_path / "killed.parquet"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*_robcli(), *args, "--out", str(out)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    part = partial_path(out)
+    deadline = time.monotonic() + 60
+    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if not part.exists():
+        pytest.fail("the attack finished or stalled before its first checkpoint; enlarge the run")
+    n_part = len(read_table(part, "attack").df)
+    assert 0 < n_part < 320 and not out.exists()
+    res = subprocess.run([*_robcli(), *args, "--out", str(out), "--resume"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not part.exists()
+    key = ["idx", "eps"]
+    a = read_table(ref).df.sort_values(key).reset_index(drop=True)
+    b = read_table(out).df.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
