@@ -61,7 +61,9 @@ def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
     """The documented route (attack --attack apgd-conf at 2*eps, then compose --selector sr) must work."""
     from robcli.tables.io import read_table
 
-    common = ["--model", "mlp", "--dataset", "gaussians", "--n-ex", "24", "--steps", "5", "-q"]
+    run = tmp_path / "run"
+    assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "2", "--out", run, "-q").exit_code == 0
+    common = ["--model", run, "--dataset", "gaussians", "--n-ex", "24", "--steps", "5", "-q"]
     r_eps = tmp_path / "r_eps.parquet"
     r_conf = tmp_path / "r_conf.parquet"
     core = tmp_path / "core.parquet"
@@ -74,8 +76,12 @@ def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
     res = cli("compose", "-r", f"{r_eps},{r_conf}", "-c", core, "--eps", "0.05", "--selector", "sr",
               "--threshold", "0", "--threshold", "1", "--out", out, "-q")
     assert res.exit_code == 0, res.output
-    df = read_table(out).df.sort_values("threshold")
+    t = read_table(out)
+    df = t.df.sort_values("threshold")
     assert df["robust_selection"].tolist() == [1.0, 0.0]  # tau=0 selects everywhere; tau=1 only at softmax 1.0
+    # provenance: one flat list of model entries (as in every other table), robust first, then core
+    assert [m["role"] for m in t.meta["models"]] == ["robust", "core"]
+    assert all(isinstance(m, dict) and "sha256" in m for m in t.meta["models"])
 
 
 def test_error_inside_progress_leaves_only_the_message(capsys):

@@ -221,7 +221,9 @@ def compose(
               "export": export, "export_selector": export_info}
     if out is not None:
         prov = provenance(data=core_t.meta.get("data"), command=argv(), seed=seed)
-        prov["models"] = [*(t.meta.get("models") or [] for t in rob_ts), core_t.meta.get("models") or []]
+        # one flat list of {path, sha256, ...} entries as in every other table, each tagged with its role
+        prov["models"] = [{**m, "role": role} for role, t in [*(("robust", t) for t in rob_ts), ("core", core_t)]
+                          for m in (t.meta.get("models") or []) if isinstance(m, dict)]
         write_table(df, out, "compose", config=config, prov=prov)
     if export is not None:
         write_composite(export, list(robust_model or []), export_info["thresholds"], str(core_model),
