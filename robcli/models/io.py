@@ -18,9 +18,7 @@ All models map pixels in [0, 1] to logits: normalization lives inside the model.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ import torch.nn as nn
 
 from robcli.errors import ModelError, UsageError
 from robcli.models.registry import create_model, is_model, list_models
-from robcli.utils.fsio import publish_mode
+from robcli.utils.fsio import atomic_write_bytes
 
 CARD = "card.json"
 WEIGHTS = "model.safetensors"
@@ -152,16 +150,7 @@ def make_card(arch, num_classes, input_shape, *, dataset=None, mean=None, std=No
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def save_weights(model: nn.Module, path: str | Path, card: dict | None = None) -> None:

@@ -10,8 +10,6 @@ Metadata keys (all strings, in the Arrow schema metadata):
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 from robcli.errors import TableError
 from robcli.tables.schema import FRACTIONS, NULLABLE, PARTITION_SPLITS, SCHEMA_VERSION, SCHEMAS
-from robcli.utils.fsio import publish_mode
+from robcli.utils.fsio import atomic_target
 
 META_PREFIX = "robcli."
 # the columns that identify a row: two shards of one table never share a key
@@ -195,16 +193,8 @@ def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, 
     if path.exists() and path.is_dir():
         raise TableError(f"{path} is a directory; give a file name ending in .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         pq.write_table(table, tmp)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

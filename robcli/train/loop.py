@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ import torch
 
 from robcli.errors import ModelError, RobcliError, UsageError
 from robcli.train.config import FinetuneConfig, selection_criterion
-from robcli.utils.fsio import publish_mode
+from robcli.utils.fsio import atomic_target
 
 ProgressFn = Callable[[int, int, str], None]
 RESUME = "resume_state.pt"
@@ -61,16 +59,8 @@ def _is_run_dir(p: Path) -> bool:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_data(cfg: FinetuneConfig):

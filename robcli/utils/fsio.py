@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
+from contextlib import contextmanager
+from pathlib import Path
 
 _LOCK = threading.Lock()
 
@@ -23,3 +26,28 @@ def default_file_mode() -> int:
 def publish_mode(tmp: str | os.PathLike) -> None:
     """Give a ``mkstemp`` temporary file the ordinary new-file mode before it is renamed into place."""
     os.chmod(tmp, default_file_mode())
+
+
+@contextmanager
+def atomic_target(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on any error removed.
+
+    A crash never leaves a half-written file at ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        publish_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + rename)."""
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
