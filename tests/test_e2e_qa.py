@@ -135,3 +135,17 @@ def test_attack_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
     a = read_table(ref).df.sort_values(key).reset_index(drop=True)
     b = read_table(out).df.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_certify_progress_is_per_sigma():
+    """Each sigma's progress bar ends full (it stopped at 1/K of its length with K sigmas)."""
+    from robcli.certify.smoothing import CertifyConfig, run_certify
+    from robcli.data.registry import load_split
+    from robcli.models.io import load_model
+
+    data = load_split("gaussians", "test").select(n_ex=6)
+    lm = load_model("tiny_mlp", dataset_info=data.info, seed=0)
+    seen: dict[str, tuple[int, int]] = {}
+    cfg = CertifyConfig(sigmas=(0.1, 0.2, 0.3), N0=10, N=50, alpha=0.01, batch=100)
+    run_certify(lm.model, data, cfg, device="cpu", progress=lambda d, t, desc: seen.__setitem__(desc, (d, t)))
+    assert len(seen) == 3 and all(v == (6, 6) for v in seen.values()), seen

@@ -266,20 +266,19 @@ def run_certify(
     rows: list[dict] = [] if done is None or len(done) == 0 else done[COLUMNS].to_dict("records")
     have = {(int(r["idx"]), float(r["sigma"])) for r in rows}
     idx_all = data.idx.numpy()
-    total = len(pos) * len(cfg.sigmas)
-    n_done = sum(1 for p in pos for s in cfg.sigmas if (int(idx_all[p]), float(s)) in have)
     G = group_size(cfg)
     last = time.monotonic()
     try:
         for sigma in cfg.sigmas:
             todo = [p for p in pos if (int(idx_all[p]), float(sigma)) not in have]
+            n_done = len(pos) - len(todo)  # one progress bar per sigma, each out of this shard's examples
             for start in range(0, len(todo), G):
                 grp = torch.as_tensor(todo[start:start + G], dtype=torch.long)
                 xb, yb = data.get(grp)
                 rows += certify_group(counter, xb.to(device), data.idx[grp].tolist(), yb.tolist(), sigma, cfg)
                 n_done += len(grp)
                 if progress is not None:
-                    progress(n_done, total, f"{cfg.mode} sigma={sigma:g}")
+                    progress(n_done, len(pos), f"{cfg.mode} sigma={sigma:g}")
                 if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
                     checkpoint(_frame(rows))
                     last = time.monotonic()
