@@ -149,3 +149,13 @@ def test_certify_progress_is_per_sigma():
     cfg = CertifyConfig(sigmas=(0.1, 0.2, 0.3), N0=10, N=50, alpha=0.01, batch=100)
     run_certify(lm.model, data, cfg, device="cpu", progress=lambda d, t, desc: seen.__setitem__(desc, (d, t)))
     assert len(seen) == 3 and all(v == (6, 6) for v in seen.values()), seen
+
+
+def test_existing_out_message_offers_resume_only_where_it_exists(cli, tmp_path):
+    table = tmp_path / "a.parquet"
+    assert cli("attack", "--model", "tiny_mlp", "--dataset", "gaussians", "--n-ex", "4", "--steps", "2",
+               "--eps", "0.05", "--out", table, "-q").exit_code == 0
+    res = cli("attack", "--model", "tiny_mlp", "--dataset", "gaussians", "--eps", "0.05", "--out", table)
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = cli("partition", table, "--out", table)
+    assert res.exit_code == 2 and "--force" in res.output and "--resume" not in res.output

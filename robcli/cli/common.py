@@ -118,10 +118,14 @@ class ProgressCallback:
         self.prog.update(self.tasks[desc], completed=done, total=total)
 
 
-def check_out(out, force: bool, resume: bool = False) -> None:
-    """Refuse to overwrite an existing output unless --force (or --resume continues it)."""
+def check_out(out, force: bool, resume: bool | None = None) -> None:
+    """Refuse to overwrite an existing output unless --force (or --resume continues it).
+
+    ``resume=None``: the command has no --resume, so the message does not offer it.
+    """
     from pathlib import Path
 
     p = Path(out)
     if p.exists() and not force and not resume:
-        fail(f"{p} exists; pass --force to overwrite or --resume to continue")
+        hint = " or --resume to continue" if resume is not None else ""
+        fail(f"{p} exists; pass --force to overwrite{hint}")
