@@ -64,7 +64,9 @@ def test_single_attack_and_export(cli, table, tmp_path):
     r = cli("partition", table, "--eps", "0.00784313725490196", "--attack", "apgd-ce",
             "--export-split", "robust_inaccurate", "--export", lst, "-q")
     assert r.exit_code == 0, r.output
-    assert lst.read_text().split() == ["3", "6"]  # apgd-ce alone: robust at 0,1,3,6,7; wrong at 3,4,6
+    lines = lst.read_text().splitlines()
+    assert lines[0] == "# robcli index list: dataset=digits split=test"  # lets readers refuse another split's list
+    assert lines[1:] == ["3", "6"]  # apgd-ce alone: robust at 0,1,3,6,7; wrong at 3,4,6
 
 
 def test_export_list_is_read_by_select(table, tmp_path, cli):
@@ -72,7 +74,7 @@ def test_export_list_is_read_by_select(table, tmp_path, cli):
 
     lst = tmp_path / "na.txt"
     assert cli("partition", table, "--eps", "2/255", "--export-split", "nonrobust-accurate", "--export", lst).exit_code == 0
-    ids = [int(s) for s in lst.read_text().split()]
+    ids = [int(s) for s in lst.read_text().splitlines() if not s.startswith("#")]
     sd = load_split("digits", "test").select(subset=ids)
     assert sorted(sd.idx.tolist()) == [1, 2, 5]
 

@@ -27,10 +27,14 @@ from robcli.cli.common import (
 )
 
 
-def _read_subset(path: str, split_name: Optional[str]) -> list[int]:
-    """Example indices from a text file (one per line, '#' comments) or a partition table + split name."""
+def _read_subset(path: str, split_name: Optional[str], dataset: str, split: str) -> list[int]:
+    """Example indices from a text file (one per line, '#' comments) or a partition table + split name.
+
+    Refuses a list or table made on another data set or another split's index space.
+    """
     from pathlib import Path
 
+    from robcli.data.indices import check_origin, read_index_list
     from robcli.errors import DataError, UsageError
 
     p = Path(path)
@@ -45,20 +49,15 @@ def _read_subset(path: str, split_name: Optional[str]) -> list[int]:
                              f"({', '.join(PARTITION_SPLITS)})")
         if split_name not in PARTITION_SPLITS:
             raise UsageError(f"unknown --subset-split {split_name!r}; choose one of {', '.join(PARTITION_SPLITS)}")
-        df = read_table(p, "partition").df
+        t = read_table(p, "partition")
+        check_origin(t.meta.get("data") or {}, dataset, split, f"--subset {p}")
+        df = t.df
         return [int(i) for i in df.loc[df["split"] == split_name, "idx"]]
     if split_name:
         raise UsageError("--subset-split applies to a partition table (.parquet) only")
-    out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        s = line.split("#", 1)[0].strip()
-        if not s:
-            continue
-        try:
-            out.append(int(s))
-        except ValueError:
-            raise DataError(f"--subset {p} line {n}: {s!r} is not an example index") from None
-    return out
+    ids, origin = read_index_list(p, "--subset")
+    check_origin(origin, dataset, split, f"--subset {p}")
+    return ids
 
 
 @handle_errors
@@ -164,7 +163,7 @@ def attack(
         done = t.df
 
     dev = resolve_device(device)
-    ids = _read_subset(subset, subset_split) if subset is not None else None
+    ids = _read_subset(subset, subset_split, dataset, split) if subset is not None else None
     data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed)

@@ -117,14 +117,11 @@ def finetune(
         milestones = tuple(parse_float_expr(m, "--lr-milestones entry") for m in lr_milestones.split(","))
     subset = None
     if train_subset is not None:
-        try:
-            lines = open(train_subset).read().split()
-        except OSError as e:
-            raise UsageError(f"--train-subset {train_subset}: {e.strerror or e}") from None
-        try:
-            subset = tuple(sorted(set(int(t) for t in lines)))
-        except ValueError:
-            raise UsageError(f"--train-subset {train_subset} must hold integer indices, one per line") from None
+        from robcli.data.indices import check_origin, read_index_list
+
+        ids, origin = read_index_list(train_subset, "--train-subset")
+        check_origin(origin, dataset, "train", f"--train-subset {train_subset}")
+        subset = tuple(sorted(set(ids)))
         if not subset:
             raise UsageError(f"--train-subset {train_subset} is empty")
 

@@ -21,7 +21,7 @@ def partition(
     norm: Annotated[Optional[str], typer.Option("--norm", help="Linf or L2 (attack tables holding both; certify tables: L2 default, Linf needs radius_linf).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the partition table (Parquet) here.")] = None,
     export_split: Annotated[Optional[str], typer.Option("--export-split", help=f"Split to export as an index list: {SPLIT_HELP}.")] = None,
-    export: Annotated[Optional[str], typer.Option("--export", help="Index list file (one idx per line) for finetune --train-subset / attack --subset.")] = None,
+    export: Annotated[Optional[str], typer.Option("--export", help="Index list file (one idx per line after a header comment naming data set and split) for finetune --train-subset / attack --subset.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Summary format on stdout: text, markdown, csv, json.")] = "text",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -83,7 +83,10 @@ def partition(
         ids = part.loc[part["split"] == split, "idx"].sort_values()
         p = Path(export)
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(p, "".join(f"{int(i)}\n" for i in ids).encode())
+        from robcli.data.indices import header_line
+
+        text = header_line(t.meta.get("data")) + "".join(f"{int(i)}\n" for i in ids)
+        _atomic_write_bytes(p, text.encode())
         if not quiet:
             typer.echo(f"wrote {len(ids)} {split} indices to {p}", err=True)
     if not quiet or fmt != "text":
