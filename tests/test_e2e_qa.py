@@ -184,3 +184,19 @@ def test_index_lists_and_partitions_refuse_another_split_or_data_set(cli, tmp_pa
     res = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--train-subset", part, "--out", run)
     assert res.exit_code == 2 and "not a text file" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_compose_refuses_a_robust_model_that_did_not_make_the_table(cli, tmp_path):
+    runs = {}
+    for name, seed in (("a", "0"), ("b", "1")):
+        runs[name] = tmp_path / name
+        assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--seed", seed,
+                   "--out", runs[name], "-q").exit_code == 0
+    table = tmp_path / "a.parquet"
+    assert cli("attack", "--model", runs["a"], "--dataset", "gaussians", "--n-ex", "8", "--steps", "2",
+               "--eps", "0.05", "--eps", "0.1", "--out", table, "-q").exit_code == 0
+    out = tmp_path / "c.parquet"
+    common = ["compose", "-r", table, "-c", table, "--eps", "0.05", "--selector", "sr", "--threshold", "0.5", "--out", out]
+    res = cli(*common, "--robust-model", runs["b"])
+    assert res.exit_code == 2 and "sha256 differs" in res.output and not out.exists()
+    assert cli(*common, "--robust-model", runs["a"], "-q").exit_code == 0

@@ -150,6 +150,8 @@ def compose(
     core_t = _read_many(core)
     core_v = view_from_table(core_t, e, norm=nrm, sigma=sigma)
     rob_ts = [_read_many(r) for r in robust]
+    for run, t in [*zip(robust_model or [], rob_ts), *([(core_model, core_t)] if core_model else [])]:
+        _check_run_matches_table(run, t)
     e_check = 2 * e if check == "2eps" else e
     views_eps, views_chk = [], []
     for spec, t in zip(robust, rob_ts):
@@ -287,6 +289,22 @@ def _compose_mix(*, mix, mix_sweep, robust, core, eps, out, export, dataset, dat
                       steps=20 if steps is None else steps, norm=norm or "Linf", mix_space=mix_space, scale_g=scale_g,
                       scale_h=scale_h, split=split, n_ex=n_ex, skip=skip, batch=batch, data_dir=data_dir,
                       device=device, seed=seed, force=force, quiet=quiet)
+
+
+def _check_run_matches_table(run: str, table) -> None:
+    """Refuse a --robust-model/--core-model whose weights are not the model the table was made with."""
+    from pathlib import Path
+
+    from robcli.errors import TableError
+    from robcli.tables.io import provenance
+
+    want = {m.get("sha256") for m in table.meta.get("models") or [] if isinstance(m, dict) and m.get("sha256")}
+    if not want or not Path(run).exists():
+        return  # nothing recorded to compare with; a missing run is reported where it is loaded
+    have = [m.get("sha256") for m in provenance(models=[run])["models"]]
+    if have and have[0] and have[0] not in want:
+        raise TableError(f"{run} is not the model {table.path} was made with (its weights' sha256 differs); "
+                         "give the run dirs in the same order as the tables")
 
 
 def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, dataset, need_min):
