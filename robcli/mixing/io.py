@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,11 @@ import torch
 from robcli.errors import ModelError
 from robcli.mixing.alphanet import AlphaNet, build_alpha_net, default_layers
 from robcli.mixing.mixed import MixedClassifier, check_alpha, check_members
+from robcli.utils.fsio import atomic_write_bytes
 
 ARCH = "mixnet"
 CARD = "card.json"
 WEIGHTS = "model.safetensors"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_members(core: str, robust: str, *, dataset_info=None, device=None, seed: int = 0):
@@ -128,8 +116,8 @@ def save_mixture(run_dir: str | Path, model: MixedClassifier, *, core: str, robu
             "mixnet": mix, "training": training or {}}
     sd = {k: v.detach().cpu().contiguous() for k, v in model.mixing_state().items()}
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / WEIGHTS, save(sd, metadata={"robcli.card": json.dumps(card, sort_keys=True)}))
-    _atomic_write(run_dir / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(run_dir / WEIGHTS, save(sd, metadata={"robcli.card": json.dumps(card, sort_keys=True)}))
+    atomic_write_bytes(run_dir / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
     return run_dir
 
 
