@@ -430,3 +430,27 @@ def test_registered_mixnet_loss_trains_only_the_alpha_network():
     assert all(torch.equal(a, b) for a, b in zip(g_before, m.g.parameters()))
     with pytest.raises(UsageError, match="--core G and --robust H"):
         LOSSES["mixnet"](tiny(), x, y, LossConfig(eps=0.1), None)
+
+
+def test_attack_frame_attacks_the_clean_prediction_not_the_label(pair, monkeypatch):
+    """Mixture attack tables judge robustness against the model's own prediction (DESIGN.md), so wrong
+    predictions are attacked too and robust inaccuracy is measured."""
+    import robcli.mixing.evaluate as ev
+
+    g, h, x, y = pair
+    m = adaptive(g, h).eval()
+    x = x[:16]
+    y_wrong = (m(x).argmax(1) + 1) % 3  # labels that disagree with every prediction
+    seen = {}
+
+    def fake_attack(model, xb, labels, setting, **kw):
+        seen["labels"] = labels.clone()
+        return xb.clone()
+
+    monkeypatch.setattr(ev, "attack_mixture", fake_attack)
+    df = ev.attack_frame(m, x, y_wrong, np.arange(16), setting="B", eps=0.1, norm="Linf", steps=1, batch=16)
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    assert torch.equal(seen["labels"], pred)
+    assert not df["correct"].any() and df["robust"].all()
+    assert (df["clean_margin"] >= 0).all()

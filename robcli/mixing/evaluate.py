@@ -27,18 +27,22 @@ def attack_frame(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, idx, 
     for s in range(0, n, batch):
         xb = x[s:s + batch].to(device or x.device)
         yb = y[s:s + batch].to(xb.device)
-        xa = attack_mixture(model, xb, yb, setting, eps=eps, norm=norm, steps=steps, n_iter=n_iter,
-                            n_targets=n_targets, alpha_weight=alpha_weight, generator=generator, device=device)
         with torch.no_grad():
             zc, ac = model.forward_with_alpha(xb)
+        pc = zc.argmax(1)
+        # robustness is judged against the model's own prediction (as in `robcli attack`), so the attack
+        # also tries to flip wrong predictions and robust inaccuracy is measured, not assumed
+        xa = attack_mixture(model, xb, pc, setting, eps=eps, norm=norm, steps=steps, n_iter=n_iter,
+                            n_targets=n_targets, alpha_weight=alpha_weight, generator=generator, device=device)
+        with torch.no_grad():
             za, aa = model.forward_with_alpha(xa)
-        pc, pa = zc.argmax(1), za.argmax(1)
+        pa = za.argmax(1)
         rows.append(pd.DataFrame({
             "idx": np.asarray(idx[s:s + batch], dtype=np.int64), "label": yb.cpu().numpy(), "eps": float(eps),
             "norm": norm, "attack": f"mix-{setting.upper()}", "clean_pred": pc.cpu().numpy(),
             "adv_pred": pa.cpu().numpy(), "correct": (pc == yb).cpu().numpy(),
-            "robust": (pa == pc).cpu().numpy(), "clean_margin": margin(zc, yb).cpu().numpy(),
-            "adv_margin": margin(za, yb).cpu().numpy(), "pert_norm": perturbation_norm(xa, xb, norm).cpu().numpy(),
+            "robust": (pa == pc).cpu().numpy(), "clean_margin": margin(zc, pc).cpu().numpy(),
+            "adv_margin": margin(za, pc).cpu().numpy(), "pert_norm": perturbation_norm(xa, xb, norm).cpu().numpy(),
             "alpha_clean": ac.detach().cpu().numpy(), "alpha_adv": aa.detach().cpu().numpy(),
         }))
         if progress is not None:
