@@ -60,7 +60,19 @@ def run(
         elif status == "failed":
             con.print(f"[bold red]✗ {step.name} failed[/]")
 
-    results = run_recipe(rec, invoke, force=force, only=only, on_step=on_step)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    n_steps = len([s for s in rec.steps if not only or s.name in only])
+    with Progress(TextColumn("[bold]recipe {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=con, transient=True) as bar:
+        task = bar.add_task(rec.name, total=n_steps)
+
+        def on_step_bar(step, status):
+            on_step(step, status)
+            if status in ("ran", "skipped", "failed"):
+                bar.advance(task)
+
+        results = run_recipe(rec, invoke, force=force, only=only, on_step=on_step_bar)
     if results and results[-1][1] == "failed":
         raise UsageError(f"recipe stopped: step {results[-1][0].name!r} failed (fix it and run again; finished steps are kept)")
     for summ in rec.summaries:
