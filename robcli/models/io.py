@@ -411,7 +411,7 @@ class ExportedModel(nn.Module):
 
     An exported program may have a static batch size B: inputs are then cut into chunks of B (the last one
     padded with copies of its last row, whose outputs are discarded). Gradients flow to the input.
-    ``train()``/``eval()`` do not change the program: it runs in the mode it was exported in.
+    switching ``train``/``eval`` mode does not change the program: it runs in the mode it was exported in.
     """
 
     def __init__(self, ep, static_batch: int | None):
