@@ -15,9 +15,11 @@ from robcli.cli.common import (
     EpsListOpt,
     ForceOpt,
     ImageSizeOpt,
+    InputShapeOpt,
     ModelOpt,
     NExOpt,
     NormOpt,
+    NumClassesOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
@@ -82,6 +84,8 @@ def attack(
     batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Examples per attack call (part of the seeding).")] = 256,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Mixture models only (compose --mix / finetune --loss mixnet): A gray-box PGD, B white-box PGD, C AutoAttack, D adaptive AutoAttack (paper 004; same code as `robcli mix attack`).")] = None,
     arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    input_shape: InputShapeOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     image_size: ImageSizeOpt = None,
@@ -166,7 +170,8 @@ def attack(
     ids = _read_subset(subset, subset_split, dataset, split) if subset is not None else None
     data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)
-    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed)
+    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed, num_classes=num_classes,
+                    input_shape=input_shape)
     prov = provenance(seed=seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=argv())
 
     def checkpoint(df) -> None:

@@ -12,8 +12,10 @@ from robcli.cli.common import (
     DatasetOpt,
     DeviceOpt,
     ForceOpt,
+    InputShapeOpt,
     ModelOpt,
     NExOpt,
+    NumClassesOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
@@ -39,6 +41,8 @@ def certify(
     skip: SkipOpt = 0,
     shard: Annotated[Optional[str], typer.Option("--shard", help="I/K: this process takes every K-th example starting at I.")] = None,
     arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    input_shape: InputShapeOpt = None,
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -87,7 +91,8 @@ def certify(
 
     dev = resolve_device(device)
     data = load_split(dataset, split, data_dir=data_dir).select(n_ex=n_ex, skip=skip)
-    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed)
+    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed, num_classes=num_classes,
+                    input_shape=input_shape)
     prov = provenance(seed=seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=argv())
     config = cfg.as_dict()
 

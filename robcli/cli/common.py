@@ -20,6 +20,8 @@ DownloadOpt = Annotated[bool, typer.Option("--download", help="Download a torchv
 ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Side length for imagefolder images (default 64).")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Run directory, checkpoint file, TorchScript/.pt2 file, or registered architecture.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a bare checkpoint file.")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a TorchScript/.pt2 model (default: read from the model, checked against the data set).")]
+InputShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="Input shape C,H,W of a TorchScript/.pt2 model (default: read from the model or the data set).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Threat model norm: Linf or L2.")]
