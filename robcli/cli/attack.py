@@ -104,7 +104,7 @@ def attack(
     from pathlib import Path
 
     from robcli.attacks.engine import AttackConfig, run_attack, same_config, summary_text
-    from robcli.cli.common import ProgressCallback, argv, check_out, console, progress
+    from robcli.cli.common import ProgressCallback, argv, check_out, console, image_size_for, progress
     from robcli.errors import UsageError
 
     if setting is not None:
@@ -168,7 +168,8 @@ def attack(
 
     dev = resolve_device(device)
     ids = _read_subset(subset, subset_split, dataset, split) if subset is not None else None
-    data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
+    data = load_split(dataset, split, data_dir=data_dir, download=download,
+                      image_size=image_size_for(image_size, model))
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed, num_classes=num_classes,
                     input_shape=input_shape)

@@ -12,6 +12,7 @@ from robcli.cli.common import (
     DatasetOpt,
     DeviceOpt,
     ForceOpt,
+    ImageSizeOpt,
     InputShapeOpt,
     ModelOpt,
     NExOpt,
@@ -44,6 +45,7 @@ def certify(
     num_classes: NumClassesOpt = None,
     input_shape: InputShapeOpt = None,
     data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off for long runs).")] = False,
@@ -58,7 +60,7 @@ def certify(
     from pathlib import Path
 
     from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text
-    from robcli.cli.common import ProgressCallback, argv, check_out, console, progress
+    from robcli.cli.common import ProgressCallback, argv, check_out, console, image_size_for, progress
     from robcli.errors import UsageError
     from robcli.utils.parse import parse_float_expr, parse_shard
 
@@ -90,7 +92,8 @@ def certify(
         return
 
     dev = resolve_device(device)
-    data = load_split(dataset, split, data_dir=data_dir).select(n_ex=n_ex, skip=skip)
+    data = load_split(dataset, split, data_dir=data_dir,
+                      image_size=image_size_for(image_size, model)).select(n_ex=n_ex, skip=skip)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed, num_classes=num_classes,
                     input_shape=input_shape)
     prov = provenance(seed=seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=argv())

@@ -33,10 +33,11 @@ ScaleHOpt = Annotated[float, typer.Option("--scale-h", help="Logit scale of h (A
 NormOpt = Annotated[str, typer.Option("--norm", help="Linf or L2.")]
 
 
-def _data(dataset, split, data_dir, n_ex, skip):
+def _data(dataset, split, data_dir, n_ex, skip, model=None):
+    from robcli.cli.common import image_size_for
     from robcli.data.registry import load_split
 
-    return load_split(dataset, split, data_dir=data_dir).select(n_ex=n_ex, skip=skip)
+    return load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(None, model)).select(n_ex=n_ex, skip=skip)
 
 
 def _layers(spec: Optional[str]):
@@ -123,7 +124,7 @@ def sweep_cmd(
     if out is not None:
         check_out(out, force)
     dev = resolve_device(device)
-    data = _data(dataset, split, data_dir, n_ex, skip)
+    data = _data(dataset, split, data_dir, n_ex, skip, core)
     lg, lh = load_members(core, robust, dataset_info=data.info, device=dev)
     x, y = data.tensors()
     df = alpha_sweep(lg.model, lh.model, x.to(dev), y.to(dev), grid, eps=e, norm=nrm, steps=steps, mix_space=mix_space,
@@ -196,7 +197,7 @@ def train_cmd(
                        sigmoid_scale=sigmoid_scale, seed=seed)
     check_out(out, force)
     dev = resolve_device(device)
-    data = _data(dataset, split, data_dir, n_ex, skip)
+    data = _data(dataset, split, data_dir, n_ex, skip, core)
     lg, lh = load_members(core, robust, dataset_info=data.info, device=dev)
     m = build_mixture(lg, lh, alpha=None, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
                       alpha_range=None if rng == (0.0, 1.0) else rng, layers_g=lay_g, layers_h=lay_h, width=width,
@@ -262,7 +263,7 @@ def attack_cmd(
     rng = (alpha_min, alpha_max) if alpha_min is not None else None
     check_out(out, force)
     dev = resolve_device(device)
-    data = _data(dataset, split, data_dir, n_ex, skip)
+    data = _data(dataset, split, data_dir, n_ex, skip, model)
     lm = load_mixnet(model, dataset_info=data.info, device=dev, alpha_range=rng)
     x, y = data.tensors()
     df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm, steps=steps,
@@ -345,7 +346,7 @@ def certify_cmd(
         check_params(sigma=sigma, alpha=alpha_cert, n0=n0, n=n, mode="certify")
     check_out(out, force)
     dev = resolve_device(device)
-    data = _data(dataset, split, data_dir, n_ex, skip)
+    data = _data(dataset, split, data_dir, n_ex, skip, robust)
     lm = load_model(robust, dataset_info=data.info, device=dev)
     x, y = data.tensors()
     x = x.to(dev)

@@ -28,7 +28,7 @@ def load_view_examples(view, data_dir: str | None = None, dataset: str | None = 
     sp = split or view.data.get("split") or "test"
     if not name:
         raise DataError(f"{view.source} does not record its data set; pass --dataset")
-    sd = load_split(name, sp, data_dir=data_dir)
+    sd = load_split(name, sp, data_dir=data_dir, image_size=view.data.get("image_size"))
     idx = view.df.index.to_numpy()
     sd = sd.select(subset=idx.tolist())
     order = torch.argsort(sd.idx)
