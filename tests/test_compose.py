@@ -30,9 +30,9 @@ def rows(label, pred, robust, eps, attack="apgd-ce", **extra):
     return df
 
 
-def write(path, frames, data=DATA, model="runs/x"):
+def write(path, frames, data=DATA, model="runs/x", sha=None):
     write_table(pd.concat(frames, ignore_index=True), path, "attack",
-                prov={"data": data, "models": [{"path": model, "sha256": None}]})
+                prov={"data": data, "models": [{"path": model, "sha256": sha}]})
     return str(path)
 
 
@@ -135,6 +135,56 @@ def test_softmax_response_from_table_confidences(tmp_path, cli):
     assert t0["robust_selection"] == pytest.approx(1.0)
     t1 = df[np.isclose(df["threshold"], 1.0)].iloc[0]
     assert t1["nat_acc"] == pytest.approx(t1["core_nat_acc"])
+
+
+def test_flipped_apgd_conf_point_caps_min_confidence_at_half():
+    """adv_margin < 0: the other class's confidence at x' is not the ball's lowest max-softmax (<= 0.5)."""
+    from robcli.compose.confidence import adv_max_softmax, min_conf_over_rows
+
+    r = pd.DataFrame({"idx": [0, 1, 2], "adv_conf_other": [0.04, 0.9, 0.04], "adv_margin": [3.0, -1.0, 3.0],
+                      "robust": [True, False, True]})
+    v = adv_max_softmax(r)
+    assert v[0] == pytest.approx(0.04 * math.exp(3.0)) and v[1] == pytest.approx(0.5)
+    # a second attack row at 2*eps that flipped example 0 (no confidences recorded) caps it too
+    more = pd.concat([r, pd.DataFrame({"idx": [0], "adv_conf_other": [np.nan], "adv_margin": [-0.2], "robust": [False]})])
+    assert min_conf_over_rows(more, pd.Index([0, 1, 2])).tolist() == pytest.approx([0.5, 0.5, 0.04 * math.exp(3.0)])
+
+
+def test_softmax_response_flipped_points_are_not_robustly_selected(tmp_path, cli):
+    lab, pred = [0, 0, 0], [0, 0, 0]
+    conf = rows(lab, pred, [1, 0, 1], 2 * E, attack="apgd-conf", clean_conf=[0.9, 0.9, 0.9],
+                adv_conf_other=[0.04, 0.9, 0.04])
+    conf["adv_margin"] = [3.0, -1.0, 3.0]
+    ce2 = rows(lab, pred, [0, 0, 1], 2 * E)  # apgd-ce at 2*eps flips example 0
+    r = write(tmp_path / "r.parquet", [rows(lab, pred, [1, 1, 1], E), conf, ce2])
+    c = write(tmp_path / "c.parquet", [rows(lab, [0, 0, 0], [1, 1, 1], E)])
+    out = tmp_path / "sr.parquet"
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.6", "--out", out)
+    assert res.exit_code == 0, res.output
+    row = read_table(out).df.iloc[0]
+    # before the cap: 0 (0.80 from apgd-conf) and 1 (0.9 of the other class) counted as robustly selected
+    assert row["robust_selection"] == pytest.approx(1 / 3)
+    assert row["selected_robust_acc"] == pytest.approx(1.0)
+
+
+def test_eps_and_2eps_parts_of_different_models_are_refused(tmp_path, cli):
+    c = write(tmp_path / "c.parquet", [rows(LABEL, C_PRED, C_EPS, E)], sha="c" * 64)
+    a = write(tmp_path / "a.parquet", [rows(LABEL, R_PRED, R_EPS, E)], sha="a" * 64)
+    b = write(tmp_path / "b.parquet", [rows(LABEL, R_PRED, R_2EPS, 2 * E)], sha="b" * 64)
+    same = write(tmp_path / "b2.parquet", [rows(LABEL, R_PRED, R_2EPS, 2 * E)], sha="a" * 64)
+    other_pred = write(tmp_path / "p.parquet", [rows(LABEL, C_PRED, R_2EPS, 2 * E)], sha="a" * 64)
+    other_path = write(tmp_path / "q.parquet", [rows(LABEL, R_PRED, R_2EPS, 2 * E)], model="runs/other")
+    no_sha = write(tmp_path / "n.parquet", [rows(LABEL, R_PRED, R_EPS, E)], model="runs/x")
+    out = tmp_path / "o.parquet"
+    assert cli("compose", "-r", f"{a},{same}", "-c", c, "--eps", "2/255", "-q").exit_code == 0
+    for spec, needle in [(f"{a},{b}", "different models (weights sha256 differ)"),
+                         (f"{a},{other_pred}", "disagree on the clean prediction of 4 shared example(s) (e.g. idx 0)"),
+                         (f"{no_sha},{other_path}", "different models (runs/other vs runs/x)")]:
+        res = cli("compose", "-r", spec, "-c", c, "--eps", "2/255", "--out", out)
+        assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+        assert not out.exists()
+    res = cli("compose", "-r", f"{a},{same}", "-c", f"{c},{b}", "--eps", "2/255", "--out", out)  # core side too
+    assert res.exit_code == 2 and "different models" in res.stderr
 
 
 @pytest.fixture

@@ -42,9 +42,43 @@ def _read_many(spec: str):
             a, b = (parts[0].meta.get("data") or {}).get(key), (p.meta.get("data") or {}).get(key)
             if a is not None and b is not None and a != b:
                 raise TableError(f"{p.path} is on {key} {b!r} but {parts[0].path} is on {a!r}")
+    _check_same_model(parts)
     if len(parts) == 1:
         return parts[0]
     return Table(df=pd.concat([p.df for p in parts], ignore_index=True), kind=parts[0].kind, meta=parts[0].meta, path=spec)
+
+
+def _model_ids(t) -> tuple[set, set]:
+    """(sha256s, paths) of the models a table's provenance records."""
+    models = [m for m in (t.meta.get("models") or []) if isinstance(m, dict)]
+    return {m["sha256"] for m in models if m.get("sha256")}, {str(m["path"]) for m in models if m.get("path")}
+
+
+def _check_same_model(parts) -> None:
+    """Parts of one ``-r``/``-c`` spec must come from one model: same weights sha256 (else, same recorded
+    path), and the same clean prediction wherever two parts hold the same example."""
+    from robcli.errors import TableError
+
+    if len(parts) < 2:
+        return
+    sha0, path0 = _model_ids(parts[0])
+    for p in parts[1:]:
+        sha, path = _model_ids(p)
+        if sha0 and sha and not (sha0 & sha):
+            raise TableError(f"{p.path} and {parts[0].path} were made by different models (weights sha256 differ); "
+                             "EPS_TABLE,2EPS_TABLE must be attacks on the same model")
+        if not (sha0 and sha) and path0 and path and not (path0 & path):
+            raise TableError(f"{p.path} and {parts[0].path} were made by different models "
+                             f"({', '.join(sorted(path))} vs {', '.join(sorted(path0))})")
+    if parts[0].kind != "attack":
+        return  # certify predictions are Monte-Carlo and differ per sigma; the sha256 check above suffices
+    preds = [p.df[["idx", "clean_pred"]].drop_duplicates("idx").set_index("idx")["clean_pred"] for p in parts]
+    for p, pr in zip(parts[1:], preds[1:]):
+        shared = preds[0].index.intersection(pr.index)
+        bad = shared[(preds[0].loc[shared].to_numpy() != pr.loc[shared].to_numpy())]
+        if len(bad):
+            raise TableError(f"{p.path} and {parts[0].path} disagree on the clean prediction of {len(bad)} shared "
+                             f"example(s) (e.g. idx {int(bad[0])}): not the same model")
 
 
 @handle_errors
@@ -317,7 +351,10 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
     out = []
     for i, (t, v, spec) in enumerate(zip(tables, views, specs)):
         df = t.df
-        rows = df[(df["attack"] == "apgd-conf") & df["eps"].map(lambda x: same_eps(x, e2))] if t.kind == "attack" else df.iloc[:0]
+        at_e2 = df[df["eps"].map(lambda x: same_eps(x, e2))] if t.kind == "attack" else df.iloc[:0]
+        if nrm := v.norm:
+            at_e2 = at_e2[at_e2["norm"] == nrm] if "norm" in at_e2.columns else at_e2
+        rows = at_e2[at_e2["attack"] == "apgd-conf"]
         have_cols = "clean_conf" in df.columns and ("adv_conf" in df.columns or {"adv_conf_other", "adv_margin"} <= set(df.columns)) and len(rows)
         cc = mc = None
         if have_cols:
@@ -325,9 +362,10 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
             if r["clean_conf"].isna().any():
                 raise TableError(f"{spec}: the apgd-conf rows at {e2:g} do not cover every example")
             cc = r["clean_conf"].to_numpy(float)
-            from robcli.compose.confidence import adv_max_softmax
+            from robcli.compose.confidence import min_conf_over_rows
 
-            mc = np.minimum(adv_max_softmax(r), cc)
+            # every 2*eps row of the example (APGD-conf and any other attack) bounds the ball's lowest max-softmax
+            mc = np.minimum(min_conf_over_rows(at_e2, v.df.index), cc)
         if runs:
             from robcli.compose.confidence import load_view_examples, softmax_confidences
             from robcli.models.io import load_model

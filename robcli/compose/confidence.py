@@ -1,9 +1,10 @@
 """Softmax-response confidences by running the robust model (when its tables do not carry them).
 
 ``clean_conf`` = max_c softmax(f(x))_c. ``min_conf`` = the lowest max-softmax our PGD finds on B_2eps(x)
-(objective: minimise max_c softmax, i.e. push the model to abstain), combined with the APGD-conf
-(eq. 21) point when the attack table has one. Attacks give upper bounds on the true minimum, so robust
-selection from these numbers is optimistic in the same way as every empirical robustness number.
+(objective: minimise max_c softmax, i.e. push the model to abstain), combined with every attack point at
+2*eps the attack table has (APGD-conf, eq. 21, and any other attack). A point where the prediction flipped
+caps the estimate at 0.5 (the two top classes tie on the segment to it). Attacks give upper bounds on the
+true minimum, so robust selection from these numbers is optimistic in the same way as every empirical robustness number.
 """
 
 from __future__ import annotations
@@ -39,22 +40,49 @@ def load_view_examples(view, data_dir: str | None = None, dataset: str | None = 
 
 
 def adv_max_softmax(rows) -> np.ndarray:
-    """Max softmax at each attack point of an attack table's rows.
+    """An upper bound on the lowest max-softmax of the ball, from each attack point of an attack table's rows.
 
     ``robcli attack`` records, at the adversarial point x', ``adv_conf_other`` = max_{c != y} softmax_c(x')
     and ``adv_margin`` = z_y(x') - max_{c != y} z_c(x') (logits; y = the clean prediction). Hence
     max_c softmax_c(x') = adv_conf_other * exp(max(adv_margin, 0)), computed in log space. An explicit
     ``adv_conf`` column (max softmax at x') is used as is. Where ``adv_conf_other`` underflowed to 0 the
     prediction kept a huge margin and the max softmax is 1 to double precision.
+
+    Flipped points (``adv_margin < 0``, or ``robust`` False): the prediction changes between x (class y on
+    top) and x' (another class on top), so on the segment x -> x', which lies in the (convex) ball, the two
+    top classes tie somewhere and the max softmax there is at most 0.5. The value is capped at 0.5: the
+    other class's high confidence at x' is not the lowest max-softmax on the ball.
     """
+    n = len(rows)
     if "adv_conf" in rows.columns:
-        return rows["adv_conf"].to_numpy(float)
-    other = rows["adv_conf_other"].to_numpy(float)
-    m = np.maximum(rows["adv_margin"].to_numpy(float), 0.0)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        val = np.exp(np.log(other) + m)
-    val = np.where(other > 0, val, 1.0)
+        val = rows["adv_conf"].to_numpy(float)
+    elif "adv_conf_other" in rows.columns and "adv_margin" in rows.columns:
+        other = rows["adv_conf_other"].to_numpy(float)
+        m = np.maximum(rows["adv_margin"].to_numpy(float), 0.0)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            val = np.exp(np.log(other) + m)
+        val = np.where(other > 0, val, 1.0)
+        val = np.where(np.isnan(other), 1.0, val)  # no confidence recorded: no information
+    else:
+        val = np.ones(n)
+    val = np.where(np.isnan(val), 1.0, val)
+    flipped = np.zeros(n, dtype=bool)
+    if "adv_margin" in rows.columns:
+        flipped |= rows["adv_margin"].to_numpy(float) < 0
+    if "robust" in rows.columns:
+        flipped |= ~rows["robust"].to_numpy(bool)
+    val = np.where(flipped, np.minimum(val, 0.5), val)
     return np.clip(val, 0.0, 1.0)
+
+
+def min_conf_over_rows(rows, index) -> np.ndarray:
+    """Per example of ``index``: the minimum of :func:`adv_max_softmax` over all its rows (1.0 where none)."""
+    import pandas as pd
+
+    if not len(rows):
+        return np.ones(len(index))
+    v = pd.Series(adv_max_softmax(rows), index=rows["idx"].to_numpy()).groupby(level=0).min()
+    return v.reindex(index).fillna(1.0).to_numpy(float)
 
 
 def softmax_confidences(model: Any, x, *, eps: float, norm: str, steps: int = 50, restarts: int = 1,
@@ -75,12 +103,17 @@ def softmax_confidences(model: Any, x, *, eps: float, norm: str, steps: int = 50
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch].to(device)
         with torch.no_grad():
-            c = torch.softmax(model(xb), 1).amax(1)
+            p0 = torch.softmax(model(xb), 1)
+            c, y0 = p0.amax(1), p0.argmax(1)
         best = c.clone()
         for r in range(max(1, restarts) + 1):
             xa = pgd(model, xb, objective, eps=eps, norm=norm, steps=steps, rand_init=r > 0, generator=gen)
             with torch.no_grad():
-                best = torch.minimum(best, torch.softmax(model(xa), 1).amax(1))
+                pa = torch.softmax(model(xa), 1)
+                low_a = pa.amax(1)
+                # prediction flipped on the ball: the top two classes tie on the segment x -> xa (<= 0.5)
+                low_a = torch.where(pa.argmax(1) != y0, low_a.clamp(max=0.5), low_a)
+                best = torch.minimum(best, low_a)
         clean.append(c.cpu())
         low.append(best.cpu())
     return torch.cat(clean).numpy(), torch.cat(low).numpy()
