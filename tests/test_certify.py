@@ -255,6 +255,19 @@ def test_shards_together_equal_unsharded_and_resume_equals_uninterrupted():
     pdt.assert_frame_equal(_drop_time(resumed), _drop_time(full))
 
 
+def test_empty_shard_is_a_typed_table_with_no_rows(tmp_path):
+    from robcli.tables.io import read_table, write_table
+
+    model, data = _digits_setup(2)
+    cfg = CertifyConfig(sigmas=(0.12,), N0=10, N=100, alpha=0.01, batch=1000, seed=0)
+    df = run_certify(model, data, cfg, device="cpu", shard=(2, 3))  # 2 examples, 3 shards: shard 2 is empty
+    assert len(df) == 0 and list(df.columns) == COLUMNS
+    assert df["idx"].dtype == "int64" and df["radius"].dtype == "float64" and df["correct"].dtype == bool
+    write_table(df, tmp_path / "s2.parquet", "certify", config={"shard": "2/3"})
+    t = read_table(tmp_path / "s2.parquet", "certify")
+    assert len(t.df) == 0 and t.df["predict"].dtype == "int64"
+
+
 def test_summary_numbers():
     import pandas as pd
 
@@ -333,6 +346,25 @@ def test_cli_shards_folder_and_resume_after_kill(cli, tmp_path, monkeypatch):
     _ok(cli("certify", *common, "--out", out, "--resume"))
     assert not partial_path(out).exists()
     pdt.assert_frame_equal(_drop_time(read_table(out, "certify").df), _drop_time(a))
+
+
+def test_cli_empty_shard_and_folder_reads_as_full_table(cli, tmp_path):
+    import pandas.testing as pdt
+
+    from robcli.tables.io import read_table
+
+    common = ["--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "2", "--N0", "10", "--N", "100",
+              "--alpha", "0.01", "--seed", "1"]
+    full = tmp_path / "full.parquet"
+    _ok(cli("certify", *common, "--quiet", "--out", full))
+    r = cli("certify", *common, "--shard", "2/3", "--out", tmp_path / "shards" / "s2.parquet")
+    _ok(r)
+    assert "no examples" in r.output
+    assert len(read_table(tmp_path / "shards" / "s2.parquet", "certify").df) == 0
+    for i in range(2):
+        _ok(cli("certify", *common, "--quiet", "--shard", f"{i}/3", "--out", tmp_path / "shards" / f"s{i}.parquet"))
+    pdt.assert_frame_equal(_drop_time(read_table(tmp_path / "shards", "certify").df),
+                           _drop_time(read_table(full, "certify").df))
 
 
 @pytest.fixture

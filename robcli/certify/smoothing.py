@@ -261,7 +261,8 @@ def run_certify(
         pos = pos[pos % k == i]
     counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile,
                           image=len(data.info.input_shape) == 3)
-    x_all, _ = data.get(torch.as_tensor(pos[:2], dtype=torch.long))
+    # check on the data set's first examples, not the shard's: a shard may be empty (K > number of examples)
+    x_all, _ = data.get(torch.arange(min(2, len(data)), dtype=torch.long))
     counter.check_output(x_all)
     rows: list[dict] = [] if done is None or len(done) == 0 else done[COLUMNS].to_dict("records")
     have = {(int(r["idx"]), float(r["sigma"])) for r in rows}
@@ -289,9 +290,18 @@ def run_certify(
     return _frame(rows)
 
 
+# the pandas dtype of every column, so that a table without rows (an empty shard) still has the schema's types
+# (``counts``, a list of ints per row, is stored null-typed when there are no rows)
+DTYPES = {"idx": "int64", "label": "int64", "predict": "int64", "radius": "float64", "correct": "bool",
+          "time": "float64", "sigma": "float64", "N0": "int64", "N": "int64", "alpha": "float64", "nA": "int64",
+          "pA_lower": "float64", "radius_linf": "float64", "cA": "int64", "mode": "str", "counts": "object"}
+
+
 def _frame(rows: list[dict]):
     import pandas as pd
 
+    if not rows:  # an empty shard: a valid, typed table with no rows
+        return pd.DataFrame({c: pd.Series(dtype=DTYPES[c]) for c in COLUMNS})
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["idx", "sigma"], kind="stable").reset_index(drop=True)
 
@@ -327,6 +337,8 @@ def summarize(df, radii_per_sigma: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)):
 
 def summary_text(df) -> str:
     """The short human summary printed to stderr."""
+    if len(df) == 0:
+        return "no examples to certify here (an empty shard: K exceeds the number of examples)"
     s = summarize(df)
     lines = []
     mode = str(df["mode"].iloc[0]) if len(df) else "certify"

@@ -281,7 +281,8 @@ def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> T
                         )
                 for row in p.df[keys].drop_duplicates().itertuples(index=False, name=None):
                     seen[row] = p.path
-        df = pd.concat([p.df for p in parts], ignore_index=True)
+        frames = [p.df for p in parts if len(p.df)] or [parts[0].df]  # empty shards add no rows
+        df = pd.concat(frames, ignore_index=True)
         sort_cols = [c for c in ("idx", "sigma", "eps", "attack") if c in df.columns]
         if sort_cols:
             df = df.sort_values(sort_cols, kind="stable").reset_index(drop=True)
