@@ -50,6 +50,18 @@ def test_min_samples_is_exactly_where_certificates_become_possible():
         assert cp_lower(m - 1, m - 1, alpha) < 0.5
 
 
+def test_min_samples_predict_is_exactly_where_the_binomial_test_can_reject():
+    for alpha in (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1e-6):
+        m = min_samples(alpha, "predict")
+        assert m == math.ceil(math.log2(2 / alpha))
+        # all m votes on one class: the test rejects; all m - 1 votes on one class: it cannot
+        assert predict_from_counts(np.array([[m, 0]]), alpha)[0][0] == 0
+        assert predict_from_counts(np.array([[m - 1, 0]]), alpha)[0][0] == ABSTAIN
+        check_params(alpha=alpha, n=m, mode="predict")
+        with pytest.raises(UsageError, match=r"predict mode.*log2\(2/alpha\)"):
+            check_params(alpha=alpha, n=m - 1, mode="predict")
+
+
 def test_radius_and_abstain():
     r, ab = certified_radius(np.array([0.3, 0.5, 0.9, norm.cdf(2.0)]), 0.25)
     assert list(ab) == [True, False, False, False]
@@ -384,6 +396,7 @@ def gaussians_run(tmp_path):
         (["--alpha", "1.5"], "alpha"),
         (["--N0", "500", "--N", "100"], "N0"),
         (["--N", "5", "--N0", "5", "--alpha", "0.001"], "log2"),
+        (["--mode", "predict", "--N", "10", "--alpha", "0.001"], "log2(2/alpha)"),
         (["--mode", "vote"], "mode"),
         (["--shard", "3/2"], "shard"),
         (["--dataset", "nosuchdata"], "unknown data set"),

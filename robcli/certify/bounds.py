@@ -20,12 +20,17 @@ from robcli.errors import UsageError
 ABSTAIN = -1
 
 
-def min_samples(alpha: float) -> int:
-    """Smallest N for which CERTIFY can ever return a certificate at level ``alpha``.
+def min_samples(alpha: float, mode: str = "certify") -> int:
+    """Smallest N for which CERTIFY (or PREDICT) can ever return anything but abstain at level ``alpha``.
 
-    With all N samples on class A the bound is ``alpha ** (1 / N)``, which reaches 1/2 only when
+    CERTIFY: with all N samples on class A the bound is ``alpha ** (1 / N)``, which reaches 1/2 only when
     ``N >= log2(1 / alpha)``; below ``ceil(log2(1/alpha))`` every input abstains.
+    PREDICT: the smallest two-sided binomial p-value of ``n_top`` vs the runner-up among ``n <= N`` votes
+    at p = 1/2 is ``2 * 2**-N`` (all N votes on one class); it is <= alpha only when
+    ``N >= log2(2 / alpha)``; below ``ceil(log2(2/alpha))`` every input abstains.
     """
+    if mode == "predict":
+        return int(math.ceil(math.log2(2.0 / alpha)))
     return int(math.ceil(math.log2(1.0 / alpha)))
 
 
@@ -34,7 +39,8 @@ def check_params(*, sigma: float | None = None, alpha: float | None = None, n0: 
     """Validate CERTIFY/PREDICT hyperparameters.
 
     Raises:
-        UsageError: sigma <= 0, alpha outside (0, 1), N0 < 1 or N0 > N (certify mode), N too small for alpha.
+        UsageError: sigma <= 0, alpha outside (0, 1), N0 < 1 or N0 > N (certify mode), N too small for alpha
+            (``ceil(log2(1/alpha))`` for CERTIFY, ``ceil(log2(2/alpha))`` for PREDICT).
     """
     if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
         raise UsageError(f"--sigma {sigma:g} must be > 0 (the std of the Gaussian noise)")
@@ -52,6 +58,12 @@ def check_params(*, sigma: float | None = None, alpha: float | None = None, n0: 
                 f"--N {n} is too small for --alpha {alpha:g}: with N < ceil(log2(1/alpha)) = {min_samples(alpha)} "
                 "even N out of N votes give a lower bound below 1/2, so every input would abstain"
             )
+    elif alpha is not None and n is not None and n < min_samples(alpha, "predict"):
+        m = min_samples(alpha, "predict")
+        raise UsageError(
+            f"--N {n} is too small for --alpha {alpha:g} in predict mode: with N < ceil(log2(2/alpha)) = {m} "
+            "even N out of N votes give a binomial-test p-value above alpha, so every input would abstain"
+        )
 
 
 def cp_lower(n_a, n, alpha: float) -> np.ndarray:
