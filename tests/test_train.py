@@ -108,11 +108,105 @@ def test_existing_out_needs_force(tmp_path):
     assert (tmp_path / "notrun" / "precious.txt").exists()
 
 
-def test_collapse_flag(tmp_path):
-    # lr so large that training diverges to a constant prediction -> near chance on val
-    r = finetune(_cfg(tmp_path / "c", loss="std", eps=0.0, lr=0.5, epochs=1, model="tiny_mlp", weight_decay=5.0))
-    assert r.collapsed == bool(r.log["val_nat_acc"].iloc[-1] <= 1 / 3 + 0.05)
-    assert json.loads((tmp_path / "c" / "card.json").read_text())["training"]["collapsed"] == r.collapsed
+class _Constant(torch.nn.Module):
+    """Logits that ignore the input: always predicts class ``c`` (a collapsed model)."""
+
+    def __init__(self, k: int, c: int):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(k))
+        with torch.no_grad():
+            self.bias[c] = 5.0
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_collapse_constant_model_is_flagged(tmp_path):
+    from robcli.data.registry import load_split
+    from robcli.train.loop import collapse_check, evaluate_val
+
+    val = load_split("gaussians", "val")
+    counts = torch.bincount(val.y)
+    major = int(counts.argmax())
+    share = float(counts.max()) / len(val)
+    assert share > 1 / 3 + 0.05  # the old 1/K + 5 points rule could not see this constant predictor
+    cfg = _cfg(tmp_path / "unused", loss="std", eps=0.05)
+    m = evaluate_val(_Constant(3, major), val, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert m["val_nat_acc"] == pytest.approx(share) and m["val_pred_classes"] == 1
+    assert m["val_min_recall"] == 0.0
+    assert m["val_robust_acc"] == pytest.approx(share)  # a constant is robust everywhere
+    assert "single class" in collapse_check(m["val_nat_acc"], m["val_majority_share"], m["val_pred_classes"], 3)
+    # two classes predicted but no better than the majority: collapsed; clearly better: not
+    assert collapse_check(share + 0.04, share, 2, 3)
+    assert collapse_check(share + 0.06, share, 3, 3) == ""
+    assert collapse_check(0.95, share, 2, 3) == ""  # a class with zero recall alone is not collapse
+    assert collapse_check(0.97, 0.96, 2, 2)  # margin capped at half the gap to 1
+    assert collapse_check(0.99, 0.96, 2, 2) == ""
+
+
+def test_collapse_real_run_is_flagged_loudly(cli, tmp_path):
+    # the audit's reproduction: 3 epochs of std from scratch end as a constant predictor on gaussians
+    out = tmp_path / "c"
+    r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    t = read_table(out / "train_log.parquet", "train_log")
+    assert t.df["val_pred_classes"].iloc[-1] == 1 and bool(t.df["collapsed"].iloc[-1])
+    training = json.loads((out / "card.json").read_text())["training"]
+    assert training["collapsed"] is True and "single class" in training["collapse_reason"]
+    assert "WARNING" in r.stderr and "collapsed" in r.stderr
+
+
+def test_good_run_is_not_collapsed(tmp_path):
+    r = finetune(_cfg(tmp_path / "ok", loss="std", eps=0.0, model="mlp", epochs=8, lr=0.05, batch=50))
+    assert r.log["val_nat_acc"].iloc[-1] > 0.8
+    assert not r.collapsed and not r.log["collapsed"].iloc[-1] and r.card["training"]["collapse_reason"] == ""
+
+
+class _Sliver(torch.nn.Module):
+    """2-D classifier: class 0 everywhere except a thin vertical strip (width 0.004) just right of each point.
+
+    The logits are piecewise constant, so a gradient attack gets no signal and only finds the strip by a
+    lucky random start (probability ~ 0.004 / 0.1 at eps 0.05); a 41-point grid (spacing 0.0025) cannot miss it.
+    """
+
+    def forward(self, x):
+        u = x.flatten(1)[:, 0]
+        frac = torch.remainder(u * 10.0, 1.0)  # points sit at frac 0.5 (x0 = 0.05, 0.15, ...)
+        in_strip = ((frac > 0.73) & (frac < 0.77)).to(x.dtype)
+        z1 = 10.0 * in_strip - 5.0 + 0.0 * x.flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(z1), z1], 1)
+
+
+class _Points:
+    def __init__(self, x, y):
+        from types import SimpleNamespace
+
+        self.x, self.y = x, y
+        self.info = SimpleNamespace(input_shape=tuple(x.shape[1:]))
+
+    def __len__(self):
+        return len(self.y)
+
+    def get(self, rows):
+        return self.x[rows], self.y[rows]
+
+
+def test_val_robustness_uses_grid_in_low_dimension(tmp_path):
+    from robcli.train.loop import evaluate_val
+
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randint(0, 9, (100,), generator=g).double() / 10 + 0.05).float()
+    x = torch.stack([x0, torch.rand(100, generator=g) * 0.8 + 0.1], 1)
+    data = _Points(x, torch.zeros(100, dtype=torch.long))
+    cfg = _cfg(tmp_path / "unused", loss="era", eps=0.05, eval_steps=20)
+    dev = torch.device("cpu")
+    pgd_only = evaluate_val(_Sliver(), data, cfg, dev, torch.Generator().manual_seed(1), grid=False)
+    auto = evaluate_val(_Sliver(), data, cfg, dev, torch.Generator().manual_seed(1))  # dim 2 -> grid on
+    assert pgd_only["val_nat_acc"] == auto["val_nat_acc"] == 1.0
+    assert pgd_only["val_robust_acc"] > 0.8  # PGD misses the sliver for most points
+    assert auto["val_robust_acc"] == 0.0  # the grid finds it for every point
+    run = finetune(_cfg(tmp_path / "r", epochs=1))
+    assert "grid" in run.card["training"]["val_attack"]
 
 
 def test_digits_cnn_trades_with_augment_and_init(tmp_path):

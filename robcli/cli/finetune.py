@@ -153,7 +153,10 @@ def finetune(
         con.print(t)
         con.print(f"best epoch {result.best_epoch} (*) by {result.criterion}; model.safetensors = best, last.safetensors = last")
     if result.collapsed:
+        from rich.markup import escape
+
+        why = result.card.get("training", {}).get("collapse_reason") or "natural accuracy collapsed"
         console(stderr=True).print(
-            f"[bold red]WARNING: natural accuracy collapsed to near chance (1/{result.card['num_classes']}); "
-            "this model is useless as a classifier (recorded as collapsed: true in card.json)[/bold red]"
+            f"[bold red]WARNING: the model collapsed ({escape(why)}); it is no better than a constant "
+            "classifier (recorded as collapsed: true in card.json and train_log.parquet)[/bold red]"
         )

@@ -6,8 +6,21 @@ train natural accuracy (eval mode, un-augmented), and on the ``val`` split (carv
 accuracy and robust accuracy / robust inaccuracy under PGD at the training eps, judged against the model's
 OWN clean prediction (margin objective ``-(z_F(x) - max_{c != F(x)} z_c)``, ``cfg.eval_steps`` = 20 steps,
 ``cfg.eval_restarts`` = 1 uniform random start, step ``2.5 * eps / steps``; a point counts as non-robust
-if any restart changes the prediction). This is a quick model-selection signal, not an evaluation: use
-``robcli attack`` for that.
+if any restart changes the prediction). For inputs of dimension <= 3 (the 2-D Gaussians) the points PGD
+left robust are also checked on a grid over the ball (:func:`robcli.attacks.grid.grid_search`,
+:data:`VAL_GRID_POINTS` values per axis: 41 in 2-D, spacing eps/20), as ``robcli attack --attack grid``
+does, because gradient attacks miss thin non-robust slivers there. For ``noise``/``cra`` also
+``val_noisy_acc``: accuracy under Gaussian noise at ``cfg.sigma`` (:data:`VAL_NOISE_DRAWS` draws per
+point, not clipped, as ``robcli certify`` adds it). This is a quick model-selection signal, not an
+evaluation: use ``robcli attack`` / ``robcli certify`` for that.
+
+Collapse (:func:`collapse_check`, per epoch in ``train_log`` column ``collapsed``; the run is flagged in
+``card.json`` ``training.collapsed`` when the last or the best epoch collapsed): val natural accuracy at
+most the majority-class share of val plus ``min(COLLAPSE_MARGIN, (1 - share) / 2)``, i.e. no better than
+always predicting the largest class (on the balanced digits that is chance, 1/K; on the Gaussians the
+largest class is 49% of val, so a 1/K rule lets a constant predictor through), or the predictions on
+val covering a single class. A class with zero recall is NOT collapse (the Fig. 1 phenomenon is exactly a
+TRADES model giving up the small class); it is logged as ``val_min_recall`` next to ``val_pred_classes``.
 
 Files in the run directory (all written atomically):
 ``train_log.parquet`` (kind ``train_log``, rewritten each epoch), ``model.safetensors`` (best epoch by
@@ -36,7 +49,10 @@ from robcli.utils.fsio import atomic_target
 ProgressFn = Callable[[int, int, str], None]
 RESUME = "resume_state.pt"
 LOG = "train_log.parquet"
-COLLAPSE_MARGIN = 0.05  # "near chance": natural accuracy <= 1/K + 5 points
+COLLAPSE_MARGIN = 0.05  # collapsed: val natural accuracy <= majority-class share + 5 points (see collapse_check)
+VAL_GRID_POINTS = {1: 201, 2: 41, 3: 11}  # grid values per axis for the validation attack (dimension <= 3)
+VAL_NOISE_DRAWS = 8  # Gaussian draws per val point for val_noisy_acc (noise/cra)
+NOISY_LOSSES = ("noise", "cra")
 
 
 @dataclass
@@ -110,18 +126,39 @@ def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator, channels_last: bool = False) -> dict:
-    """Natural accuracy, robust accuracy and robust inaccuracy on ``data`` (model in eval mode)."""
+def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator, channels_last: bool = False,
+                 *, grid: bool | None = None, noisy: bool | None = None) -> dict:
+    """Validation metrics on ``data`` (model in eval mode; see the module docstring).
+
+    Args:
+        grid: add the grid check to PGD (default: when the input dimension is <= 3).
+        noisy: compute ``val_noisy_acc`` (default: for the noise/cra losses).
+
+    Returns:
+        ``val_nat_acc``, ``val_robust_acc``, ``val_robust_inaccuracy`` (NaN when eps is 0),
+        ``val_pred_classes`` (distinct predicted classes), ``val_min_recall`` (lowest per-class recall over
+        the classes present in ``data``), ``val_majority_share`` (largest class share), and
+        ``val_noisy_acc`` when ``noisy``.
+    """
+    from robcli.attacks.grid import MAX_DIM, grid_search
     from robcli.attacks.pgd import margin, pgd
 
     model.eval()
     n = len(data)
-    nat = rob_acc = rob_inacc = 0
+    dim = math.prod(data.info.input_shape)
+    if grid is None:
+        grid = dim <= MAX_DIM
+    if noisy is None:
+        noisy = cfg.loss in NOISY_LOSSES
+    nat = rob_acc = rob_inacc = noisy_hits = 0
+    preds, labels = [], []
     for s in range(0, n, cfg.eval_batch):
         xb, yb = data.get(slice(s, s + cfg.eval_batch))
         xb, yb = _to_device(xb, device, channels_last), yb.to(device)
         with torch.no_grad():
             pred = model(xb).argmax(1)
+        preds.append(pred.cpu())
+        labels.append(yb.cpu())
         nat += int((pred == yb).sum())
         if cfg.eps > 0:
             robust = torch.ones_like(pred, dtype=torch.bool)
@@ -130,13 +167,48 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
                          steps=cfg.eval_steps, rand_init=True, generator=gen)
                 with torch.no_grad():
                     robust &= model(xa).argmax(1) == pred
+            if grid and bool(robust.any()):
+                left = torch.nonzero(robust).flatten()
+                with torch.no_grad():
+                    g = grid_search(model, xb[left], pred[left], eps=cfg.eps, norm=cfg.norm,
+                                    points=VAL_GRID_POINTS[dim])
+                    robust[left] &= model(g).argmax(1) == pred[left]
             rob_acc += int((robust & (pred == yb)).sum())
             rob_inacc += int((robust & (pred != yb)).sum())
-    out = {"val_nat_acc": nat / n, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan")}
+        if noisy:
+            from robcli.losses.noise import gaussian_noise
+
+            with torch.no_grad():
+                for _ in range(VAL_NOISE_DRAWS):
+                    z = model(xb + gaussian_noise(tuple(xb.shape), cfg.sigma, xb, gen))
+                    noisy_hits += int((z.argmax(1) == yb).sum())
+    pred_all, y_all = torch.cat(preds), torch.cat(labels)
+    recalls = [float((pred_all[y_all == c] == c).float().mean()) for c in torch.unique(y_all).tolist()]
+    out = {"val_nat_acc": nat / n, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan"),
+           "val_pred_classes": int(torch.unique(pred_all).numel()), "val_min_recall": min(recalls),
+           "val_majority_share": float(torch.bincount(y_all).max()) / n}
     if cfg.eps > 0:
         out["val_robust_acc"] = rob_acc / n
         out["val_robust_inaccuracy"] = rob_inacc / n
+    if noisy:
+        out["val_noisy_acc"] = noisy_hits / (n * VAL_NOISE_DRAWS)
     return out
+
+
+def collapse_check(val_nat_acc: float, majority_share: float, pred_classes: int, num_classes: int) -> str:
+    """Why the model counts as collapsed, or ``""`` when it does not (rule: module docstring).
+
+    Args:
+        val_nat_acc: validation natural accuracy. majority_share: the largest class's share of val.
+        pred_classes: how many distinct classes the model predicts on val. num_classes: K.
+    """
+    if num_classes >= 2 and pred_classes <= 1:
+        return "it predicts a single class for every validation point"
+    limit = majority_share + min(COLLAPSE_MARGIN, (1.0 - majority_share) / 2)
+    if val_nat_acc <= limit:
+        return (f"validation natural accuracy {val_nat_acc:.3f} is no better than always predicting the largest "
+                f"class ({majority_share:.3f} of val; limit {limit:.3f})")
+    return ""
 
 
 def _score(row: dict, criterion: str) -> float:
@@ -235,8 +307,13 @@ def finetune(
     norm = card_base.get("normalization") or {}
     prov = provenance(seed=cfg.seed, device=device, models=list(lm.files), data=train.fingerprint(), command=command)
     chance = 1.0 / info.num_classes
+    majority = float(torch.bincount(val.y.to(torch.int64)).max()) / len(val)
+    val_attack = "none (eps 0)" if cfg.eps <= 0 else (
+        f"pgd {cfg.eval_steps} steps x {cfg.eval_restarts} restarts"
+        + (f" + grid {VAL_GRID_POINTS[math.prod(info.input_shape)]} per axis"
+           if math.prod(info.input_shape) <= 3 else ""))
 
-    def card(best_epoch: int, collapsed: bool) -> dict:
+    def card(best_epoch: int, collapsed: bool, reason: str = "") -> dict:
         return make_card(
             card_base["arch"], info.num_classes, info.input_shape, dataset=info.name, mean=norm.get("mean"),
             std=norm.get("std"), class_names=info.class_names, arch_kwargs=card_base.get("arch_kwargs"),
@@ -244,7 +321,8 @@ def finetune(
                 "command": "finetune", "config": cfg.to_dict(), "loss": cfg.loss, "init": cfg.init,
                 "init_card": lm.card.get("training") if cfg.init else None, "epochs_done": len(rows),
                 "best_epoch": best_epoch, "criterion": criterion, "collapsed": collapsed,
-                "chance": chance, "device": str(device),
+                "collapse_reason": reason, "chance": chance, "val_majority_share": majority,
+                "val_attack": val_attack, "device": str(device),
             },
         )
 
@@ -283,15 +361,17 @@ def finetune(
             train_pred = _predict(model.eval(), train, device, cfg.eval_batch, channels_last)
             g_eval = make_generator((cfg.seed * 1_000_003 + epoch) % (2**62), device)
             metrics = evaluate_val(model, val, cfg, device, g_eval, channels_last)
+            metrics.pop("val_majority_share", None)
             row = {"epoch": epoch + 1, "lr": lr, "loss": sums.pop("loss") / seen,
                    "train_nat_acc": float((train_pred == train.y).float().mean()), **metrics,
                    "seconds": time.perf_counter() - t0}
             row.update({name: v / seen for name, v in sums.items() if name not in row})
-            row["collapsed"] = bool(row["val_nat_acc"] <= chance + COLLAPSE_MARGIN)
+            reason = collapse_check(row["val_nat_acc"], majority, row["val_pred_classes"], info.num_classes)
+            row["collapsed"] = bool(reason)
             score = _score(row, criterion)
             if score >= best["score"]:
                 best = {"epoch": epoch + 1, "score": score}
-                save_run(out, model, card(best["epoch"], row["collapsed"]))
+                save_run(out, model, card(best["epoch"], row["collapsed"], reason))
             rows.append(row)
             save_weights(model, out / LAST)
             write_table(pd.DataFrame(rows), out / LOG, "train_log", config=cfg.to_dict(), prov=prov)
@@ -309,8 +389,16 @@ def finetune(
 
     df = pd.DataFrame(rows)
     best_row = df[df["epoch"] == best["epoch"]].iloc[0]
-    collapsed = bool(df["val_nat_acc"].iloc[-1] <= chance + COLLAPSE_MARGIN or best_row["val_nat_acc"] <= chance + COLLAPSE_MARGIN)
-    final_card = card(int(best["epoch"]), collapsed)
+    reasons = []
+    for which, r in (("last", rows[-1]), ("best", best_row)):
+        k = r.get("val_pred_classes")  # absent in rows of a run started by an older version
+        k = info.num_classes if k is None or k != k else int(k)
+        why = collapse_check(float(r["val_nat_acc"]), majority, k, info.num_classes)
+        if why and why not in [w for _, w in reasons]:
+            reasons.append((which, why))
+    collapsed = bool(reasons)
+    reason = "; ".join(f"{which} epoch: {why}" for which, why in reasons)
+    final_card = card(int(best["epoch"]), collapsed, reason)
     from robcli.models.io import CARD, _atomic_write_bytes
 
     _atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
