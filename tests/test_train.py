@@ -209,6 +209,20 @@ def test_val_robustness_uses_grid_in_low_dimension(tmp_path):
     assert "grid" in run.card["training"]["val_attack"]
 
 
+def test_noise_selection_by_noisy_val_accuracy(tmp_path):
+    from robcli.train.loop import _score
+
+    row = {"val_nat_acc": 0.9, "val_noisy_acc": 0.4, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan")}
+    assert _score(row, "val_noisy_acc") == 0.4
+    r = finetune(_cfg(tmp_path / "n", loss="noise", eps=0.0, sigma=0.3, epochs=3, model="mlp", lr=0.05, batch=50))
+    assert r.criterion == "val_noisy_acc" == r.card["training"]["criterion"]
+    noisy = r.log["val_noisy_acc"]
+    assert noisy.between(0, 1).all() and (noisy != r.log["val_nat_acc"]).any()
+    assert r.best_epoch == int(r.log["epoch"][noisy == noisy.max()].max())
+    std = finetune(_cfg(tmp_path / "s", loss="std", eps=0.0, epochs=1))
+    assert "val_noisy_acc" not in std.log.columns and std.criterion == "val_nat_acc"
+
+
 def test_digits_cnn_trades_with_augment_and_init(tmp_path):
     from robcli.data.registry import load_split
 

@@ -78,6 +78,11 @@ def finetune(
 ) -> None:
     """Train with std/TRADES/ERA/DGA (and noise/CRA); writes a run dir with train_log.parquet.
 
+    model.safetensors is the best epoch on the val split (carved from train): std by natural accuracy,
+    noise/cra by accuracy under Gaussian noise at --sigma (val_noisy_acc), trades by robust accuracy,
+    era/dga by robust accuracy minus robust inaccuracy (PGD, plus a grid over the ball for inputs of
+    dimension <= 3); last.safetensors is the last epoch.
+
     --loss mixnet trains the adaptive mixing network alpha_theta(x) of paper 004 (Sec. 4.3) on the frozen
     --core/--robust models with `robcli mix train`'s code (defaults there: --epochs 10, --lr 1e-3 AdamW).
     """
@@ -145,6 +150,8 @@ def finetune(
 
         t = Table(title=f"{cfg.loss} on {cfg.dataset}: {result.run_dir}")
         cols = ["epoch", "lr", "loss", "train_nat_acc", "val_nat_acc", "val_robust_acc", "val_robust_inaccuracy", "seconds"]
+        if "val_noisy_acc" in result.log.columns:
+            cols.insert(5, "val_noisy_acc")
         for c in cols:
             t.add_column(c.replace("val_", "val ").replace("_", " "), justify="right")
         for _, r in result.log.iterrows():

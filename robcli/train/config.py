@@ -161,13 +161,21 @@ class FinetuneConfig:
 def selection_criterion(loss: str) -> str:
     """Which validation metric picks ``model.safetensors`` (ties go to the later epoch).
 
-    * ``std`` (and noise/cra/others): ``val_nat_acc`` - what standard/noise training optimizes.
+    * ``std`` (and any other loss): ``val_nat_acc`` - what standard training optimizes.
+    * ``noise``/``cra``: ``val_noisy_acc`` - validation accuracy under Gaussian noise at the run's
+      ``--sigma`` (8 draws per point, unclipped, as ``robcli certify`` adds it): the base classifier's
+      accuracy on the distribution the smoothed classifier votes over, a cheap proxy for certified accuracy.
     * ``trades``: ``val_robust_acc``.
     * ``era``/``dga``: ``val_robust_acc - val_robust_inaccuracy`` - eq. 4's two goals (maximize robust
       accuracy, minimize robust inaccuracy) with equal weight, as measured by the validation attack.
+
+    Robust metrics come from PGD (plus a grid over the ball for inputs of dimension <= 3), judged against
+    the model's own prediction; see :mod:`robcli.train.loop`.
     """
     if loss == "trades":
         return "val_robust_acc"
     if loss in ("era", "dga"):
         return "val_robust_acc - val_robust_inaccuracy"
+    if loss in ("noise", "cra"):
+        return "val_noisy_acc"
     return "val_nat_acc"

@@ -216,6 +216,8 @@ def _score(row: dict, criterion: str) -> float:
         v = row["val_robust_acc"]
     elif criterion == "val_robust_acc - val_robust_inaccuracy":
         v = row["val_robust_acc"] - row["val_robust_inaccuracy"]
+    elif criterion == "val_noisy_acc":
+        v = row.get("val_noisy_acc", float("nan"))
     else:
         v = row["val_nat_acc"]
     return float(v) if v == v else float(row["val_nat_acc"])
