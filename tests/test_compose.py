@@ -139,12 +139,14 @@ def test_softmax_response_from_table_confidences(tmp_path, cli):
 
 def test_flipped_apgd_conf_point_caps_min_confidence_at_half():
     """adv_margin < 0: the other class's confidence at x' is not the ball's lowest max-softmax (<= 0.5)."""
-    from robcli.compose.confidence import adv_max_softmax, min_conf_over_rows
+    from robcli.compose.confidence import adv_max_softmax, min_conf_bound, min_conf_over_rows
 
     r = pd.DataFrame({"idx": [0, 1, 2], "adv_conf_other": [0.04, 0.9, 0.04], "adv_margin": [3.0, -1.0, 3.0],
                       "robust": [True, False, True]})
-    v = adv_max_softmax(r)
+    assert adv_max_softmax(r)[1] == pytest.approx(0.9)  # the value at x' (the other class on top)
+    v = min_conf_bound(r)
     assert v[0] == pytest.approx(0.04 * math.exp(3.0)) and v[1] == pytest.approx(0.5)
+    assert min_conf_bound(pd.DataFrame({"adv_conf": [0.3, 0.9], "adv_margin": [-1.0, -1.0]})).tolist() == [0.3, 0.5]
     # a second attack row at 2*eps that flipped example 0 (no confidences recorded) caps it too
     more = pd.concat([r, pd.DataFrame({"idx": [0], "adv_conf_other": [np.nan], "adv_margin": [-0.2], "robust": [False]})])
     assert min_conf_over_rows(more, pd.Index([0, 1, 2])).tolist() == pytest.approx([0.5, 0.5, 0.04 * math.exp(3.0)])
@@ -219,37 +221,52 @@ def test_bad_input(cli, bad, tmp_path, args, needle):
     assert not out.exists()
 
 
-def _run_dir(path, seed):
+def _run_dir(path, seed, train=False):
     import torch
 
     from robcli.models.io import build, make_card, save_run
 
     torch.manual_seed(seed)
     m = build("tiny_mlp", 3, (2,))
+    if train:  # a few full-batch Adam steps: accurate, with some points near the decision boundaries
+        from robcli.data.registry import load_split
+
+        xt, yt = load_split("gaussians", "train").tensors()
+        opt = torch.optim.Adam(m.parameters(), 0.05)
+        for _ in range(100):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(xt), yt).backward()
+            opt.step()
     save_run(path, m, make_card("tiny_mlp", 3, (2,), dataset="gaussians"))
     return str(path)
 
 
-def test_export_composite_loads_and_routes(tmp_path, cli):
-    import torch
-
+def _export_setup(tmp_path, n=16, train=False):
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
 
-    sd = load_split("gaussians", "test").select(n_ex=8)
+    sd = load_split("gaussians", "test").select(n_ex=n)
     lab = sd.y.tolist()
     idx = sd.idx.tolist()
-    rr = rows(lab, lab, [1] * 8, E)
-    rr2 = rows(lab, lab, [1, 0] * 4, 2 * E)
-    cc = rows(lab, lab, [0] * 8, E)
+    rr = rows(lab, lab, [1] * n, E)
+    rr2 = rows(lab, lab, [1, 0] * (n // 2), 2 * E, attack="apgd-conf", clean_conf=0.9, adv_conf_other=0.1)
+    cc = rows(lab, lab, [0] * n, E)
     for f in (rr, rr2, cc):
         f["idx"] = idx
     r = write(tmp_path / "r.parquet", [rr, rr2])
     c = write(tmp_path / "c.parquet", [cc])
-    rrun, crun = _run_dir(tmp_path / "robust", 1), _run_dir(tmp_path / "core", 2)
+    rrun, crun = _run_dir(tmp_path / "robust", 1, train), _run_dir(tmp_path / "core", 2, train)
+    return sd, r, c, rrun, crun
+
+
+def test_export_softmax_response_composite_routes_by_threshold(tmp_path, cli):
+    import torch
+
+    from robcli.models.io import load_model
+
+    sd, r, c, rrun, crun = _export_setup(tmp_path, 8)
     exp = tmp_path / "composite"
-    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--robust-model", rrun, "--core-model", crun,
-              "--export", exp, "--export-threshold", "0.4", "-q")
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.5",
+              "--robust-model", rrun, "--core-model", crun, "--export", exp, "--export-threshold", "0.4", "-q")
     assert res.exit_code == 0, res.output
     lm = load_model(str(exp))
     x, _ = sd.tensors()
@@ -259,9 +276,98 @@ def test_export_composite_loads_and_routes(tmp_path, cli):
         pr = torch.softmax(robust(x), 1)
         want = torch.where((pr.amax(1) >= 0.4).view(-1, 1), torch.log_softmax(robust(x), 1), torch.log_softmax(core(x), 1))
     assert torch.allclose(out, want, atol=1e-6)
-    assert len(lm.files) == 2
-    # calibrated threshold (no --export-threshold) is written into the card
-    exp2 = tmp_path / "composite2"
+    assert len(lm.files) == 2 and lm.card["composite"]["selector"] == "softmax-response"
+
+
+def _independent_indicator(model, x, eps, steps):
+    """PGD on the margin from x, written out here: robust = the prediction survives it."""
+    import torch
+
+    x_adv = x.clone()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        z = model(x_adv)
+        other = z.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+        g, = torch.autograd.grad((other - z.gather(1, y.view(-1, 1)).squeeze(1)).sum(), x_adv)
+        with torch.no_grad():
+            x_adv = (x + (x_adv + 2.5 * eps / steps * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def test_export_robustness_indicator_runs_an_inner_attack(tmp_path, cli):
+    """The exported RI composite routes by a real robustness check at eps, not by a softmax threshold."""
+    import json
+    import shutil
+
+    import torch
+
+    from robcli.models.io import load_model
+
+    sd, r, c, rrun, crun = _export_setup(tmp_path, 64, train=True)
+    exp = tmp_path / "composite"
+    eps = 0.1
     assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--robust-model", rrun, "--core-model", crun,
-               "--export", exp2, "-q").exit_code == 0
-    assert 0.0 <= float(load_model(str(exp2)).model.thresholds[0]) <= 1.0
+               "--export", exp, "--export-threshold", "0.4", "-q").exit_code == 2  # thresholds are sr-only
+    # composition at eps=0.05 (tables' eps rewritten), inner PGD with 10 steps
+    for f in (r, c):
+        t = read_table(f)
+        d = t.df.copy()
+        d["eps"] = np.where(np.isclose(d["eps"], E), eps, 2 * eps)
+        write(f, [d])
+    res = cli("compose", "-r", r, "-c", c, "--eps", str(eps), "--robust-model", rrun, "--core-model", crun,
+              "--export", exp, "--export-inner-steps", "10", "-q")
+    assert res.exit_code == 0, res.output
+    card = json.loads((exp / "card.json").read_text())["composite"]
+    assert card["selector"] == "robustness-indicator"
+    assert card["inner_attack"] == {"attack": "pgd", "objective": "margin", "steps": 10, "restarts": 1, "eps": eps,
+                                    "norm": "Linf", "seed": 0, "against": "the robust model's own prediction at the input"}
+    assert card["members"] == [{"run": "../robust"}] and card["core"] == "../core"  # relative to the export dir
+    lm = load_model(str(exp))
+    x, _ = sd.tensors()
+    robust, core = load_model(rrun).model, load_model(crun).model
+    ind = _independent_indicator(robust, x, eps, 10)
+    assert 0 < ind.float().mean() < 1  # both branches are exercised
+    out = lm.model(x)
+    with torch.no_grad():
+        want = torch.where(ind.view(-1, 1), torch.log_softmax(robust(x), 1), torch.log_softmax(core(x), 1))
+    assert torch.allclose(out, want, atol=1e-5)
+    # deterministic, and an example's output does not depend on the rest of the batch
+    assert torch.equal(lm.model(x), out) and torch.allclose(lm.model(x[5:20]), out[5:20], atol=1e-6)
+    # gradients flow through the chosen branch
+    xg = x.clone().requires_grad_(True)
+    lm.model(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    # moving the whole tree keeps the composite loadable (relative member paths)
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    shutil.copytree(tmp_path, moved)
+    shutil.rmtree(tmp_path / "robust")
+    assert torch.allclose(load_model(str(moved / "composite")).model(x), out, atol=1e-5)
+    shutil.copytree(moved / "robust", tmp_path / "robust")
+
+    # robcli attack attacks it end to end
+    t = tmp_path / "att.parquet"
+    res = cli("attack", "--model", exp, "--dataset", "gaussians", "--n-ex", "32", "--eps", str(eps),
+              "--attack", "apgd-ce", "--steps", "5", "--out", t, "-q")
+    assert res.exit_code == 0, res.output
+    a = read_table(t).df
+    assert len(a) == 32 and a["robust"].dtype == bool
+    with torch.no_grad():
+        assert (a.sort_values("idx")["clean_pred"].to_numpy() == out[:32].argmax(1).numpy()).all()
+
+
+def test_export_failure_writes_nothing(tmp_path, cli):
+    import torch
+
+    from robcli.models.io import build, make_card, save_run
+
+    sd, r, c, rrun, crun = _export_setup(tmp_path, 8)
+    torch.manual_seed(0)
+    save_run(tmp_path / "four", build("tiny_mlp", 4, (2,)), make_card("tiny_mlp", 4, (2,)))
+    out, exp = tmp_path / "comp.parquet", tmp_path / "composite"
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--robust-model", rrun, "--core-model", tmp_path / "four",
+              "--export", exp, "--out", out)
+    assert res.exit_code == 2 and "disagree on input shape or number of classes" in res.stderr, res.output
+    assert not out.exists() and not exp.exists()

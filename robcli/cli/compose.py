@@ -98,7 +98,10 @@ def compose(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set, when the tables do not record it.")] = None,
     data_dir: DataDirOpt = None,
     export: Annotated[Optional[str], typer.Option("--export", help="Write the composite as a model run dir that robcli attack can load.")] = None,
-    export_threshold: Annotated[Optional[list[str]], typer.Option("--export-threshold", help="Softmax threshold(s) of the exported selector (default: the --threshold, or calibrated to the robustness indicator).")] = None,
+    export_threshold: Annotated[Optional[list[str]], typer.Option("--export-threshold", help="Softmax-response export (--selector sr): threshold(s) of the exported selector (default: the --threshold).")] = None,
+    export_inner_attack: Annotated[str, typer.Option("--export-inner-attack", help="Robustness-indicator export: the attack run inside every forward to decide robustness at the input (pgd: from x, batch-independent; apgd-ce).")] = "pgd",
+    export_inner_steps: Annotated[int, typer.Option("--export-inner-steps", help="Robustness-indicator export: steps of the inner attack.")] = 20,
+    export_inner_restarts: Annotated[int, typer.Option("--export-inner-restarts", help="Robustness-indicator export: starts/restarts of the inner attack.")] = 1,
     steps: Annotated[Optional[int], typer.Option("--steps", help="PGD steps for confidences computed from --robust-model (default 50); --mix-sweep: of the STD/ROB/MIX attacks (default 20).")] = None,
     mix: Annotated[Optional[str], typer.Option("--mix", help="Fixed-alpha mixture log((1-a) softmax(g) + a softmax(h)) (paper 002) of the MODELS --core g and --robust h, a in [0, 1]; written with --export RUN.")] = None,
     mix_sweep: Annotated[bool, typer.Option("--mix-sweep", help="Natural vs STD/ROB/MIX-attacked accuracy of fixed-alpha mixtures of the MODELS --core/--robust over an --alpha grid (002 Fig. 2/4).")] = False,
@@ -117,6 +120,17 @@ def compose(
 ) -> None:
     """Evaluate H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x) (and cascades) from per-example tables.
 
+    Soundness rule: an example counts as robust and accurate for H only when the selector's decision cannot
+    flip inside B_eps(x) and the model it routes to is robust and accurate there. Robust selection needs the
+    2*eps rule (eq. 14): S(x') = 1 on all of B_eps(x) iff the robust model is robust on B_2eps(x), so pass its
+    eps and 2*eps tables (-r EPS_TABLE,2EPS_TABLE, one model). Where the selector may select somewhere in the
+    ball without robustly selecting, the robust model must be right at x (robustness indicator) or robust
+    and accurate (softmax response), and the core model must be robust and accurate at eps (the abstain case;
+    robust abstention is never claimed). Softmax response: lowest max-softmax on B_2eps(x) from APGD-conf
+    (and every other 2*eps attack row), capped at 0.5 where an attack flipped the prediction. Certified
+    selector: robust selection is radius >= 2*eps by default; --selection-check eps gives the paper's
+    radius >= eps (not sound for the selector).
+
     With --mix or --mix-sweep, --core/--robust are models and the fixed-alpha mixture of paper 002 is built
     (same code as `robcli mix build`) or swept over alpha (same code as `robcli mix sweep`).
     """
@@ -129,7 +143,9 @@ def compose(
         table_only = {"--selector": selector != "ri", "--threshold": bool(threshold), "--sweep": do_sweep,
                       "--sigma": sigma is not None, "--selection-check": check != "2eps",
                       "--robust-model": bool(robust_model), "--core-model": core_model is not None,
-                      "--export-threshold": bool(export_threshold)}
+                      "--export-threshold": bool(export_threshold),
+                      "--export-inner-attack": export_inner_attack != "pgd", "--export-inner-steps": export_inner_steps != 20,
+                      "--export-inner-restarts": export_inner_restarts != 1}
         _compose_mix(mix=mix, mix_sweep=mix_sweep, robust=robust, core=core, eps=eps, out=out, export=export,
                      dataset=dataset, data_dir=data_dir, alpha=alpha, mix_space=mix_space, scale_g=scale_g,
                      scale_h=scale_h, norm=norm, steps=steps, split=split, n_ex=n_ex, skip=skip, batch=batch,
@@ -173,6 +189,13 @@ def compose(
             raise UsageError("--export needs --robust-model (one per --robust) and --core-model run dirs")
         if exp_taus and len(exp_taus) != len(robust):
             raise UsageError("give one --export-threshold per robust model")
+        if sel == "ri" and exp_taus:
+            raise UsageError("--export-threshold belongs to softmax-response exports (--selector sr); a robustness-indicator "
+                             "export runs an inner attack (--export-inner-attack/--export-inner-steps)")
+        if export_inner_attack not in ("pgd", "apgd-ce"):
+            raise UsageError(f"--export-inner-attack {export_inner_attack!r}: choose pgd or apgd-ce")
+        if export_inner_steps < 1 or export_inner_restarts < 1:
+            raise UsageError("--export-inner-steps and --export-inner-restarts must be >= 1")
         if sel == "sr" and not exp_taus and len(taus) != 1:
             raise UsageError("--export with a threshold sweep: choose the exported threshold with --export-threshold")
     for p in (out,):
@@ -209,7 +232,7 @@ def compose(
     rows: list[dict] = []
     names = [v.model for v in views_eps]
     confs: list[tuple[np.ndarray, np.ndarray]] = []
-    if sel == "sr" or (export is not None and not exp_taus):
+    if sel == "sr":
         confs = _confidences(rob_ts, views_eps, robust, robust_model, e_check if sel == "sr" else e, steps, device, seed,
                              data_dir, dataset, need_min=sel == "sr")
     if sel == "ri":
@@ -241,31 +264,42 @@ def compose(
             "robust_inaccuracy", "delta_nat_acc", "delta_robust_acc"]
     df = df[lead + [c for c in df.columns if c not in lead]]
 
-    export_info = None
-    if export is not None:
-        from robcli.compose.export import calibrate_threshold, write_composite
-
-        if exp_taus:
-            ets = exp_taus
-        elif sel == "sr":
-            ets = [taus[0]] * n_models
-        else:
-            ets = [calibrate_threshold(cc, v.df["robust"].to_numpy(bool)) for (cc, _), v in zip(confs, views_eps)]
-        export_info = {"thresholds": ets, "evaluated_selector": rows[0]["selector"], "eps": e}
     config = {"robust": list(robust), "core": core, "eps": e, "norm": core_v.norm, "selector": sel, "thresholds": taus,
               "selection_check": check, "sigma": sigma, "robust_model": robust_model, "core_model": core_model,
-              "export": export, "export_selector": export_info}
+              "export": export}
+    card = None
+    if export is not None:  # load and check the models before anything is written
+        from robcli.compose.export import prepare_composite
+
+        if sel == "sr":
+            kw = {"selector": "softmax-response", "thresholds": exp_taus or [taus[0]] * n_models}
+        else:
+            kw = {"selector": "robustness-indicator", "eps": e, "norm": core_v.norm, "inner_attack": export_inner_attack,
+                  "inner_steps": export_inner_steps, "inner_restarts": export_inner_restarts, "seed": seed}
+        config["export_selector"] = {k: v for k, v in kw.items()}
+        card = prepare_composite(export, list(robust_model or []), str(core_model),
+                                 info={"evaluated_selector": rows[0]["selector"], "evaluated": config}, **kw)
     if out is not None:
         prov = provenance(data=core_t.meta.get("data"), command=argv(), seed=seed)
         # one flat list of {path, sha256, ...} entries as in every other table, each tagged with its role
         prov["models"] = [{**m, "role": role} for role, t in [*(("robust", t) for t in rob_ts), ("core", core_t)]
                           for m in (t.meta.get("models") or []) if isinstance(m, dict)]
         write_table(df, out, "compose", config=config, prov=prov)
-    if export is not None:
-        write_composite(export, list(robust_model or []), export_info["thresholds"], str(core_model),
-                        info={"evaluated": config})
+    if card is not None:
+        from pathlib import Path
+
+        from robcli.compose.export import write_card
+
+        try:
+            write_card(export, card)
+        except BaseException:
+            if out is not None:
+                Path(out).unlink(missing_ok=True)  # nothing written on error
+            raise
         if not quiet:
-            typer.echo(f"wrote composite model {export} (softmax-response thresholds {export_info['thresholds']})", err=True)
+            what = (f"softmax-response thresholds {card['composite']['members'][0].get('threshold')}" if sel == "sr" else
+                    f"robustness indicator by {export_inner_attack} ({export_inner_steps} steps) at eps={e:g}")
+            typer.echo(f"wrote composite model {export} ({what})", err=True)
     if not quiet:
         show = df[lead + ["core_nat_acc", "core_robust_acc"]]
         typer.echo(markdown_table(show))

@@ -40,20 +40,16 @@ def load_view_examples(view, data_dir: str | None = None, dataset: str | None = 
 
 
 def adv_max_softmax(rows) -> np.ndarray:
-    """An upper bound on the lowest max-softmax of the ball, from each attack point of an attack table's rows.
+    """Max softmax at each attack point of an attack table's rows.
 
     ``robcli attack`` records, at the adversarial point x', ``adv_conf_other`` = max_{c != y} softmax_c(x')
     and ``adv_margin`` = z_y(x') - max_{c != y} z_c(x') (logits; y = the clean prediction). Hence
     max_c softmax_c(x') = adv_conf_other * exp(max(adv_margin, 0)), computed in log space. An explicit
     ``adv_conf`` column (max softmax at x') is used as is. Where ``adv_conf_other`` underflowed to 0 the
-    prediction kept a huge margin and the max softmax is 1 to double precision.
-
-    Flipped points (``adv_margin < 0``, or ``robust`` False): the prediction changes between x (class y on
-    top) and x' (another class on top), so on the segment x -> x', which lies in the (convex) ball, the two
-    top classes tie somewhere and the max softmax there is at most 0.5. The value is capped at 0.5: the
-    other class's high confidence at x' is not the lowest max-softmax on the ball.
+    prediction kept a huge margin and the max softmax is 1 to double precision. Rows without confidences
+    (NaN) give 1.0 (no information). This is the value at x'; for the ball's lowest max-softmax use
+    :func:`min_conf_bound`.
     """
-    n = len(rows)
     if "adv_conf" in rows.columns:
         val = rows["adv_conf"].to_numpy(float)
     elif "adv_conf_other" in rows.columns and "adv_margin" in rows.columns:
@@ -62,26 +58,37 @@ def adv_max_softmax(rows) -> np.ndarray:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             val = np.exp(np.log(other) + m)
         val = np.where(other > 0, val, 1.0)
-        val = np.where(np.isnan(other), 1.0, val)  # no confidence recorded: no information
     else:
-        val = np.ones(n)
+        val = np.ones(len(rows))
     val = np.where(np.isnan(val), 1.0, val)
-    flipped = np.zeros(n, dtype=bool)
+    return np.clip(val, 0.0, 1.0)
+
+
+def min_conf_bound(rows) -> np.ndarray:
+    """Per row: an upper bound on the lowest max-softmax of the ball that the row's attack point proves.
+
+    Flipped points (``adv_margin < 0``, or ``robust`` False): the prediction changes between x (class y on
+    top) and x' (another class on top), so on the segment x -> x', which lies in the (convex) ball, two
+    classes tie on top somewhere and the max softmax there is at most 0.5. The bound is then
+    min(max softmax at x', 0.5): the other class's high confidence at x' is not the lowest max-softmax on
+    the ball. Unflipped points give the max softmax at x'.
+    """
+    val = adv_max_softmax(rows)
+    flipped = np.zeros(len(rows), dtype=bool)
     if "adv_margin" in rows.columns:
         flipped |= rows["adv_margin"].to_numpy(float) < 0
     if "robust" in rows.columns:
         flipped |= ~rows["robust"].to_numpy(bool)
-    val = np.where(flipped, np.minimum(val, 0.5), val)
-    return np.clip(val, 0.0, 1.0)
+    return np.where(flipped, np.minimum(val, 0.5), val)
 
 
 def min_conf_over_rows(rows, index) -> np.ndarray:
-    """Per example of ``index``: the minimum of :func:`adv_max_softmax` over all its rows (1.0 where none)."""
+    """Per example of ``index``: the minimum of :func:`min_conf_bound` over all its rows (1.0 where none)."""
     import pandas as pd
 
     if not len(rows):
         return np.ones(len(index))
-    v = pd.Series(adv_max_softmax(rows), index=rows["idx"].to_numpy()).groupby(level=0).min()
+    v = pd.Series(min_conf_bound(rows), index=rows["idx"].to_numpy()).groupby(level=0).min()
     return v.reindex(index).fillna(1.0).to_numpy(float)
 
 

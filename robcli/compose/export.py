@@ -1,99 +1,237 @@
 """Export a selector composition as a model that ``robcli attack`` can load and attack end to end.
 
 A composite run directory holds only ``card.json`` with ``arch: "composite"`` and the member run
-directories (absolute paths); ``robcli.models.io.load_model`` loads it through :func:`load_composite`.
+directories (stored relative to the composite's directory when possible, so that moving the tree together
+keeps it loadable; absolute otherwise); ``robcli.models.io.load_model`` loads it through
+:func:`load_composite`.
 
-The exported selector is a softmax response (eq. 16 without the ball): member j is used when its max
-softmax at the input is >= its threshold. A robustness indicator (eq. 12) needs an attack inside every
-forward pass, which a model cannot carry; the export approximates it by a softmax-response threshold
-(given, or calibrated to agree most often with the robustness indicator on the evaluated examples).
-The forward returns the routed model's log-probabilities, so gradients flow through the chosen branch;
-the hard routing gives the selector itself no gradient (use black-box attacks such as Square as well).
+Two selectors can be exported:
+
+* ``robustness-indicator`` (eq. 12): for each input x an *inner attack* (our seeded PGD or APGD from
+  :mod:`robcli.attacks`, at the composition's eps and norm, against the robust model's own prediction at x)
+  decides whether the robust model is robust at x; robust -> the robust model's output, else the next
+  member's, else the core model's. The composite is then the model whose robust accuracy the compose table
+  estimates, so attacking it checks the table's number (an attack on H is only as strong as the inner
+  attack: a weak inner attack makes H select where the true indicator would not).
+* ``softmax-response`` (eq. 16): member j is used when its max softmax at the input is >= its threshold.
+
+The forward returns the routed model's log-probabilities (valid logits), so gradients flow through the
+chosen branch; the selector decision is piecewise constant and gives no gradient (use black-box attacks
+such as Square as well).
+
+The default inner attack ``pgd`` starts at x and then (``restarts > 1``) from seeded random offsets shared by
+all examples, so the decision at x does not depend on the other inputs of the batch. ``apgd-ce`` draws its
+random start per forward call from a generator seeded with the card's seed: deterministic for a given batch,
+but the start of an example depends on the batch it sits in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from robcli.errors import ModelError
+from robcli.errors import ModelError, UsageError
 
 ARCH = "composite"
+SELECTORS = ("robustness-indicator", "softmax-response")
+INNER_ATTACKS = ("pgd", "apgd-ce")
 
 
 class CompositeModel(nn.Module):
-    """H(x) = F_j(x) for the first j with max softmax f_j(x) >= tau_j, else F_core(x) (eq. 15 / cascade)."""
+    """H(x) = F_j(x) for the first member j whose selector selects at x, else F_core(x) (eq. 15 / cascade).
 
-    def __init__(self, members: Sequence[nn.Module], thresholds: Sequence[float], core: nn.Module):
+    Args:
+        members: robust models, tried in order.
+        core: the core model.
+        selector: ``robustness-indicator`` (inner attack at ``eps``/``norm``) or ``softmax-response``.
+        thresholds: softmax-response thresholds, one per member.
+        inner_attack, inner_steps, inner_restarts, seed: the robustness indicator's inner attack.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], core: nn.Module, *, selector: str = "softmax-response",
+                 thresholds: Sequence[float] | None = None, eps: float | None = None, norm: str = "Linf",
+                 inner_attack: str = "pgd", inner_steps: int = 20, inner_restarts: int = 1, seed: int = 0):
         super().__init__()
-        if len(members) != len(thresholds) or not members:
-            raise ModelError("a composite needs one threshold per robust member and at least one member")
+        if not members:
+            raise ModelError("a composite needs at least one robust member")
+        if selector not in SELECTORS:
+            raise ModelError(f"unknown composite selector {selector!r}; choose one of {', '.join(SELECTORS)}")
         self.members = nn.ModuleList(members)
         self.core = core
-        self.register_buffer("thresholds", torch.tensor([float(t) for t in thresholds]))
+        self.selector = selector
+        if selector == "softmax-response":
+            if thresholds is None or len(thresholds) != len(members):
+                raise ModelError("a softmax-response composite needs one threshold per robust member")
+            self.register_buffer("thresholds", torch.tensor([float(t) for t in thresholds]))
+        else:
+            if eps is None or not eps > 0:
+                raise ModelError("a robustness-indicator composite needs eps > 0")
+            if inner_attack not in INNER_ATTACKS:
+                raise ModelError(f"unknown inner attack {inner_attack!r}; choose one of {', '.join(INNER_ATTACKS)}")
+            if int(inner_steps) < 1 or int(inner_restarts) < 1:
+                raise ModelError("the inner attack needs steps >= 1 and restarts >= 1")
+        self.eps = float(eps) if eps is not None else None
+        self.norm = norm
+        self.inner_attack = inner_attack
+        self.inner_steps = int(inner_steps)
+        self.inner_restarts = int(inner_restarts)
+        self.seed = int(seed)
+
+    def robust_at(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The empirical robustness indicator: the inner attack found no other class on B_eps(x)."""
+        from robcli.attacks.apgd import apgd
+        from robcli.attacks.pgd import margin, pgd
+        from robcli.utils.seeding import make_generator
+
+        xd = x.detach()
+        with torch.no_grad():
+            y = model(xd).argmax(1)
+        gen = make_generator(self.seed, xd.device)
+        robust = torch.ones(xd.shape[0], dtype=torch.bool, device=xd.device)
+        if self.inner_attack == "apgd-ce":
+            xa = apgd(model, xd, y, "ce", eps=self.eps, norm=self.norm, steps=self.inner_steps,
+                      restarts=self.inner_restarts, generator=gen)
+            with torch.no_grad():
+                return model(xa).argmax(1) == y
+
+        def objective(logits, _x):
+            return -margin(logits, y)
+
+        for r in range(self.inner_restarts):
+            if r == 0:
+                start = xd
+            else:  # one seeded offset for every example: the decision at x does not depend on the batch
+                shape = (1, *xd.shape[1:])
+                if self.norm == "Linf":
+                    off = (2 * torch.rand(shape, generator=gen, device=xd.device, dtype=xd.dtype) - 1) * self.eps
+                else:
+                    g = torch.randn(shape, generator=gen, device=xd.device, dtype=xd.dtype)
+                    r_ = torch.rand((), generator=gen, device=xd.device, dtype=xd.dtype)
+                    off = g / g.flatten().norm().clamp_min(1e-12) * self.eps * r_
+                start = (xd + off).clamp(0, 1)
+            xa = pgd(model, xd, objective, eps=self.eps, norm=self.norm, steps=self.inner_steps, x_init=start)
+            with torch.no_grad():
+                robust &= model(xa).argmax(1) == y
+        return robust
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.log_softmax(self.core(x), 1)
         chosen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for j, m in enumerate(self.members):
             lp = torch.log_softmax(m(x), 1)
-            take = (lp.exp().amax(1) >= self.thresholds[j]) & ~chosen
+            if self.selector == "softmax-response":
+                take = lp.exp().amax(1) >= self.thresholds[j]
+            else:
+                take = torch.zeros_like(chosen)
+                todo = torch.nonzero(~chosen).flatten()
+                if todo.numel():
+                    take[todo] = self.robust_at(m, x[todo])
+            take = take & ~chosen
             out = torch.where(take.view(-1, 1), lp, out)
-            chosen |= take
+            chosen = chosen | take
         return out
 
 
-def calibrate_threshold(conf: np.ndarray, selected: np.ndarray) -> float:
-    """The threshold tau that makes 1{conf >= tau} agree with ``selected`` on the most examples."""
-    cands = np.unique(np.concatenate([[0.0, 1.0], conf]))
-    best, best_agree = 1.0, -1
-    for t in cands:
-        agree = int(((conf >= t) == selected).sum())
-        if agree > best_agree:
-            best, best_agree = float(t), agree
-    return best
+def _stored_path(p: str | Path, out_dir: Path) -> str:
+    """``p`` relative to the composite's directory when possible (else absolute)."""
+    a = Path(p).resolve()
+    try:
+        return os.path.relpath(a, out_dir.resolve())
+    except ValueError:  # e.g. another drive on Windows
+        return str(a)
 
 
-def write_composite(out_dir: str | Path, members: Sequence[str], thresholds: Sequence[float], core: str,
-                    *, info: dict) -> Path:
-    """Write a composite run directory (card only; members stay where they are)."""
-    from robcli.models.io import CARD, _atomic_write_bytes, load_model, make_card
+def _resolve(p: str, run_dir: Path) -> str:
+    q = Path(p)
+    return str(q if q.is_absolute() else (run_dir / q))
 
+
+def prepare_composite(out_dir: str | Path, members: Sequence[str], core: str, *, selector: str,
+                      thresholds: Sequence[float] | None = None, eps: float | None = None, norm: str = "Linf",
+                      inner_attack: str = "pgd", inner_steps: int = 20, inner_restarts: int = 1, seed: int = 0,
+                      info: dict | None = None) -> dict:
+    """Load and check the models and build the composite's card; writes nothing.
+
+    Raises:
+        ModelError: a member cannot be loaded, or the models disagree on input shape or number of classes.
+        UsageError: bad selector settings.
+    """
+    from robcli.models.io import load_model, make_card
+
+    if selector not in SELECTORS:
+        raise UsageError(f"unknown composite selector {selector!r}; choose one of {', '.join(SELECTORS)}")
+    if selector == "softmax-response" and (thresholds is None or len(thresholds) != len(members)):
+        raise UsageError("a softmax-response export needs one threshold per robust model")
+    if selector == "robustness-indicator" and inner_attack not in INNER_ATTACKS:
+        raise UsageError(f"unknown inner attack {inner_attack!r}; choose one of {', '.join(INNER_ATTACKS)}")
     lms = [load_model(p) for p in [*members, core]]
     shapes = {tuple(lm.input_shape) for lm in lms}
     classes = {lm.num_classes for lm in lms}
     if len(shapes) != 1 or len(classes) != 1:
         raise ModelError("the composed models disagree on input shape or number of classes")
+    # build it once, so that a bad setting fails here and not when `robcli attack` loads it
+    CompositeModel([lm.model for lm in lms[:-1]], lms[-1].model, selector=selector, thresholds=thresholds, eps=eps,
+                   norm=norm, inner_attack=inner_attack, inner_steps=inner_steps, inner_restarts=inner_restarts,
+                   seed=seed)
+    out = Path(out_dir)
     card = make_card(ARCH, classes.pop(), shapes.pop(), dataset=lms[-1].card.get("dataset"))
-    card["composite"] = {
-        "selector": "softmax-response",
-        "members": [{"run": str(Path(p).resolve()), "threshold": float(t)} for p, t in zip(members, thresholds)],
-        "core": str(Path(core).resolve()),
-        **info,
-    }
+    spec: dict = {"selector": selector, "core": _stored_path(core, out)}
+    if selector == "softmax-response":
+        spec["members"] = [{"run": _stored_path(p, out), "threshold": float(t)} for p, t in zip(members, thresholds)]
+    else:
+        spec["members"] = [{"run": _stored_path(p, out)} for p in members]
+        spec["inner_attack"] = {
+            "attack": inner_attack, "objective": "margin" if inner_attack == "pgd" else "ce",
+            "steps": int(inner_steps), "restarts": int(inner_restarts), "eps": float(eps), "norm": norm,
+            "seed": int(seed), "against": "the robust model's own prediction at the input",
+        }
+    spec.update(info or {})
+    card["composite"] = spec
+    return card
+
+
+def write_card(out_dir: str | Path, card: dict) -> Path:
+    """Write a card from :func:`prepare_composite` (atomic; the members stay where they are)."""
+    from robcli.models.io import CARD, _atomic_write_bytes
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(out / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
     return out
 
 
+def write_composite(out_dir: str | Path, members: Sequence[str], core: str, **kw) -> Path:
+    """:func:`prepare_composite` then :func:`write_card`."""
+    return write_card(out_dir, prepare_composite(out_dir, members, core, **kw))
+
+
 def load_composite(run_dir: str | Path, card: dict):
     """Build the :class:`CompositeModel` a composite card describes (called by ``load_model``)."""
     from robcli.models.io import LoadedModel, load_model
 
+    run_dir = Path(run_dir)
     spec = card.get("composite") or {}
     try:
-        members = [(m["run"], float(m["threshold"])) for m in spec["members"]]
-        core = spec["core"]
-    except (KeyError, TypeError, ValueError):
+        selector = spec.get("selector", "softmax-response")
+        runs = [_resolve(m["run"], run_dir) for m in spec["members"]]
+        core = _resolve(spec["core"], run_dir)
+        kw: dict = {"selector": selector}
+        if selector == "softmax-response":
+            kw["thresholds"] = [float(m["threshold"]) for m in spec["members"]]
+        else:
+            ia = spec["inner_attack"]
+            kw.update(eps=float(ia["eps"]), norm=str(ia["norm"]), inner_attack=str(ia["attack"]),
+                      inner_steps=int(ia["steps"]), inner_restarts=int(ia.get("restarts", 1)),
+                      seed=int(ia.get("seed", 0)))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ModelError(f"{run_dir}: composite card is malformed") from None
-    lms = [load_model(p) for p, _ in members]
+    lms = [load_model(p) for p in runs]
     lc = load_model(core)
-    model = CompositeModel([lm.model for lm in lms], [t for _, t in members], lc.model).eval()
+    model = CompositeModel([lm.model for lm in lms], lc.model, **kw).eval()
     files = [f for lm in [*lms, lc] for f in lm.files]
     return LoadedModel(model, card, files, "run")
