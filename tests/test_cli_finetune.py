@@ -57,3 +57,18 @@ def test_init_that_does_not_fit(cli, tmp_path):
     assert not out.exists()
     r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--model", "tiny_mlp", "--epochs", "1", "--out", src, "--quiet")
     assert r.exit_code == 2 and "exists" in r.output
+
+
+def test_nan_loss_is_one_line_without_warning(cli, tmp_path):
+    import warnings
+
+    out = tmp_path / "nan"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--model", "tiny_mlp", "--epochs", "2",
+                "--lr", "1e30", "--out", out, "--quiet")
+    assert r.exit_code == 2
+    assert [str(w.message) for w in caught] == []
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "loss became nan" in lines[0] and "lower --lr" in lines[0], r.stderr
+    assert not out.exists()

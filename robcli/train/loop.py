@@ -349,8 +349,8 @@ def finetune(
                     xb = augment_batch(xb, cfg.augment, g_data, info.name)
                 xb, yb = _to_device(xb, device, channels_last), yb.to(device)
                 loss, terms = loss_fn(model, xb, yb, lcfg, g_loss)
-                if not torch.isfinite(loss):
-                    raise RobcliError(f"the {cfg.loss} loss became {float(loss)} in epoch {epoch + 1}; lower --lr")
+                if not torch.isfinite(loss.detach()):
+                    raise RobcliError(f"the {cfg.loss} loss became {float(loss.detach())} in epoch {epoch + 1}; lower --lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
