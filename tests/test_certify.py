@@ -322,6 +322,12 @@ def test_cli_certify_writes_table_with_provenance(cli, tmp_path):
     assert "already complete" in r.output
 
 
+def _with_flag(argv, flag, value):
+    out = list(argv)
+    out[out.index(flag) + 1] = value
+    return out
+
+
 def test_cli_shards_folder_and_resume_after_kill(cli, tmp_path, monkeypatch):
     import pandas.testing as pdt
 
@@ -332,11 +338,13 @@ def test_cli_shards_folder_and_resume_after_kill(cli, tmp_path, monkeypatch):
               "--alpha", "0.01", "--quiet", "--seed", "4", "--batch", "200"]
     full = tmp_path / "full.parquet"
     _ok(cli("certify", *common, "--out", full))
-    for i in range(2):
-        _ok(cli("certify", *common, "--shard", f"{i}/2", "--out", tmp_path / "shards" / f"s{i}.parquet"))
+    for i, batch in enumerate(("200", "350")):  # shards on different GPUs often run with different --batch
+        argv = _with_flag(common, "--batch", batch)
+        _ok(cli("certify", *argv, "--shard", f"{i}/2", "--out", tmp_path / "shards" / f"s{i}.parquet"))
     a = read_table(full, "certify").df
     b = read_table(tmp_path / "shards", "certify").df
     pdt.assert_frame_equal(_drop_time(a), _drop_time(b))
+    assert read_table(full, "certify").config["device_type"] == "cpu"
 
     real = sm.certify_group
     n = {"calls": 0}
@@ -355,9 +363,25 @@ def test_cli_shards_folder_and_resume_after_kill(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(sm, "certify_group", real)
     r = cli("certify", *[c if c != "4" else "5" for c in common], "--out", out, "--resume")
     assert r.exit_code != 0 and "different configuration" in r.output
-    _ok(cli("certify", *common, "--out", out, "--resume"))
+    # a partial table computed on CUDA (faked in its metadata) cannot be continued on this CPU
+    from robcli.tables.io import write_table
+
+    t = read_table(partial_path(out), "certify")
+    real_bytes = partial_path(out).read_bytes()
+    write_table(t.df, partial_path(out), "certify", config={**t.config, "device_type": "cuda"},
+                prov={**t.meta, "device": "cuda:0"})
+    r = cli("certify", *common, "--out", out, "--resume")
+    assert r.exit_code != 0 and "computed on cuda, this run is on cpu" in r.output
+    partial_path(out).write_bytes(real_bytes)
+    # ...while another --batch (results do not depend on it) resumes fine
+    _ok(cli("certify", *_with_flag(common, "--batch", "300"), "--out", out, "--resume"))
     assert not partial_path(out).exists()
     pdt.assert_frame_equal(_drop_time(read_table(out, "certify").df), _drop_time(a))
+    # the same refusal for a complete table
+    t = read_table(out, "certify")
+    write_table(t.df, out, "certify", config={**t.config, "device_type": "cuda"}, prov={**t.meta, "device": "cuda"})
+    r = cli("certify", *common, "--out", out, "--resume")
+    assert r.exit_code != 0 and "computed on cuda" in r.output
 
 
 def test_cli_empty_shard_and_folder_reads_as_full_table(cli, tmp_path):

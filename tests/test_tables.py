@@ -251,5 +251,60 @@ def test_folder_of_shards_refusals(tmp_path):
         read_table(empty)
 
 
+def _cert_df(idx):
+    n = len(idx)
+    return pd.DataFrame({"idx": list(idx), "label": [0] * n, "predict": [0] * n, "radius": [0.1] * n,
+                         "correct": [True] * n, "time": [0.0] * n, "sigma": [0.12] * n, "N0": [10] * n,
+                         "N": [100] * n, "alpha": [0.01] * n, "nA": [90] * n, "pA_lower": [0.8] * n})
+
+
+def _shard(d, i, k, idx, **cfg):
+    base = {"sigmas": [0.12], "N": 100, "batch": 1000, "compile": False, "device_type": "cpu",
+            "shard": None if k is None else f"{i}/{k}"}
+    write_table(_cert_df(idx), d / f"s{i}.parquet", "certify", config={**base, **cfg}, prov=provenance(device="cpu"))
+
+
+def test_folder_of_shards_must_hold_every_shard(tmp_path):
+    d = tmp_path / "shards"
+    _shard(d, 0, 3, (0, 3))
+    _shard(d, 2, 3, (2,))
+    with pytest.raises(TableError, match=r"lacks shard\(s\) 1/3 \(has 2 of 3\)"):
+        read_table(d)
+    _shard(d, 1, 3, ())  # an empty shard counts: the folder is complete
+    assert read_table(d, "certify").df["idx"].tolist() == [0, 2, 3]
+    (d / "s1.parquet").unlink()
+    _shard(d, 1, 4, (1,))
+    with pytest.raises(TableError, match="disagree on the number of shards K"):
+        read_table(d)
+    _shard(d, 1, None, (1,))
+    with pytest.raises(TableError, match="mixes shards with an unsharded table .s1.parquet"):
+        read_table(d)
+    _shard(d, 1, 3, ())
+    write_table(_cert_df(()), d / "dup.parquet", "certify",
+                config={"sigmas": [0.12], "N": 100, "device_type": "cpu", "shard": "2/3"})
+    with pytest.raises(TableError, match="are both shard 2/3"):
+        read_table(d)
+
+
+def test_folder_of_shards_batch_and_compile_may_differ_but_not_device_type(tmp_path):
+    d = tmp_path / "shards"
+    _shard(d, 0, 2, (0, 2), batch=250, compile=True)
+    _shard(d, 1, 2, (1,), batch=4000)
+    assert len(read_table(d, "certify").df) == 3
+    _shard(d, 1, 2, (1,), N=200)
+    with pytest.raises(TableError, match="different configurations"):
+        read_table(d)
+    _shard(d, 1, 2, (1,), device_type="cuda")
+    with pytest.raises(TableError, match=r"different device types \(s0.parquet: cpu, s1.parquet: cuda\)"):
+        read_table(d)
+    # a table without a recorded device_type falls back on its provenance device (cuda:1 -> cuda)
+    cfg = {"sigmas": [0.12], "N": 100, "batch": 1000, "compile": False, "shard": "1/2"}
+    write_table(_cert_df((1,)), d / "s1.parquet", "certify", config=cfg, prov=provenance(device="cuda:1"))
+    with pytest.raises(TableError, match="different device types"):
+        read_table(d)
+    write_table(_cert_df((1,)), d / "s1.parquet", "certify", config=cfg, prov=provenance(device="cpu"))
+    assert len(read_table(d, "certify").df) == 3
+
+
 def test_partial_path():
     assert str(partial_path("out/attack.parquet")) == "out/attack.parquet.partial"

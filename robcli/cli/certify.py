@@ -66,11 +66,16 @@ def certify(
 
     sigmas = tuple(parse_float_expr(s, "--sigma") for s in (sigma or ["0.12"]))
     shard_t = parse_shard(shard)
+    from robcli.utils.device import resolve_device
+
+    dev = resolve_device(device)
     cfg = CertifyConfig(
         sigmas=sigmas, N0=n0, N=n, alpha=alpha, batch=batch, mode=mode.strip().lower(), seed=seed,
         compile=compile_,
+        # the device type is part of the configuration: CPU and CUDA generators draw different noise, so
+        # resuming or merging shards across device types would mix two noise streams
         extra={"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
-               "shard": shard},
+               "shard": shard, "device_type": dev.type},
     )
     out_p = Path(out)
     if out_p.suffix != ".parquet":
@@ -79,19 +84,24 @@ def certify(
 
     from robcli.data.registry import load_split
     from robcli.models.io import load_model
-    from robcli.tables.io import partial_path, provenance, read_table, write_table
-    from robcli.utils.device import resolve_device
+    from robcli.tables.io import device_type, partial_path, provenance, read_table, write_table
+
+    def check_resumable(t, path, hint: str) -> None:
+        old = device_type(t)
+        if old is not None and old != dev.type:
+            raise UsageError(f"{path} was computed on {old}, this run is on {dev.type}: their noise streams "
+                             f"differ, so the rows cannot be combined; run on {old} or {hint}")
+        if not same_config({"device_type": dev.type, **t.config}, cfg.as_dict()):  # older tables lack it
+            raise UsageError(f"{path} was made with a different configuration; {hint}")
 
     part = partial_path(out_p)
     if resume and out_p.exists() and not part.exists():
         t = read_table(out_p, "certify")
-        if not same_config(t.config, cfg.as_dict()):
-            raise UsageError(f"{out_p} was made with a different configuration; use --force to start over")
+        check_resumable(t, out_p, "use --force to start over")
         if not quiet:
             console().print(f"{out_p} is already complete\n" + summary_text(t.df), highlight=False, soft_wrap=True)
         return
 
-    dev = resolve_device(device)
     data = load_split(dataset, split, data_dir=data_dir,
                       image_size=image_size_for(image_size, model)).select(n_ex=n_ex, skip=skip)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed, num_classes=num_classes,
@@ -102,8 +112,7 @@ def certify(
     done = None
     if resume and part.exists():
         t = read_table(part, "certify")
-        if not same_config(t.config, config):
-            raise UsageError(f"{part} was made with a different configuration; drop --resume (or use --force) to start over")
+        check_resumable(t, part, "drop --resume (or use --force) to start over")
         done = t.df
 
     def checkpoint(df) -> None:

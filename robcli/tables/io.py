@@ -238,12 +238,73 @@ def _read_one(path: Path) -> Table:
     return Table(df=df, kind=kind, meta=meta, path=str(path))
 
 
+# config keys that may differ between shards of one table (and between a run and its resume): they do not
+# change the results (``batch`` only regroups the same per-example noise; ``compile`` only speeds up the model).
+# The device type is compared separately (device_type), with its own message.
+SHARD_FREE_KEYS = ("shard", "out", "resume", "force", "quiet", "batch", "compile", "device_type")
+
+
+def _base_config(cfg: dict | None) -> dict:
+    return {k: v for k, v in (cfg or {}).items() if k not in SHARD_FREE_KEYS}
+
+
+def device_type(t: Table) -> str | None:
+    """The kind of device a table was computed on (``cpu``, ``cuda``, ``mps``), or None when unknown.
+
+    Read from the config's ``device_type`` when recorded, else from the provenance ``device`` (``cuda:0``
+    -> ``cuda``).
+    """
+    v = t.config.get("device_type") or t.meta.get("device") or ""
+    v = str(v).split(":")[0].strip().lower()
+    return v or None
+
+
+def _parse_shard(text, where: str) -> tuple[int, int]:
+    try:
+        i, k = (int(x) for x in str(text).split("/"))
+    except (ValueError, TypeError):
+        raise TableError(f"{where} records shard {text!r}, not of the form I/K") from None
+    if k < 1 or not 0 <= i < k:
+        raise TableError(f"{where} records shard {text!r}; need 0 <= I < K")
+    return i, k
+
+
+def _check_shards_complete(path: Path, parts: list[Table]) -> None:
+    """A folder of shards must hold exactly shards 0/K .. K-1/K (0-based, as ``--shard I/K``), one file each.
+
+    Tables whose config records no shard are plain tables and are joined as they are; a folder that mixes
+    them with shards is refused.
+    """
+    recorded = {p.path: p.config.get("shard") for p in parts}
+    sharded = {k: v for k, v in recorded.items() if v not in (None, "")}
+    if not sharded:
+        return
+    if len(sharded) != len(parts):
+        plain = next(Path(k).name for k, v in recorded.items() if v in (None, ""))
+        raise TableError(f"folder {path} mixes shards with an unsharded table ({plain})")
+    shards = {k: _parse_shard(v, Path(k).name) for k, v in sharded.items()}
+    ks = sorted({k for _, k in shards.values()})
+    if len(ks) > 1:
+        raise TableError(f"shards in {path} disagree on the number of shards K ({', '.join(map(str, ks))})")
+    K = ks[0]
+    owner: dict[int, str] = {}
+    for name, (i, _) in shards.items():
+        if i in owner:
+            raise TableError(f"{Path(owner[i]).name} and {Path(name).name} in {path} are both shard {i}/{K}; "
+                             "remove the duplicate")
+        owner[i] = name
+    missing = [i for i in range(K) if i not in owner]
+    if missing:
+        raise TableError(f"folder {path} lacks shard(s) {', '.join(f'{i}/{K}' for i in missing)} "
+                         f"(has {len(owner)} of {K}); run them, or the folder is not the whole table")
+
+
 def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> Table:
     """Read a robcli table (a file, or a folder of shards of one table) and check its kind.
 
     Raises:
         TableError: missing, corrupt, not a robcli table, wrong kind or schema version, or shards that
-            disagree on kind or configuration.
+            disagree on kind, configuration, model files or device type, or a shard missing from 0/K..K-1/K.
     """
     import pandas as pd
 
@@ -259,16 +320,20 @@ def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> T
         if len(kinds) != 1:
             raise TableError(f"folder {path} mixes table kinds: {', '.join(sorted(kinds))}")
 
-        def _base(cfg: dict) -> dict:
-            return {k: v for k, v in (cfg or {}).items() if k not in ("shard", "out", "resume")}
-
-        base = _base(parts[0].config)
+        types = {p.path: device_type(p) for p in parts}
+        known = sorted({v for v in types.values() if v})
+        if len(known) > 1:
+            names = ", ".join(f"{Path(k).name}: {v}" for k, v in types.items() if v)
+            raise TableError(f"shards in {path} ran on different device types ({names}); CPU and CUDA noise "
+                             "streams differ, so they are not shards of one table")
+        base = _base_config(parts[0].config)
         models0 = [m.get("sha256") for m in parts[0].meta.get("models") or [] if isinstance(m, dict)]
         for p in parts[1:]:
-            if _base(p.config) != base:
+            if _base_config(p.config) != base:
                 raise TableError(f"shards in {path} were made with different configurations ({Path(p.path).name})")
             if [m.get("sha256") for m in p.meta.get("models") or [] if isinstance(m, dict)] != models0:
                 raise TableError(f"shards in {path} were made with different model files ({Path(p.path).name})")
+        _check_shards_complete(path, parts)
         keys = [c for c in _ROW_KEYS.get(parts[0].kind, ()) if c in parts[0].df.columns]
         if keys:
             seen: dict[tuple, str] = {}
