@@ -280,6 +280,28 @@ def test_empty_shard_is_a_typed_table_with_no_rows(tmp_path):
     assert len(t.df) == 0 and t.df["predict"].dtype == "int64"
 
 
+def test_compiled_counter_checks_output_on_the_uncompiled_model(monkeypatch):
+    from robcli.certify.smoothing import VoteCounter
+
+    model, data = _digits_setup(3)
+    shapes = []
+
+    def fake_compile(m, *a, **k):
+        def compiled(x):
+            shapes.append(tuple(x.shape))
+            return m(x)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    counter = VoteCounter(model, 10, "cpu", 64, compile=True)
+    x, _ = data.get(torch.arange(3))
+    counter.check_output(x)
+    assert shapes == []  # no call (no second compilation) for the 2-example check
+    counter.counts(x, [1, 2, 3], 30, 0.12)
+    assert shapes and {s[0] for s in shapes} == {64}  # the compiled model only ever sees full batches
+
+
 def test_summary_numbers():
     import pandas as pd
 

@@ -107,6 +107,7 @@ class VoteCounter:
         self.channels_last = channels_last and image
         if self.channels_last:  # before compiling, so the compiled graph sees the final parameter layout
             model.to(memory_format=torch.channels_last)
+        self.base = model  # uncompiled: for one-off calls that must not trigger another compilation
         self.model = torch.compile(model) if compile else model
         self.compiled = compile
 
@@ -122,11 +123,14 @@ class VoteCounter:
         return self.model(x)
 
     def check_output(self, x) -> None:
-        """Refuse a model whose output is not (B, K) logits of the data set's classes."""
+        """Refuse a model whose output is not (B, K) logits of the data set's classes.
+
+        Runs the uncompiled model: a compiled one would compile a second graph for this small batch.
+        """
         import torch
 
         with torch.inference_mode():
-            out = self.model(x[:2].to(self.device))
+            out = self.base(x[:2].to(self.device))
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != self.K:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(f"model output has shape {shape}; expected (batch, {self.K}) logits of the data set's classes")
