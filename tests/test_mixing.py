@@ -111,6 +111,41 @@ def test_default_layers_build_an_alpha_network(arch, spec):
     assert ((a > 0) & (a < 1)).all()
 
 
+@pytest.mark.parametrize("arch,spec", [("small_cnn", DIGITS), ("resnet18_tiny", (10, (3, 16, 16))),
+                                       ("tiny_mlp", GAUSS)])
+def test_fast_alpha_path_matches_the_plain_module_composition(arch, spec):
+    """The per-part 1x1 products, folded eval-mode BatchNorms and avg-pool resizing change no result: values
+    and input gradients equal the plain composition (concatenations, separate BatchNorms, adaptive pooling)."""
+    m = adaptive(arch=arch, spec=spec)
+    net = m.alpha_net
+    with torch.no_grad():  # non-trivial running statistics and affine parameters, so folding is exercised
+        for mod in net.modules():
+            if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                if mod.affine:
+                    mod.weight.uniform_(0.5, 1.5)
+                    mod.bias.uniform_(-0.3, 0.3)
+    x, _ = xs(spec, n=8)
+    for mode in (False, True):
+        net.train(mode)
+        xr = x.clone().requires_grad_(True)
+        m.g(xr)
+        m.h(xr)
+        feats = m._taps_g.pop() + m._taps_h.pop()
+        fast = net.logit(feats)
+        (gf,) = torch.autograd.grad(fast.square().sum(), xr)
+        xr2 = x.clone().requires_grad_(True)
+        m.g(xr2)
+        m.h(xr2)
+        feats = m._taps_g.pop() + m._taps_h.pop()
+        ref = net.logit_reference(feats)
+        (gr,) = torch.autograd.grad(ref.square().sum(), xr2)
+        assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-5), mode
+        assert torch.allclose(gf, gr, rtol=1e-4, atol=1e-5), mode
+        assert gf.is_contiguous()
+
+
 def test_default_layer_names_exist_in_the_big_architectures():
     from robcli.models.registry import create_model
 

@@ -14,6 +14,13 @@ this network is kept small so that a training step costs at most ~1.3x one forwa
 base models even for our small CNNs on 8x8 digits (see ``benchmarks/mixnet_step.py``); ``width`` and
 ``blocks`` scale it up for big base models.
 
+Cost of the alpha path inside every attack step (it runs ``k`` times per training step): the 1x1 branches
+are batched matrix products over each tapped map with its slice of the weight (the large shallow maps are
+never copied into a concatenation, and the input gradients stay NCHW-contiguous so the base models' own
+backward kernels keep their fast path); in eval mode (attacks, inference) every BatchNorm is folded into the
+preceding convolution / linear layer; even resizing uses average pooling. Same values as the plain module
+composition (:meth:`AlphaNet.logit_reference`) up to float rounding; the state dict is unchanged.
+
 Vector features (MLPs) are treated as 1x1 maps, so the same network applies. Feature maps of g and h with
 different spatial sizes are resized by adaptive average pooling to the smaller one. Layer names default per
 registered architecture (see :data:`DEFAULT_LAYERS`); any other model needs explicit names.
@@ -76,9 +83,69 @@ def _as_map(t: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if tuple(t.shape[-2:]) == tuple(hw):
+    H, W = t.shape[-2:]
+    if (H, W) == tuple(hw):
         return t
+    if H % hw[0] == 0 and W % hw[1] == 0:  # same windows as adaptive pooling, a cheaper kernel (fwd and bwd)
+        k = (H // hw[0], W // hw[1])
+        return F.avg_pool2d(t, k, k)
     return F.adaptive_avg_pool2d(t, hw)
+
+
+def _bn_fold(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = x * s + b (running statistics)."""
+    s = torch.rsqrt(bn.running_var + bn.eps)
+    b = -bn.running_mean * s
+    if bn.affine:
+        s = s * bn.weight
+        b = b * bn.weight + bn.bias
+    return s, b
+
+
+def _can_fold(bn: nn.Module) -> bool:
+    return not bn.training and bn.running_var is not None
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """bn(conv(x)); in eval mode as ONE convolution with the BatchNorm folded into its weight and bias."""
+    if not _can_fold(bn):
+        return bn(conv(x))
+    s, b = _bn_fold(bn)
+    if conv.bias is not None:
+        b = b + conv.bias * s
+    return F.conv2d(x, conv.weight * s.view(-1, 1, 1, 1), b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _pointwise_bn_relu(branch: nn.Sequential, parts: list[torch.Tensor]) -> torch.Tensor:
+    """relu(bn(conv1x1(cat(parts)))) of a Conv1x1-BN-ReLU branch, without materializing the concatenation.
+
+    The 1x1 convolution is a matrix product over channels, computed per part with that part's slice of the
+    weight (no copy of the large shallow feature maps into a concatenated tensor); in eval mode the BatchNorm
+    is folded into the weight and bias. Same values as the module composition up to float rounding.
+    """
+    conv, bn = branch[0], branch[1]
+    w = conv.weight.flatten(1)  # (O, C)
+    bias = conv.bias
+    if _can_fold(bn):
+        s, b = _bn_fold(bn)
+        w = w * s[:, None]
+        bias = b if bias is None else b + bias * s
+    B, _, H, W = parts[0].shape
+    out = None
+    c0 = 0
+    for p in parts:
+        c = p.shape[1]
+        # bmm with the weight expanded over the batch (a view): output AND input gradient stay NCHW-contiguous,
+        # so the base models' backward kernels (max-pool, BN) keep their fast path
+        term = torch.bmm(w[:, c0:c0 + c].expand(B, -1, -1), p.reshape(B, c, H * W))
+        out = term if out is None else out + term
+        c0 += c
+    if bias is not None:
+        out = out + bias.view(1, -1, 1)
+    out = out.view(B, -1, H, W)
+    if not _can_fold(bn):
+        out = bn(out)
+    return F.relu(out)
 
 
 class ResBlock(nn.Module):
@@ -95,6 +162,13 @@ class ResBlock(nn.Module):
             self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(_conv_bn(self.c1, self.b1, x))
+        out = _conv_bn(self.c2, self.b2, out)
+        sc = _conv_bn(self.short[0], self.short[1], x) if len(self.short) else x
+        return F.relu(out + sc)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain module composition (tests check ``forward`` against it)."""
         out = F.relu(self.b1(self.c1(x)))
         out = self.b2(self.c2(out))
         return F.relu(out + self.short(x))
@@ -130,15 +204,41 @@ class AlphaNet(nn.Module):
         self.sigmoid_scale = float(sigmoid_scale)
         self.shift = float(shift)
 
-    def logit(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The pre-sigmoid output z (B,) after the output BatchNorm."""
+    @staticmethod
+    def _sizes(feats):
         gs, gm, hs, hm = (_as_map(f) for f in feats)
         hw_s = min(gs.shape[-2], hs.shape[-2]), min(gs.shape[-1], hs.shape[-1])
         hw_m = min(gm.shape[-2], hm.shape[-2]), min(gm.shape[-1], hm.shape[-1])
         hw = min(hw_s[0], hw_m[0]), min(hw_s[1], hw_m[1])
-        s = _resize(self.up(torch.cat([_resize(gs, hw_s), _resize(hs, hw_s)], 1)), hw)
-        m = _resize(self.mid(torch.cat([_resize(gm, hw_m), _resize(hm, hw_m)], 1)), hw)
+        return gs, gm, hs, hm, hw_s, hw_m, hw
+
+    def logit(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The pre-sigmoid output z (B,) after the output BatchNorm.
+
+        Computed without concatenating the tapped maps (per-part 1x1 products) and, in eval mode (attacks,
+        inference), with every BatchNorm folded into the preceding convolution / linear layer; the values
+        equal :meth:`logit_reference` (the plain module composition) up to float rounding.
+        """
+        gs, gm, hs, hm, hw_s, hw_m, hw = self._sizes(feats)
+        s = _resize(_pointwise_bn_relu(self.up, [_resize(gs, hw_s), _resize(hs, hw_s)]), hw)
+        m = _resize(_pointwise_bn_relu(self.mid, [_resize(gm, hw_m), _resize(hm, hw_m)]), hw)
         z = self.trunk(torch.cat([s, m], 1))
+        z = z.mean((2, 3))
+        if _can_fold(self.out_bn):
+            r = torch.rsqrt(self.out_bn.running_var + self.out_bn.eps)
+            return F.linear(z, self.fc.weight * r, (self.fc.bias - self.out_bn.running_mean) * r).squeeze(1)
+        return self.out_bn(self.fc(z)).squeeze(1)
+
+    def logit_reference(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The plain module composition of Fig. 3 (concatenations, separate BatchNorms); for tests."""
+        gs, gm, hs, hm, hw_s, hw_m, hw = self._sizes(feats)
+        s = F.adaptive_avg_pool2d(self.up(torch.cat([F.adaptive_avg_pool2d(gs, hw_s),
+                                                     F.adaptive_avg_pool2d(hs, hw_s)], 1)), hw)
+        m = F.adaptive_avg_pool2d(self.mid(torch.cat([F.adaptive_avg_pool2d(gm, hw_m),
+                                                      F.adaptive_avg_pool2d(hm, hw_m)], 1)), hw)
+        z = torch.cat([s, m], 1)
+        for blk in self.trunk:
+            z = blk.forward_reference(z)
         z = F.adaptive_avg_pool2d(z, 1).flatten(1)
         return self.out_bn(self.fc(z)).squeeze(1)
 
