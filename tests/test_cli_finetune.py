@@ -72,3 +72,73 @@ def test_nan_loss_is_one_line_without_warning(cli, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "loss became nan" in lines[0] and "lower --lr" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_sigterm_handler_acts_like_ctrl_c_and_is_restored():
+    import os
+    import signal
+    import threading
+    import time
+
+    from robcli.cli.main import sigterm_as_interrupt
+
+    def mine(signum, frame):
+        return None
+
+    prev = signal.signal(signal.SIGTERM, mine)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigterm_as_interrupt() as g:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs at the next bytecode; never reached
+        assert g.received
+        assert signal.getsignal(signal.SIGTERM) is mine  # restored
+        with sigterm_as_interrupt() as g:  # a second SIGTERM during cleanup is ignored
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert g.received and signal.getsignal(signal.SIGTERM) is mine
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("g", sigterm_as_interrupt().__enter__()))
+        t.start()
+        t.join()
+        assert not box["g"].enabled and signal.getsignal(signal.SIGTERM) is mine  # main thread only
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+def test_sigterm_mid_run_keeps_progress_and_resume_finishes(cli, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["finetune", "--loss", "era", "--dataset", "gaussians", "--model", "tiny_mlp", "--eps", "0.05",
+            "--epochs", "4", "--batch", "50", "--attack-steps", "3", "--lr", "0.05", "--out", str(out), "--quiet"]
+    p = subprocess.Popen([sys.executable, "-m", "robcli.cli.main", *args], stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "resume_state.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert p.poll() is None, "the run ended before it could be stopped"
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "interrupted (use --resume to continue)" in err and "Traceback" not in err
+    import pandas as pd
+
+    done = len(pd.read_parquet(out / "train_log.parquet"))
+    assert 1 <= done < 4
+    r = cli(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["epochs_done"] == 4
+    assert len(pd.read_parquet(out / "train_log.parquet")) == 4

@@ -51,16 +51,74 @@ def _register() -> None:
 _register()
 
 
+# Commands whose runs are long enough for a scheduler to stop them (recipes and `mix` run them too).
+LONG_RUNS = frozenset({"finetune", "attack", "certify", "mix", "run"})
+SIGTERM_EXIT = 128 + 15
+_sigterm = {"count": 0, "armed": 0}  # SIGTERMs received; count at the time the outermost handler was installed
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM handler: the first signal raises KeyboardInterrupt, so the command's Ctrl-C path runs (finetune
+    keeps its last completed epoch in resume_state.pt, attack/certify write the rows done so far, and
+    `--resume` continues); later ones are ignored so that this cleanup is not cut short."""
+    _sigterm["count"] += 1
+    if _sigterm["count"] == _sigterm["armed"] + 1:
+        raise KeyboardInterrupt
+
+
+class sigterm_as_interrupt:
+    """Within the block, SIGTERM (a cluster scheduler stopping the job) acts like Ctrl-C.
+
+    Installed only in the main thread (Python allows signal handlers nowhere else); the previous handler is
+    restored on exit. Nested blocks (a recipe's steps) share the outer one's handler. ``received`` tells
+    whether a SIGTERM arrived during the block.
+    """
+
+    def __init__(self, enabled: bool = True):
+        import threading
+
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous = None
+        self.before = 0
+
+    def __enter__(self):
+        import signal
+
+        self.before = _sigterm["count"]
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            if self.previous is not _raise_interrupt:
+                _sigterm["armed"] = self.before
+        return self
+
+    @property
+    def received(self) -> bool:
+        return _sigterm["count"] > self.before
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+        return False
+
+
 def invoke(argv: list[str]) -> int:
-    """Run one robcli command line in this process; return its exit code (usage errors: one line, code 2)."""
+    """Run one robcli command line in this process; return its exit code (usage errors: one line, code 2).
+
+    For the commands in :data:`LONG_RUNS`, SIGTERM is treated like Ctrl-C (:class:`sigterm_as_interrupt`)
+    and the exit code is then 143 (128 + SIGTERM).
+    """
     from typer._click import exceptions as click_exc  # typer vendors click
 
     from robcli.cli.common import CURRENT_ARGV
 
     token = CURRENT_ARGV.set(list(argv))
+    guard = sigterm_as_interrupt(enabled=bool(argv) and argv[0] in LONG_RUNS)
     try:
-        rv = app(args=list(argv), prog_name="robcli", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
+        with guard:
+            rv = app(args=list(argv), prog_name="robcli", standalone_mode=False)
+        return SIGTERM_EXIT if guard.received else (rv if isinstance(rv, int) else 0)
     except click_exc.NoArgsIsHelpError as e:
         return e.exit_code
     except click_exc.ClickException as e:
@@ -71,7 +129,7 @@ def invoke(argv: list[str]) -> int:
         return e.exit_code
     except typer.Abort:
         sys.stderr.write("robcli: aborted\n")
-        return 1
+        return SIGTERM_EXIT if guard.received else 1
     finally:
         CURRENT_ARGV.reset(token)
 
