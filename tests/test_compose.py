@@ -371,3 +371,11 @@ def test_export_failure_writes_nothing(tmp_path, cli):
               "--export", exp, "--out", out)
     assert res.exit_code == 2 and "disagree on input shape or number of classes" in res.stderr, res.output
     assert not out.exists() and not exp.exists()
+
+
+def test_help_states_the_soundness_rule(cli):
+    res = cli("compose", "--help")
+    flat = "".join(ch for ch in res.stdout if ch not in "│╭╮╰╯─ \n")
+    for part in ("Soundnessrule:", "2*epsrule(eq.14)", "Abstaincase", "coremodelrobustandaccurateateps",
+                 "radius>=2*epsbydefault,--selection-checkepsforthepaper'sradius>=eps", "cappedat0.5"):
+        assert part in flat, part

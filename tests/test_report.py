@@ -39,7 +39,7 @@ def test_markdown_to_stdout_has_paper_tables(cli, tabs):
     for title in ("(Table 1)", "(Tables 8-9)", "(Tables 4/6)", "(Tables 2/3)"):
         assert title in md
     # robust model at 2/255: nat acc 5/8 (R right at 0,1,2,5,7), robust acc 3/8 (0,1,2), robust inacc 1/8 (3)
-    assert "| era | Linf | 0.007843 | apgd-ce | 8 | 62.50 | 37.50 | 12.50 |" in md
+    assert "| era | gaussians | Linf | 0.007843 | apgd-ce | 8 | 62.50 | 37.50 | 12.50 |" in md
     # certified at r=0.25: robust and right only idx 0 -> 25 %; robust and wrong idx 3 -> 25 %
     line = [ln for ln in md.splitlines() if ln.startswith("| cert")][0]
     assert "| 25.00 | 25.00 |" in line
@@ -56,6 +56,7 @@ def test_json_csv_latex(cli, tabs, tmp_path):
     assert tex.exit_code == 0
     t = (tmp_path / "r.tex").read_text()
     assert "\\begin{tabular}" in t and "robust\\_inaccuracy" in t
+    assert t.splitlines()[0].startswith("%") and "\\usepackage{booktabs}" in t.splitlines()[0]
 
 
 def test_html_is_self_contained_and_plot_written(cli, tabs, tmp_path):
@@ -103,3 +104,70 @@ def test_bad_input(cli, tabs, tmp_path, args, needle):
 def test_missing_table(cli, tmp_path):
     res = cli("report", tmp_path / "nope.parquet")
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_certified_selector_table_3_known_answer(cli, tabs):
+    """Robust selection (radius >= r, not abstained) and accuracy among the selected, per radius."""
+    doc = json.loads(cli("report", tabs[-1], "--format", "json", "--radius", "0", "--radius", "0.25",
+                         "--radius", "0.75").stdout)
+    row = [s for s in doc["sections"] if "(Table 3)" in s["title"]][0]["rows"][0]
+    # predict [0, 1, -1, 2], label [0, 1, 2, 0], radius [.5, .1, 0, .3]
+    assert row["sel@0"] == pytest.approx(3 / 4) and row["selacc@0"] == pytest.approx(2 / 3)
+    assert row["sel@0.25"] == pytest.approx(2 / 4) and row["selacc@0.25"] == pytest.approx(1 / 2)
+    assert row["sel@0.75"] == 0.0 and row["selacc@0.75"] is None
+
+
+@pytest.fixture
+def many(tmp_path, cli, tabs):
+    """tabs plus tables on digits whose points would dominate or be dominated if fronts mixed data sets."""
+    dig = {"dataset": "digits", "split": "test"}
+    cd = write(tmp_path / "c_dig.parquet", [rows(LABEL, [0] * 8, [1] * 8, E)], data=dig, model="runs/dig")
+    rd = write(tmp_path / "r_dig.parquet", [rows(LABEL, R_PRED, R_EPS, E), rows(LABEL, R_PRED, R_2EPS, 2 * E)], data=dig,
+               model="runs/rdig")
+    cw = write(tmp_path / "cw_dig.parquet", [rows(LABEL, [1] * 8, [0] * 8, E)], data=dig, model="runs/wrong")
+    comp = tmp_path / "comp_dig.parquet"
+    assert cli("compose", "-r", rd, "-c", cw, "--eps", "2/255", "--out", comp, "-q").exit_code == 0
+    return tabs[:3] + [cd, str(comp)]
+
+
+def test_pareto_front_section_per_dataset_and_threat_model(cli, many):
+    res = cli("report", *many, "--pareto", "robust_acc,robust_inaccuracy", "--format", "json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    sec = [s for s in doc["sections"] if s["title"].startswith("Pareto front: robust_acc vs robust_inaccuracy")][0]
+    assert "robust_acc: higher is better" in sec["note"] and "robust_inaccuracy: lower is better" in sec["note"]
+    got = {(r["dataset"], round(r["eps"] * 255, 3), r["kind"], r["name"]) for r in sec["rows"]}
+    # gaussians 2/255: std (robust acc 4/8, inacc 1/8) dominates era (3/8, 1/8) and the composition (3/8, 2/8);
+    # gaussians 4/255: era alone; digits 2/255: the robust+right core model (8/8, 0) alone
+    assert got == {("gaussians", 2.0, "model", "std"), ("gaussians", 4.0, "model", "era"),
+                   ("digits", 2.0, "model", "dig")}
+    # compositions' pareto flag (nat_acc, robust_acc) is per data set too: the digits composition is worse than
+    # the gaussians one on both metrics but alone in its group
+    comp = [s for s in doc["sections"] if "(Tables 4/6)" in s["title"]][0]["rows"]
+    assert sorted((r["dataset"], r["pareto"]) for r in comp) == [("digits", True), ("gaussians", True)]
+    assert {r["dataset"] for r in [s for s in doc["sections"] if "(Table 1)" in s["title"]][0]["rows"]} == {"gaussians", "digits"}
+
+
+def test_pareto_on_composition_metrics_and_plot_panel(cli, many, tmp_path):
+    import matplotlib.pyplot as plt
+
+    res = cli("report", *many, "--pareto", "nat_acc,robust_acc")
+    assert res.exit_code == 0 and "## Pareto front: nat_acc vs robust_acc" in res.stdout
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert cli("report", *many, "--plot", a, "--out", tmp_path / "a.md").exit_code == 0
+    assert cli("report", *many, "--plot", b, "--pareto", "robust_selection,selected_robust_acc",
+               "--out", tmp_path / "b.md").exit_code == 0
+    wa, wb = plt.imread(a).shape[1], plt.imread(b).shape[1]
+    assert wb > wa * 1.2  # one more panel
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("robust_acc,bogus", "unknown metric 'bogus'; valid: nat_acc (higher is better)"),
+    ("robust_acc", "must name two metrics"),
+    ("robust_acc,robust_acc", "same metric twice"),
+])
+def test_pareto_bad_metric(cli, tabs, tmp_path, spec, needle):
+    res = cli("report", *tabs, "--pareto", spec, "--out", tmp_path / "o.md")
+    assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "robust_inaccuracy (lower is better)" in res.stderr or "valid" not in needle
+    assert not (tmp_path / "o.md").exists()

@@ -23,6 +23,17 @@ from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt
 
 SWEEP = [round(0.05 * i, 2) for i in range(21)]
 
+SELECTOR_HELP = (
+    "ri (robustness indicator, eq. 12/13) or sr (softmax response, eq. 16). Soundness rule: an example counts as "
+    "robust and accurate for H only if the selector's decision cannot flip inside B_eps(x) and the model it routes "
+    "to is robust and accurate there. Robust selection uses the 2*eps rule (eq. 14): the robust model robust on "
+    "B_2eps(x) (-r EPS_TABLE,2EPS_TABLE of one model); sr: lowest max-softmax on B_2eps(x) (APGD-conf and every "
+    "2*eps attack row, capped at 0.5 where the prediction flipped) >= threshold. Abstain case (not robustly "
+    "selected): the robust model must still be right at x (ri) or robust and accurate (sr) wherever it might be "
+    "selected, and the core model robust and accurate at eps; robust abstention is never claimed. Certified "
+    "selector: radius >= 2*eps by default, --selection-check eps for the paper's radius >= eps."
+)
+
 
 def _read_many(spec: str):
     """``A.parquet[,B.parquet]``: tables of one model (e.g. eps and 2*eps runs) read as one."""
@@ -87,7 +98,7 @@ def compose(
     core: Annotated[str, typer.Option("--core", "-c", help="Core model's attack (or certify) table at eps. With --mix/--mix-sweep: the core MODEL g.")],
     eps: Annotated[Optional[str], typer.Option("--eps", help="Threat radius of the composition, e.g. 1/255 (certified: the L2 radius); --mix-sweep: the attack radius.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Compose table (Parquet).")] = None,
-    selector: Annotated[str, typer.Option("--selector", help="ri (robustness indicator, eq. 12/13) or sr (softmax response, eq. 16).")] = "ri",
+    selector: Annotated[str, typer.Option("--selector", help=SELECTOR_HELP)] = "ri",
     threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="Softmax-response threshold in [0,1]; repeatable.")] = None,
     do_sweep: Annotated[bool, typer.Option("--sweep", help="Softmax response: thresholds 0, 0.05, ..., 1.")] = False,
     norm: Annotated[Optional[str], typer.Option("--norm", help="Linf or L2 (default: the tables' norm; certify tables: L2).")] = None,

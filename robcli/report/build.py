@@ -3,7 +3,10 @@
 * attack tables     -> Table 1: nat. accuracy, robust accuracy, robust inaccuracy per model and threat model
 * partition tables  -> Tables 8/9: relative split sizes
 * compose tables    -> Tables 4/6: composition vs core model (with deltas), Pareto flags
-* certify tables    -> Tables 2/3: certified accuracy and robust inaccuracy at radii
+* certify tables    -> Tables 2/3: certified accuracy and robust inaccuracy at radii; robust selection and
+                       selected robust accuracy of the certified robustness-indicator selector (Table 3)
+* ``pareto=(X, Y)``  -> the non-dominated points on two metrics, per (dataset, norm, eps)
+Every paper table carries a ``dataset`` column (from the table metadata).
 * train logs        -> last epoch of each run
 """
 
@@ -51,42 +54,86 @@ def model_display_name(path: str) -> str:
     return p.name or str(path)
 
 
-def build_report(tables, radii=DEFAULT_RADII) -> Report:
+def _dataset(t) -> str:
+    """The data set a table ran on (its provenance metadata), or "" when not recorded."""
+    d = t.meta.get("data") or {}
+    return str(d.get("dataset") or "") if isinstance(d, dict) else ""
+
+
+GROUP = ["dataset", "norm", "eps"]  # fronts only compare points of one data set and threat model
+
+
+def grouped_pareto_mask(d, x: str, y: str):
+    """Pareto mask of ``d`` on (x, y), computed separately within each (dataset, norm, eps) group."""
+    import numpy as np
+
+    from robcli.analysis.pareto import MINIMIZE, pareto_mask
+
+    keys = [k for k in GROUP if k in d.columns]
+    mask = np.zeros(len(d), dtype=bool)
+    if not len(d):
+        return mask
+    groups = d.groupby(keys, dropna=False, sort=False).indices if keys else {(): np.arange(len(d))}
+    for pos in groups.values():
+        g = d.iloc[pos]
+        mask[pos] = pareto_mask(g[x].to_numpy(float), g[y].to_numpy(float),
+                                maximize_x=x not in MINIMIZE, maximize_y=y not in MINIMIZE)
+    return mask
+
+
+def _eps_round(e) -> float:
+    return float(f"{float(e):.6g}")
+
+
+def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = None) -> Report:
+    """Paper-style sections from the tables; ``pareto=(X, Y)`` adds a Pareto-front section on those metrics."""
     import pandas as pd
 
     from robcli.analysis.metrics import attack_view, available_eps, certify_view, summarize
     from robcli.analysis.partition import split_summary
 
     rep = Report()
-    att, part, comp, cert, logs = [], [], [], [], []
+    att, part, comp, cert, cert_sel, logs = [], [], [], [], [], []
     for t in tables:
+        ds = _dataset(t)
         if t.kind == "attack":
             for norm in sorted(t.df["norm"].unique()):
                 for e in available_eps(t.df[t.df["norm"] == norm]):
                     v = attack_view(t, e, norm=norm)
                     s = summarize(v)
-                    att.append({"model": _model_label(t), "norm": norm, "eps": e, "attacks": "+".join(v.attacks),
-                                "n": s["n"], "nat_acc": s["nat_acc"], "robust_acc": s["robust_acc"],
-                                "robust_inaccuracy": s["robust_inaccuracy"], "table": t.path})
+                    att.append({"model": _model_label(t), "dataset": ds, "norm": norm, "eps": e,
+                                "attacks": "+".join(v.attacks), "n": s["n"], "nat_acc": s["nat_acc"],
+                                "robust_acc": s["robust_acc"], "robust_inaccuracy": s["robust_inaccuracy"],
+                                "table": t.path})
         elif t.kind == "partition":
             s = split_summary(t.df)
-            row = {"model": _model_label(t), "eps": float(t.df["eps"].iloc[0]) if "eps" in t.df else float("nan"),
-                   "n": len(t.df)}
+            row = {"model": _model_label(t), "dataset": ds,
+                   "eps": float(t.df["eps"].iloc[0]) if "eps" in t.df else float("nan"), "n": len(t.df)}
             row.update({k: v["fraction"] for k, v in s.items()})
             part.append(row)
         elif t.kind == "compose":
             d = t.df.copy()
             d.insert(0, "table", Path(t.path).stem)
+            d.insert(1, "dataset", ds)
             comp.append(d)
         elif t.kind == "certify":
             for sg in sorted(t.df["sigma"].unique()):
-                row = {"model": _model_label(t), "sigma": float(sg), "n": int((t.df["sigma"] == sg).sum())}
+                g = t.df[t.df["sigma"] == sg]
+                row = {"model": _model_label(t), "dataset": ds, "sigma": float(sg), "n": len(g)}
+                srow = dict(row)
+                ok_pred = (g["predict"] != -1).to_numpy()
+                right = (g["predict"] == g["label"]).to_numpy() & ok_pred
+                rad = g["radius"].to_numpy(float)
                 for r in radii:
                     v = certify_view(t, r, sigma=float(sg))
                     s = summarize(v)
                     row[f"acc@{r:g}"] = s["robust_acc"]
                     row[f"inacc@{r:g}"] = s["robust_inaccuracy"]
+                    sel = ok_pred & (rad >= r)
+                    srow[f"sel@{r:g}"] = float(sel.mean()) if len(g) else float("nan")
+                    srow[f"selacc@{r:g}"] = float(right[sel].mean()) if sel.any() else float("nan")
                 cert.append(row)
+                cert_sel.append(srow)
         elif t.kind == "train_log":
             last = t.df.iloc[-1].to_dict()
             last = {"run": Path(t.path).parent.name, **last}
@@ -98,22 +145,76 @@ def build_report(tables, radii=DEFAULT_RADII) -> Report:
         rep.sections.append(Section("Robustness/accuracy splits (Tables 8-9)", pd.DataFrame(part)))
     if comp:
         d = pd.concat(comp, ignore_index=True)
-        keep = [c for c in ("table", "selector", "threshold", "eps", "robust_models", "core_model", "nat_acc",
-                            "delta_nat_acc", "robust_acc", "delta_robust_acc", "robust_selection",
+        keep = [c for c in ("table", "dataset", "selector", "threshold", "norm", "eps", "robust_models", "core_model",
+                            "nat_acc", "delta_nat_acc", "robust_acc", "delta_robust_acc", "robust_selection",
                             "selected_robust_acc", "robust_inaccuracy", "core_nat_acc", "core_robust_acc") if c in d]
-        from robcli.analysis.pareto import pareto_mask
-
         d = d[keep].copy()
-        d["pareto"] = pareto_mask(d["nat_acc"], d["robust_acc"])
+        d["pareto"] = grouped_pareto_mask(d.assign(eps=d["eps"].map(_eps_round)), "nat_acc", "robust_acc")
         rep.sections.append(Section("Compositions against the core model alone (Tables 4/6)", d,
-                                    "Sound rule: see robcli/compose/evaluate.py; deltas are against the core model."))
+                                    "Sound rule: see `robcli compose --help`; deltas are against the core model; "
+                                    "pareto: non-dominated on (nat_acc, robust_acc) within one data set and threat model."))
     if cert:
         rep.sections.append(Section("Certified accuracy (acc@r) and certified robust inaccuracy (inacc@r) at L2 radii (Tables 2/3)",
                                     pd.DataFrame(cert)))
+        rep.sections.append(Section(
+            "Certified robustness-indicator selector: robust selection (sel@r) and selected robust accuracy (selacc@r) (Table 3)",
+            pd.DataFrame(cert_sel),
+            "sel@r: fraction of examples with certified radius >= r (not abstained); selacc@r: accuracy among them. "
+            "For a composition at threat radius eps the sound robust selection is sel@(2*eps) (compose's default "
+            "--selection-check 2eps); the paper's criterion is sel@eps."))
     if logs:
         rep.sections.append(Section("Training runs (last epoch)", pd.DataFrame(logs)))
-    rep.data = {"attack": att, "compose": comp, "certify": [t for t in tables if t.kind == "certify"]}
+    front = None
+    if pareto is not None:
+        front = _pareto_section(rep, att, comp, pareto)
+    rep.data = {"attack": att, "compose": comp, "certify": [t for t in tables if t.kind == "certify"],
+                "pareto": front}
     return rep
+
+
+def _pareto_points(att, comp):
+    """Model summaries (Table 1 rows) and composition rows as one frame of points with their group keys."""
+    import pandas as pd
+
+    from robcli.analysis.pareto import METRICS
+
+    pts = []
+    for r in att:
+        pts.append({"dataset": r["dataset"], "norm": r["norm"], "eps": r["eps"], "kind": "model", "name": r["model"],
+                    **{m: r.get(m, float("nan")) for m in METRICS}})
+    for d in comp:
+        for r in d.to_dict("records"):
+            name = f"{r.get('table', '')} {r.get('selector', '')}"
+            th = r.get("threshold")
+            if th is not None and th == th:
+                name += f" tau={float(th):g}"
+            pts.append({"dataset": r.get("dataset", ""), "norm": r.get("norm", ""), "eps": r.get("eps", float("nan")),
+                        "kind": "composition", "name": name, **{m: r.get(m, float("nan")) for m in METRICS}})
+    df = pd.DataFrame(pts)
+    if len(df):
+        df["eps"] = df["eps"].map(_eps_round)
+        for m in METRICS:
+            df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
+    return df
+
+
+def _pareto_section(rep, att, comp, metrics):
+    """Add the front section for ``metrics = (X, Y)``; returns (all points, front rows, X, Y) for the plot."""
+    from robcli.analysis.pareto import direction
+    from robcli.errors import UsageError
+
+    x, y = metrics
+    pts = _pareto_points(att, comp)
+    if not len(pts) or pts[[x, y]].dropna().empty:
+        raise UsageError(f"--pareto {x},{y}: no attack or compose rows carry both metrics")
+    mask = grouped_pareto_mask(pts, x, y)
+    front = pts[mask].sort_values(GROUP + [x], kind="stable")[GROUP + ["kind", "name", x, y]].reset_index(drop=True)
+    rep.sections.append(Section(
+        f"Pareto front: {x} vs {y} (per data set and threat model)", front,
+        f"Non-dominated points; {x}: {direction(x)} is better, {y}: {direction(y)} is better. "
+        "Points are model summaries (attack tables) and compositions (compose tables); fronts never mix data sets, "
+        "norms or eps."))
+    return {"points": pts, "front": front, "x": x, "y": y}
 
 
 def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
@@ -128,7 +229,7 @@ def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
     import numpy as np
     import pandas as pd
 
-    from robcli.analysis.pareto import pareto_front
+    from robcli.analysis.pareto import direction, pareto_front
 
     data = rep.data
     panels = []
@@ -138,18 +239,22 @@ def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
         panels += ["nat_rob", "sel"]
     if data.get("certify"):
         panels.append("cert")
+    if data.get("pareto"):
+        panels.append("pareto")
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
     for ax, kind in zip(axes[0], panels):
         if kind == "att":
             d = pd.DataFrame(data["attack"])
+            d["eps"] = d["eps"].map(_eps_round)
             for (m, e), g in d.groupby(["model", "eps"]):
                 ax.scatter(100 * g["robust_inaccuracy"], 100 * g["robust_acc"], label=f"{m} eps={e:.3g}", s=30)
-            for i, (_, g) in enumerate(d.groupby("eps")):  # fronts only compare models at the same threat model
+            # fronts only compare models of one data set at the same threat model
+            for i, (_, g) in enumerate(d.groupby(GROUP, dropna=False)):
                 f = pareto_front(g, "robust_inaccuracy", "robust_acc")
                 ax.plot(100 * f["robust_inaccuracy"], 100 * f["robust_acc"], "k--", marker="o", mfc="none", ms=9, lw=1,
-                        label="Pareto front (per eps)" if i == 0 else None)
+                        label="Pareto front (per data set, norm, eps)" if i == 0 else None)
             ax.set_xlabel("robust inaccuracy [%]")
             ax.set_ylabel("robust accuracy [%]")
             ax.set_title("Robust accuracy vs robust inaccuracy (Fig. 2)")
@@ -158,14 +263,29 @@ def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
             x, y = ("nat_acc", "robust_acc") if kind == "nat_rob" else ("robust_selection", "selected_robust_acc")
             for name, g in d.groupby(["table", "selector"]):
                 ax.scatter(100 * g[x], 100 * g[y], s=25, label=" ".join(name))
-            f = pareto_front(d.dropna(subset=[x, y]), x, y)
-            ax.plot(100 * f[x], 100 * f[y], "k--", marker="o", mfc="none", ms=9, lw=1, label="Pareto front")
+            d = d.assign(eps=d["eps"].map(_eps_round)) if "eps" in d else d
+            keys = [k for k in GROUP if k in d.columns]
+            for i, (_, g) in enumerate(d.dropna(subset=[x, y]).groupby(keys, dropna=False) if keys else [(0, d.dropna(subset=[x, y]))]):
+                f = pareto_front(g, x, y)
+                ax.plot(100 * f[x], 100 * f[y], "k--", marker="o", mfc="none", ms=9, lw=1,
+                        label="Pareto front (per data set, norm, eps)" if i == 0 else None)
             if kind == "nat_rob" and "core_nat_acc" in d:
                 core = d.drop_duplicates("core_model")
                 ax.scatter(100 * core["core_nat_acc"], 100 * core["core_robust_acc"], marker="*", s=120, c="red", label="core alone")
             ax.set_xlabel(x.replace("_", " ") + " [%]")
             ax.set_ylabel(y.replace("_", " ") + " [%]")
             ax.set_title("Compositions (Fig. 4)" if kind == "nat_rob" else "Abstain models (Fig. 3)")
+        elif kind == "pareto":
+            pp = data["pareto"]
+            x, y, pts, front = pp["x"], pp["y"], pp["points"], pp["front"]
+            for name, g in pts.dropna(subset=[x, y]).groupby(["kind", "name"]):
+                ax.scatter(100 * g[x], 100 * g[y], s=22, label=" ".join(name), alpha=0.8)
+            for i, ((ds, nrm, e), f) in enumerate(front.groupby(GROUP, dropna=False)):
+                ax.plot(100 * f[x], 100 * f[y], "--", marker="o", mfc="none", ms=10, lw=1.2,
+                        label=f"front {ds or '?'} {nrm} eps={e:.3g}")
+            ax.set_xlabel(f"{x.replace('_', ' ')} [%] ({direction(x)} is better)")
+            ax.set_ylabel(f"{y.replace('_', ' ')} [%] ({direction(y)} is better)")
+            ax.set_title(f"Pareto front: {x} vs {y}")
         else:
             for t in data["certify"]:
                 for sg in sorted(t.df["sigma"].unique()):

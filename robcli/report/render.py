@@ -2,6 +2,7 @@
 
 Fractions stay fractions in ``csv`` and ``json``; ``markdown``, ``latex`` and ``html`` show columns whose
 name ends in ``_acc``, ``_inaccuracy``, ``_selection`` or ``_rate`` (and the split fractions) as percent.
+LaTeX tables use booktabs rules (``\\usepackage{booktabs}``); the output's first line says so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
+LATEX_PREAMBLE_NOTE = "% robcli report: the tables use \\toprule/\\midrule/\\bottomrule: add \\usepackage{booktabs} to the preamble"
 PCT_SUFFIXES = ("_acc", "_inaccuracy", "_selection", "_rate", "robust_accurate", "robust_inaccurate",
                 "nonrobust_accurate", "nonrobust_inaccurate", "robust")
 
@@ -33,7 +35,7 @@ class Report:
 
 
 def _is_pct(col: str) -> bool:
-    return any(col.endswith(s) for s in PCT_SUFFIXES) or col.startswith(("delta_", "acc@", "inacc@"))
+    return any(col.endswith(s) for s in PCT_SUFFIXES) or col.startswith(("delta_", "acc@", "inacc@", "sel@", "selacc@"))
 
 
 def _cell(v: Any, col: str) -> str:
@@ -118,7 +120,8 @@ def render(report: Report, fmt: str) -> str:
             s.df.to_csv(buf, index=False)
         return buf.getvalue()
     if fmt == "latex":
-        return "\n\n".join(latex_table(s.df, s.title) for s in report.sections) + "\n"
+        head = LATEX_PREAMBLE_NOTE + "\n\n"
+        return head + "\n\n".join(latex_table(s.df, s.title) for s in report.sections) + "\n"
     if fmt == "json":
         doc = {"sections": [{"title": s.title, "note": s.note,
                              "rows": [{c: _json_val(v) for c, v in zip(s.df.columns, r)}
