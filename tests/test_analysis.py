@@ -27,3 +27,16 @@ def test_pareto_matches_brute_force():
     brute = [not any((x[j] >= x[i] and y[j] >= y[i] and (x[j] > x[i] or y[j] > y[i])) for j in range(200))
              for i in range(200)]
     assert m.tolist() == brute
+
+
+def test_metric_directions_and_parse():
+    import pytest
+
+    from robcli.analysis.pareto import METRICS, direction, parse_metrics
+    from robcli.errors import UsageError
+
+    assert direction("robust_inaccuracy") == "lower" and direction("robust_acc") == "higher"
+    assert all(direction(m) == "higher" for m in METRICS if m != "robust_inaccuracy")
+    assert parse_metrics(" robust_acc , robust_inaccuracy ") == ("robust_acc", "robust_inaccuracy")
+    with pytest.raises(UsageError, match="valid: nat_acc"):
+        parse_metrics("robust_acc,accuracy")
