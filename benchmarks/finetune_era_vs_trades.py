@@ -1,10 +1,12 @@
 """Time per training step: ERA (descent, single) vs TRADES on digits with small_cnn, in one process.
 
-Goal (issue 2): ERA step / TRADES step <= 1.3. Also reports how well ERA's warm-started short inner
-descent solves eq. 8 compared with a cold 10-step descent (the justification for its default step count),
-and whether channels_last helps on this CPU.
+Goal (issue 2): ERA step / TRADES step <= 1.3. Also reports how well ERA's short inner descent (started at
+x itself, ``--era-steps``, default 2) solves eq. 8 compared with longer descents and with descents
+warm-started from the TRADES point (the justification for its default step count and start), and whether
+channels_last helps on this CPU.
 
-Run: OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/finetune_era_vs_trades.py [--reps 15] [--threads 1]
+Run (in the project's virtual environment):
+    OMP_NUM_THREADS=1 python benchmarks/finetune_era_vs_trades.py [--reps 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def main() -> None:
 
     from robcli.data.registry import load_split
     from robcli.losses import LossConfig, get_loss
-    from robcli.losses.era import descent_adversary, other_logprob
+    from robcli.losses.era import DEFAULT_ERA_STEPS, descent_adversary, other_logprob
     from robcli.losses.trades import trades_adversary
     from robcli.models.io import load_model
     from robcli.train.bn import eval_mode
@@ -83,10 +85,10 @@ def main() -> None:
         rows = []
         t_tr = time_loss("trades", base, cl)
         rows.append(("trades", t_tr))
-        rows.append(("era descent (default 2 steps)", time_loss("era", replace(base, era_adv="descent"), cl)))
+        rows.append((f"era descent (default {DEFAULT_ERA_STEPS} steps)", time_loss("era", replace(base, era_adv="descent"), cl)))
         rows.append(("era single", time_loss("era", replace(base, era_adv="single"), cl)))
         rows.append(("era descent, 10 steps", time_loss("era", replace(base, era_steps=10), cl)))
-        rows.append(("dga descent (default 2 steps)", time_loss("dga", base, cl)))
+        rows.append((f"dga descent (default {DEFAULT_ERA_STEPS} steps)", time_loss("dga", base, cl)))
         t_tr2 = time_loss("trades", base, cl)  # second TRADES measurement shows the noise floor
         rows.append(("trades (again)", t_tr2))
         t_ref = min(t_tr, t_tr2)
@@ -117,7 +119,8 @@ def main() -> None:
         print(f"  from TRADES point, {k:2d} steps  logp %.3f  flip %.3f" % quality(xa))
     for k in (1, 2, 3, 5, 10, 20):
         xa = descent_adversary(model, x, pred, base, gen, steps=k)
-        print(f"  from x, {k:2d} steps (default)  logp %.3f  flip %.3f" % quality(xa))
+        label = f"from x, {k:2d} steps" + (" (default)" if k == DEFAULT_ERA_STEPS else "")
+        print(f"  {label:28s} logp %.3f  flip %.3f" % quality(xa))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class LossConfig:
     trades_beta: float = 6.0  # TRADES KL weight (eq. 7), batch-mean KL as in the TRADES paper
     era_adv: str = "descent"  # ERA adversarial point: 'descent' (inner targeted descent) or 'single'
     detach_weight: bool = True  # stop gradients through the soft inaccuracy weight 1 - p_y(x)
-    era_steps: int | None = None  # ERA/DGA inner descent steps (default 3, see losses/era.py)
+    era_steps: int | None = None  # ERA/DGA inner descent steps (None: era.DEFAULT_ERA_STEPS = 2, see losses/era.py)
     sigma: float = 0.12  # noise / CRA
     num_noise: int = 16  # CRA k
     temperature: float = 4.0  # CRA inverse softmax temperature Gamma
