@@ -57,6 +57,27 @@ def test_mixture_matches_formula_and_endpoints():
     assert torch.allclose(m.alpha(x), torch.full((16,), 0.4))
 
 
+def test_fixed_alpha_is_applied_in_double_precision():
+    import math
+
+    g, h = tiny(seed=0), tiny(seed=1)
+    x, _ = xs(n=4)
+    m = MixedClassifier(g, h, 0.7)
+    assert m.alpha_value == 0.7 and float(m.alpha_fixed) != 0.7  # the float32 buffer is only a mirror
+    g, h, x = g.double(), h.double(), x.double()
+    zg, zh = g(x), h(x)
+    want = torch.logaddexp(math.log1p(-0.7) + F.log_softmax(zg, 1), math.log(0.7) + F.log_softmax(zh, 1))
+    m64 = MixedClassifier(g, h, 0.7)
+    assert torch.allclose(m64(x), want, rtol=0, atol=1e-12)
+    assert m64.alpha(x).dtype == torch.float64 and (m64.alpha(x) == 0.7).all()
+    # a state dict whose buffer is the float32 image of 0.7 keeps the exact value; a different one is adopted
+    m2 = MixedClassifier(g, h, 0.7)
+    m2.load_state_dict(m.state_dict())
+    assert m2.alpha_value == 0.7
+    m2.load_state_dict({**m.state_dict(), "alpha_fixed": torch.tensor(0.25)})
+    assert m2.alpha_value == 0.25
+
+
 def test_mixture_gradients_are_finite_at_the_endpoints():
     g, h = tiny(seed=0), tiny(seed=1)
     x, y = xs()

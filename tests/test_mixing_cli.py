@@ -58,6 +58,9 @@ def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
     assert json.loads((run / "card.json").read_text())["arch"] == "mixnet"
     lm = load_model(str(run))  # the hook in robcli.models.io: every command that takes --model loads a mixture
     assert lm.kind == "mixnet" and float(lm.model.alpha_fixed) == pytest.approx(0.7)
+    # the card keeps the Python float (not float32's 0.699999988) and the loaded mixture applies exactly it
+    assert json.loads((run / "card.json").read_text())["mixnet"]["alpha"] == 0.7
+    assert lm.model.alpha_value == 0.7
     out = tmp_path / "att.parquet"
     res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--steps", "5",
               "--n-ex", "40", "-o", out)

@@ -103,7 +103,7 @@ def save_mixture(run_dir: str | Path, model: MixedClassifier, *, core: str, robu
     run_dir = Path(run_dir)
     members = {"core": _member_entry(core, lg, run_dir), "robust": _member_entry(robust, lh, run_dir)}
     mix: dict[str, Any] = {
-        "alpha": None if model.adaptive else float(model.alpha_fixed),
+        "alpha": None if model.adaptive else model.alpha_value,
         "mix_space": model.mix_space, "scale_g": model.scale_g, "scale_h": model.scale_h,
         "alpha_range": list(model.alpha_range) if model.alpha_range is not None else None,
         "layers_g": list(model.layers_g), "layers_h": list(model.layers_h),

@@ -231,6 +231,7 @@ class MixedClassifier(nn.Module):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         if isinstance(alpha, nn.Module):
             self.alpha_net: nn.Module | None = alpha
+            self.alpha_value: float | None = None
             self.register_buffer("alpha_fixed", torch.tensor(float("nan")))
             if layers_g is None or layers_h is None:
                 raise UsageError("an adaptive alpha network needs the feature layer names of g and h")
@@ -239,8 +240,19 @@ class MixedClassifier(nn.Module):
             self._taps_h = FeatureTaps(h, self.layers_h, "robust model h")
         else:
             self.alpha_net = None
-            self.register_buffer("alpha_fixed", torch.tensor(check_alpha(alpha)))
+            # the exact Python float (double) is what the mixture applies and what the card records; the
+            # float32 buffer only mirrors it in the weights file (0.7 would read back as 0.699999988)
+            self.alpha_value = check_alpha(alpha)
+            self.register_buffer("alpha_fixed", torch.tensor(self.alpha_value))
             self.layers_g = self.layers_h = ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.alpha_net is None and prefix + "alpha_fixed" in state_dict:
+            # keep the exact float when the loaded buffer is its float32 image; adopt a genuinely different one
+            loaded = float(self.alpha_fixed)
+            if loaded != float(torch.tensor(self.alpha_value, dtype=self.alpha_fixed.dtype)):
+                self.alpha_value = check_alpha(loaded)
 
     # ---- modes --------------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -303,8 +315,9 @@ class MixedClassifier(nn.Module):
         """(logits (B, K), alpha (B,)) from a single forward pass of both base models."""
         zg, zh, feats = self.members(x)
         if self.alpha_net is None:
-            a = self.alpha_fixed.to(zg.dtype).expand(zg.shape[0])
-            return self.mix(zg, zh, float(self.alpha_fixed)), a
+            # the log-weights are computed in double from the Python float and cast to the logits' dtype at use
+            a = torch.full((zg.shape[0],), self.alpha_value, dtype=zg.dtype, device=zg.device)
+            return self.mix(zg, zh, self.alpha_value), a
         a = self.alpha_from(feats)
         return self.mix(zg, zh, a), a
 
