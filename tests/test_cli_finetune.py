@@ -142,3 +142,48 @@ def test_sigterm_mid_run_keeps_progress_and_resume_finishes(cli, tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["training"]["epochs_done"] == 4
     assert len(pd.read_parquet(out / "train_log.parquet")) == 4
+
+
+@pytest.fixture(scope="module")
+def mix_members(tmp_path_factory):
+    import torch
+    import torch.nn.functional as F
+
+    from robcli.data.registry import load_split
+    from robcli.models.io import build, make_card, save_run
+
+    d = tmp_path_factory.mktemp("mixm")
+    tr = load_split("digits", "train")
+    x, y = tr.tensors()
+    paths = {}
+    for name, seed in (("g", 0), ("h", 1)):
+        torch.manual_seed(seed)
+        m = build("tiny_cnn", 10, (1, 8, 8), mean=tr.info.mean, std=tr.info.std)
+        opt = torch.optim.Adam(m.parameters(), 1e-2)
+        for s in range(0, 256, 64):
+            F.cross_entropy(m(x[s:s + 64]), y[s:s + 64]).backward()
+            opt.step()
+            opt.zero_grad()
+        save_run(d / name, m.eval(), make_card("tiny_cnn", 10, (1, 8, 8), dataset="digits", mean=tr.info.mean,
+                                               std=tr.info.std))
+        paths[name] = str(d / name)
+    return paths
+
+
+def test_finetune_mixnet_passes_mix_space_and_scales(cli, mix_members, tmp_path):
+    out = tmp_path / "mix"
+    base = ["finetune", "--loss", "mixnet", "--dataset", "digits", "--core", mix_members["g"], "--robust",
+            mix_members["h"], "--eps", "0.1", "--epochs", "1", "--attack-steps", "1", "--batch", "512", "--quiet"]
+    r = cli(*base, "--mix-space", "logit", "--scale-g", "2", "--scale-h", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+    mix = json.loads((out / "card.json").read_text())["mixnet"]
+    assert mix["mix_space"] == "logit" and mix["scale_g"] == 2.0 and mix["scale_h"] == 0.5
+    for bad, needle in ((["--scale-g", "0"], "--scale-g"), (["--scale-h", "-1"], "--scale-h"),
+                        (["--mix-space", "nope"], "mix space")):
+        o = tmp_path / f"bad{bad[0]}"
+        r = cli(*base, *bad, "--out", o)
+        lines = [ln for ln in r.output.strip().splitlines() if ln]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.output
+        assert not o.exists()
+    r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--scale-g", "2", "--out", tmp_path / "s", "--quiet")
+    assert r.exit_code == 2 and "--scale-g belong to --loss mixnet" in r.output

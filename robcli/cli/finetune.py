@@ -24,6 +24,8 @@ from robcli.cli.common import (
     progress,
 )
 
+from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags as `robcli mix train`
+
 HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA term."
 
 
@@ -70,6 +72,9 @@ def finetune(
     layers_h: Annotated[Optional[str], typer.Option("--layers-h", help="mixnet: shallow,middle layer names of h.")] = None,
     width: Annotated[int, typer.Option("--width", help="mixnet: mixing network width.")] = 16,
     sigmoid_scale: Annotated[float, typer.Option("--sigmoid-scale", help="mixnet: scale of the sigmoid input (App. C.2).")] = 2.0,
+    mix_space: MixSpaceOpt = "prob",
+    scale_g: ScaleGOpt = 1.0,
+    scale_h: ScaleHOpt = 1.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
@@ -92,7 +97,8 @@ def finetune(
     mix_opts = {"--core": core is not None, "--robust": robust is not None, "--train-attack": train_attack != "B",
                 "--c-ce": c_ce != 0.0, "--c-bce": c_bce != 1.5, "--c-prod": c_prod != 0.2, "--ema": ema is not None,
                 "--alpha-min": alpha_min != 0.0, "--alpha-max": alpha_max != 1.0, "--layers-g": layers_g is not None,
-                "--layers-h": layers_h is not None, "--width": width != 16, "--sigmoid-scale": sigmoid_scale != 2.0}
+                "--layers-h": layers_h is not None, "--width": width != 16, "--sigmoid-scale": sigmoid_scale != 2.0,
+                "--mix-space": mix_space != "prob", "--scale-g": scale_g != 1.0, "--scale-h": scale_h != 1.0}
     if loss == "mixnet":
         generic = {"--model": model is not None, "--init": init is not None, "--arch": arch is not None,
                    "--train-subset": train_subset is not None, "--resume": resume, "--augment": augment != "none",
@@ -108,8 +114,8 @@ def finetune(
                   attack_steps=attack_steps, epochs=10 if epochs is None else epochs, batch=batch,
                   lr=1e-3 if lr is None else parse_float_expr(lr, "--lr"), c_ce=c_ce, c_bce=c_bce, c_prod=c_prod,
                   ema=ema, alpha_min=alpha_min, alpha_max=alpha_max, layers_g=layers_g, layers_h=layers_h,
-                  width=width, sigmoid_scale=sigmoid_scale, norm=norm, mix_space="prob", scale_g=1.0, scale_h=1.0,
-                  split="train", n_ex=None, skip=0, data_dir=data_dir, device=device, seed=seed, force=force,
+                  width=width, sigmoid_scale=sigmoid_scale, norm=norm, mix_space=mix_space, scale_g=scale_g,
+                  scale_h=scale_h, split="train", n_ex=None, skip=0, data_dir=data_dir, device=device, seed=seed, force=force,
                   quiet=quiet)
         return
     given = [f for f, on in mix_opts.items() if on]
