@@ -23,7 +23,6 @@ from robcli.cli.common import (
     handle_errors,
     progress,
 )
-
 from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags as `robcli mix train`
 
 HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA term."
