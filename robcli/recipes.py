@@ -21,6 +21,12 @@ A recipe::
     title = "Gaussians"
     rows = [ { label = "std", tables = "{out}/attack-std-s*.parquet" } ]
 
+    [[summary]]                       # certify tables -> certified accuracy table
+    kind = "certify"
+    title = "digits, randomized smoothing"
+    radii = [0, 0.25, 0.5]            # optional L2 radii (default: 0, sigma/2, sigma, 2 sigma per sigma)
+    rows = [ { label = "noise", tables = "{out}/certify-noise-s*.parquet" } ]
+
 Args become flags: ``key = value`` -> ``--key value`` (``_`` -> ``-``); ``true`` -> ``--key``; ``false`` ->
 omitted; a list -> the flag repeated. A step is skipped when all its outputs exist and carry a stamp saying they
 were made by the same command line with the same robcli version, and no step it depends on (one whose output
@@ -40,6 +46,7 @@ from typing import Any, Callable
 from robcli.errors import UsageError
 
 KNOWN_COMMANDS = ("finetune", "attack", "certify", "partition", "compose", "report")
+SUMMARY_KINDS = ("attack", "certify")
 STAMP_NAME = ".robcli-step.json"
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -143,6 +150,16 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> Re
             if any(str(o) and str(o) in text for o in prev.outputs):
                 st.depends_on.append(prev.name)
     summaries = _subst(list(data.get("summary") or []), variables, "summary")
+    for j, summ in enumerate(summaries):
+        if not isinstance(summ, dict):
+            raise UsageError(f"recipe {path}: [[summary]] {j + 1} is not a table")
+        if summ.get("kind", "attack") not in SUMMARY_KINDS:
+            raise UsageError(f"recipe {path}: [[summary]] {j + 1} has unknown kind {summ.get('kind')!r}; "
+                             f"choose one of {', '.join(SUMMARY_KINDS)}")
+        radii = summ.get("radii")
+        if radii is not None and not (isinstance(radii, list) and all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in radii)):
+            raise UsageError(f"recipe {path}: [[summary]] {j + 1}: radii must be a list of numbers >= 0")
     return Recipe(str(head.get("name", path.stem)), path, steps, summaries, variables)
 
 
@@ -227,19 +244,14 @@ def summarize_attack_tables(rows: list[dict]) -> Any:
     Returns a DataFrame with columns label, eps, n_tables, nat_acc, nat_acc_std, robust_acc, robust_acc_std,
     robust_inacc, robust_inacc_std.
     """
-    import glob
-
     import pandas as pd
 
     from robcli.tables import read_table
 
     out = []
     for row in rows:
-        files = sorted(glob.glob(row["tables"]))
-        if not files:
-            raise UsageError(f"summary row {row.get('label')!r}: no table matches {row['tables']}")
         per = []
-        for f in files:
+        for f in _matching_tables(row):
             df = read_table(f, "attack").df
             g = df.groupby(["eps", "idx"]).agg(correct=("correct", "first"), robust=("robust", "all")).reset_index()
             for eps, sub in g.groupby("eps"):
@@ -257,3 +269,53 @@ def summarize_attack_tables(rows: list[dict]) -> Any:
                 rec[m + "_std"] = sub[m].std(ddof=1) if len(sub) > 1 else 0.0
             out.append(rec)
     return pd.DataFrame(out)
+
+
+def _matching_tables(row: dict) -> list[str]:
+    import glob
+
+    files = sorted(glob.glob(row["tables"]))
+    if not files:
+        raise UsageError(f"summary row {row.get('label')!r}: no table matches {row['tables']}")
+    return files
+
+
+def summarize_certify_tables(rows: list[dict], radii: list[float] | None = None) -> Any:
+    """Certified-accuracy summary of certify tables: one line per (label, sigma, radius), mean and std over
+    the files (or shard folders) matching each row's pattern (one per seed or model variant).
+
+    Each row is ``{"label": str, "tables": glob pattern}``. ``radii``: L2 radii at which to report (default
+    0, sigma/2, sigma and 2 sigma at each sigma; a predict-mode table reports r = 0 only), computed by
+    :func:`robcli.certify.smoothing.summarize`: certified accuracy (predict == label and radius >= r),
+    certified robust inaccuracy (predict not in {label, abstain} and radius >= r) and the abstain rate.
+    Returns a DataFrame with columns label, sigma, radius, mode, n_tables, n, and certified_acc,
+    certified_robust_inacc, abstain, each with a ``_std`` column (0 for a single table).
+    """
+    import pandas as pd
+
+    from robcli.certify.smoothing import summarize
+    from robcli.tables import read_table
+
+    metrics = ("certified_acc", "certified_robust_inacc", "abstain")
+    out = []
+    for row in rows:
+        per = []
+        for f in _matching_tables(row):
+            df = read_table(f, "certify").df
+            if len(df) == 0:
+                continue
+            s = summarize(df) if radii is None else summarize(df, radii=radii)
+            s["mode"] = "certify" if (df["mode"] == "certify").all() else "predict"
+            per.append(s)
+        if not per:
+            raise UsageError(f"summary row {row.get('label')!r}: the tables matching {row['tables']} hold no rows")
+        p = pd.concat(per, ignore_index=True)
+        for (sigma, radius, mode), sub in p.groupby(["sigma", "radius", "mode"], sort=True):
+            rec = {"label": row["label"], "sigma": sigma, "radius": radius, "mode": mode, "n_tables": len(sub),
+                   "n": int(sub["n"].sum() // len(sub))}
+            for m in metrics:
+                rec[m] = float(sub[m].mean())
+                rec[m + "_std"] = float(sub[m].std(ddof=1)) if len(sub) > 1 else 0.0
+            out.append(rec)
+    cols = ["label", "sigma", "radius", "mode", "n_tables", "n"] + [c for m in metrics for c in (m, m + "_std")]
+    return pd.DataFrame(out, columns=cols)

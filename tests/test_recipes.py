@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,88 @@ def test_cli_dry_run_and_errors(cli, tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = cli("run", str(_write(tmp_path)), "--only", "zzz")
     assert r.exit_code == 2 and "unknown step" in r.output
+
+
+# ---- certify summaries ---------------------------------------------------------------------------------
+
+
+def _cert_table(path, predict, radius, mode="certify"):
+    import pandas as pd
+
+    from robcli.tables import write_table
+
+    n = len(predict)
+    df = pd.DataFrame({"idx": range(n), "label": range(n), "predict": predict, "radius": radius,
+                       "correct": [p == i for i, p in enumerate(predict)], "time": 0.0, "sigma": 0.12, "N0": 10,
+                       "N": 100, "alpha": 0.01, "nA": 90, "pA_lower": 0.9, "mode": mode})
+    write_table(df, path, "certify", config={})
+
+
+def test_summarize_certify_tables_mean_and_std(tmp_path):
+    from robcli.recipes import summarize_certify_tables
+
+    _cert_table(tmp_path / "c-s0.parquet", [0, 2, -1, 3], [0.3, 0.5, 0.0, 0.05])
+    _cert_table(tmp_path / "c-s1.parquet", [0, 1, -1, -1], [0.3, 0.2, 0.0, 0.0])
+    df = summarize_certify_tables([{"label": "m", "tables": str(tmp_path / "c-s*.parquet")}], [0, 0.1])
+    assert list(df["radius"]) == [0.0, 0.1] and (df["n_tables"] == 2).all() and (df["n"] == 4).all()
+    r0, r1 = df.iloc[0], df.iloc[1]
+    assert r0["certified_acc"] == 0.5 and r0["certified_acc_std"] == 0
+    assert r0["certified_robust_inacc"] == pytest.approx(0.125)
+    assert r0["certified_robust_inacc_std"] == pytest.approx(0.125 * 2 ** 0.5)
+    assert r0["abstain"] == pytest.approx(0.375)
+    assert r1["certified_acc"] == pytest.approx(0.375) and r1["certified_robust_inacc"] == pytest.approx(0.125)
+    # default radii: 0, sigma/2, sigma, 2 sigma; a predict table reports r = 0 only
+    d = summarize_certify_tables([{"label": "m", "tables": str(tmp_path / "c-s0.parquet")}])
+    assert list(d["radius"]) == pytest.approx([0, 0.06, 0.12, 0.24]) and (d["n_tables"] == 1).all()
+    _cert_table(tmp_path / "p.parquet", [0, 1, -1, 2], [0.0] * 4, mode="predict")
+    p = summarize_certify_tables([{"label": "p", "tables": str(tmp_path / "p.parquet")}], [0, 0.1])
+    assert list(p["radius"]) == [0.0] and p["mode"].iloc[0] == "predict" and p["certified_acc"].iloc[0] == 0.5
+    with pytest.raises(UsageError, match="no table matches"):
+        summarize_certify_tables([{"label": "x", "tables": str(tmp_path / "none*.parquet")}])
+
+
+def test_summary_kind_and_radii_are_checked(tmp_path):
+    base = RECIPE.replace("{root}", str(tmp_path / "out")).replace("{{", "{").replace("}}", "}")
+    p = tmp_path / "r.toml"
+    p.write_text(base + '\n[[summary]]\nkind = "attacks"\nrows = []\n')
+    with pytest.raises(UsageError, match="unknown kind 'attacks'"):
+        load_recipe(p)
+    p.write_text(base + '\n[[summary]]\nkind = "certify"\nradii = [0, -1]\nrows = []\n')
+    with pytest.raises(UsageError, match="radii must be"):
+        load_recipe(p)
+
+
+CERT_RECIPE = """
+[recipe]
+name = "cert"
+out = "{root}"
+
+[[step]]
+name = "certify-s{seed}"
+command = "certify"
+matrix = { seed = [0, 1] }
+args = { model = "tiny_cnn", dataset = "digits", n_ex = 4, sigma = [0.12, 0.25], N0 = 10, N = 200, alpha = 0.01, seed = "{seed}", quiet = true, out = "{out}/c-s{seed}.parquet" }
+
+[[summary]]
+kind = "certify"
+title = "tiny certified summary"
+radii = [0, 0.1]
+rows = [ { label = "tiny_cnn", tables = "{out}/c-s*.parquet" } ]
+note = "certify note"
+"""
+
+
+def test_cli_run_prints_certify_summary(cli, tmp_path):
+    from robcli.recipes import summarize_certify_tables
+
+    p = tmp_path / "cert.toml"
+    p.write_text(CERT_RECIPE.replace("{root}", str(tmp_path / "out")))
+    r = cli("run", str(p))
+    assert r.exit_code == 0, r.output
+    assert "tiny certified summary" in r.output and "cert. acc" in r.output and "certify note" in r.output
+    assert re.search(r"certified\s+robust\s+inaccuracy", r.output)
+    df = summarize_certify_tables([{"label": "t", "tables": str(tmp_path / "out" / "c-s*.parquet")}], [0, 0.1])
+    assert len(df) == 4 and (df["n_tables"] == 2).all()  # 2 sigmas x 2 radii, each over 2 seeds
+    first = df.iloc[0]
+    shown = f"{100 * first['certified_acc']:.1f} ± {100 * first['certified_acc_std']:.1f}"
+    assert shown in r.output

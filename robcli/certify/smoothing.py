@@ -310,15 +310,20 @@ def _frame(rows: list[dict]):
     return df.sort_values(["idx", "sigma"], kind="stable").reset_index(drop=True)
 
 
-def summarize(df, radii_per_sigma: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)):
+SUMMARY_COLUMNS = ["sigma", "radius", "n", "certified_acc", "certified_robust_inacc", "abstain"]
+
+
+def summarize(df, radii_per_sigma: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0), *, radii=None):
     """Certified accuracy, abstain rate and certified robust inaccuracy per sigma.
 
-    Radii are given in units of sigma. Certified accuracy at r: fraction with ``predict == label`` and
+    Radii are given in units of sigma (``radii_per_sigma``), or as absolute L2 radii with ``radii`` (the
+    same radii at every sigma). Certified accuracy at r: fraction with ``predict == label`` and
     ``radius >= r``; certified robust inaccuracy at r: fraction with ``predict`` not in {label, -1} and
-    ``radius >= r`` (a wrong prediction that is certified). In predict mode only r = 0 is meaningful.
+    ``radius >= r`` (a wrong prediction that is certified). In predict mode only r = 0 is meaningful (there
+    certified accuracy is the smoothed classifier's accuracy).
 
     Returns:
-        pandas DataFrame, one row per (sigma, r).
+        pandas DataFrame with :data:`SUMMARY_COLUMNS`, one row per (sigma, r); no rows for an empty table.
     """
     import pandas as pd
 
@@ -326,9 +331,13 @@ def summarize(df, radii_per_sigma: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)):
     for sigma, g in df.groupby("sigma", sort=True):
         n = len(g)
         abstain = float((g["predict"] == ABSTAIN).mean())
-        radii = radii_per_sigma if (g["mode"] == "certify").all() else (0.0,)
-        for m in radii:
-            r = m * float(sigma)
+        if not (g["mode"] == "certify").all():
+            rs = (0.0,)
+        elif radii is not None:
+            rs = tuple(float(r) for r in radii)
+        else:
+            rs = tuple(m * float(sigma) for m in radii_per_sigma)
+        for r in rs:
             ok = g["radius"] >= r - 1e-12
             out.append({
                 "sigma": float(sigma), "radius": r, "n": n,
@@ -336,7 +345,7 @@ def summarize(df, radii_per_sigma: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)):
                 "certified_robust_inacc": float(((g["predict"] != g["label"]) & (g["predict"] != ABSTAIN) & ok).mean()),
                 "abstain": abstain,
             })
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
 
 def summary_text(df) -> str:

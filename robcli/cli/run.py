@@ -24,7 +24,13 @@ def run(
 
     from robcli.cli.main import invoke
     from robcli.errors import UsageError
-    from robcli.recipes import is_up_to_date, load_recipe, run_recipe, summarize_attack_tables
+    from robcli.recipes import (
+        is_up_to_date,
+        load_recipe,
+        run_recipe,
+        summarize_attack_tables,
+        summarize_certify_tables,
+    )
 
     overrides = {}
     for v in var or []:
@@ -75,21 +81,34 @@ def run(
         results = run_recipe(rec, invoke, force=force, only=only, on_step=on_step_bar)
     if results and results[-1][1] == "failed":
         raise UsageError(f"recipe stopped: step {results[-1][0].name!r} failed (fix it and run again; finished steps are kept)")
+    def fmt(r, m):
+        s = f"{100 * r[m]:.1f}"
+        return s + (f" ± {100 * r[m + '_std']:.1f}" if r["n_tables"] > 1 else "")
+
     for summ in rec.summaries:
-        if summ.get("kind", "attack") != "attack":
-            continue
-        df = summarize_attack_tables(summ.get("rows", []))
+        kind = summ.get("kind", "attack")
         tab = Table(title=summ.get("title", "summary"))
-        for col in ("model", "eps", "seeds", "natural acc", "robust acc", "robust inacc"):
-            tab.add_column(col, justify="right" if col != "model" else "left")
-
-        def fmt(r, m):
-            s = f"{100 * r[m]:.1f}"
-            return s + (f" ± {100 * r[m + '_std']:.1f}" if r["n_tables"] > 1 else "")
-
-        for _, r in df.iterrows():
-            tab.add_row(str(r["label"]), f"{r['eps']:.4g}", str(r["n_tables"]), fmt(r, "nat_acc"),
-                        fmt(r, "robust_acc"), fmt(r, "robust_inacc"))
+        if kind == "certify":
+            df = summarize_certify_tables(summ.get("rows", []), summ.get("radii"))
+            tab.add_column("model", justify="left")
+            for col in ("sigma", "radius", "seeds"):
+                tab.add_column(col, justify="right")
+            for col in ("cert. acc", "rob. inacc", "abstain"):
+                tab.add_column(col, justify="right", no_wrap=True)
+            for _, r in df.iterrows():
+                radius = f"{r['radius']:.4g}" if r["mode"] == "certify" else "0 (pred.)"
+                tab.add_row(str(r["label"]), f"{r['sigma']:.4g}", radius, str(r["n_tables"]),
+                            fmt(r, "certified_acc"), fmt(r, "certified_robust_inacc"), fmt(r, "abstain"))
+            ns = sorted(set(df["n"]))
+            tab.caption = (f"{'/'.join(map(str, ns))} examples per table; L2 radius; cert. acc: correct and "
+                           "certified at the radius; rob. inacc: wrong but certified (certified robust inaccuracy)")
+        else:
+            df = summarize_attack_tables(summ.get("rows", []))
+            for col in ("model", "eps", "seeds", "natural acc", "robust acc", "robust inacc"):
+                tab.add_column(col, justify="right" if col != "model" else "left")
+            for _, r in df.iterrows():
+                tab.add_row(str(r["label"]), f"{r['eps']:.4g}", str(r["n_tables"]), fmt(r, "nat_acc"),
+                            fmt(r, "robust_acc"), fmt(r, "robust_inacc"))
         con.print(tab)
         note = summ.get("note")
         if note:
