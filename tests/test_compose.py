@@ -379,3 +379,27 @@ def test_help_states_the_soundness_rule(cli):
     for part in ("Soundnessrule:", "2*epsrule(eq.14)", "Abstaincase", "coremodelrobustandaccurateateps",
                  "radius>=2*epsbydefault,--selection-checkepsforthepaper'sradius>=eps", "cappedat0.5"):
         assert part in flat, part
+
+
+@pytest.mark.parametrize("inner", ["pgd", "apgd-ce"])
+def test_composite_indicator_extremes_and_determinism(tmp_path, inner):
+    """Tiny eps: the robust model is robust everywhere, H = robust model; eps = 1 (the whole box): H = core."""
+    import torch
+
+    from robcli.compose.export import CompositeModel
+    from robcli.data.registry import load_split
+    from robcli.models.io import load_model
+
+    rm = load_model(_run_dir(tmp_path / "r", 1, train=True)).model
+    cm = load_model(_run_dir(tmp_path / "c", 2, train=True)).model
+    x, _ = load_split("gaussians", "test").select(n_ex=32).tensors()
+    with torch.no_grad():
+        lr, lc = torch.log_softmax(rm(x), 1), torch.log_softmax(cm(x), 1)
+    for eps, want in ((1e-7, lr), (1.0, lc)):
+        h = CompositeModel([rm], cm, selector="robustness-indicator", eps=eps, inner_attack=inner, inner_steps=10,
+                           inner_restarts=2).eval()
+        out = h(x)
+        assert torch.allclose(out, want, atol=1e-5), (inner, eps)
+        assert torch.equal(h(x), out)
+    with pytest.raises(Exception, match="eps > 0"):
+        CompositeModel([rm], cm, selector="robustness-indicator", eps=0.0)

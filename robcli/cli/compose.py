@@ -397,8 +397,8 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
     for i, (t, v, spec) in enumerate(zip(tables, views, specs)):
         df = t.df
         at_e2 = df[df["eps"].map(lambda x: same_eps(x, e2))] if t.kind == "attack" else df.iloc[:0]
-        if nrm := v.norm:
-            at_e2 = at_e2[at_e2["norm"] == nrm] if "norm" in at_e2.columns else at_e2
+        if "norm" in at_e2.columns:
+            at_e2 = at_e2[at_e2["norm"] == v.norm]
         rows = at_e2[at_e2["attack"] == "apgd-conf"]
         have_cols = "clean_conf" in df.columns and ("adv_conf" in df.columns or {"adv_conf_other", "adv_margin"} <= set(df.columns)) and len(rows)
         cc = mc = None
