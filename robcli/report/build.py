@@ -280,7 +280,7 @@ def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
             x, y, pts, front = pp["x"], pp["y"], pp["points"], pp["front"]
             for name, g in pts.dropna(subset=[x, y]).groupby(["kind", "name"]):
                 ax.scatter(100 * g[x], 100 * g[y], s=22, label=" ".join(name), alpha=0.8)
-            for i, ((ds, nrm, e), f) in enumerate(front.groupby(GROUP, dropna=False)):
+            for (ds, nrm, e), f in front.groupby(GROUP, dropna=False):
                 ax.plot(100 * f[x], 100 * f[y], "--", marker="o", mfc="none", ms=10, lw=1.2,
                         label=f"front {ds or '?'} {nrm} eps={e:.3g}")
             ax.set_xlabel(f"{x.replace('_', ' ')} [%] ({direction(x)} is better)")
