@@ -413,7 +413,7 @@ def test_attack_settings_on_a_mixnet(pair):
     x, y = x[:16], y[:16]
     acc = {}
     for s in "ABD":
-        xa = attack_mixture(m, x, y, s, eps=0.1, steps=10, n_iter=10, n_targets=2,
+        xa = attack_mixture(m, x, y, s, eps=0.1, steps=10, n_iter=10, n_targets=2, n_queries=50,
                             generator=torch.Generator().manual_seed(0))
         assert (xa - x).abs().max() <= 0.1 + 1e-6
         acc[s] = float(robust_mask(m, xa, y).float().mean())
@@ -437,6 +437,78 @@ def test_setting_d_alpha_term_pushes_alpha_down(pair):
     base = make_loss("ce")(m(x), m.alpha(x), y, None)
     with_term = make_loss("ce", 2.0)(m(x), m.alpha(x), y, None)
     assert torch.allclose(with_term - base, 2.0 * torch.log1p(-m.alpha(x)), atol=1e-5)
+
+
+def test_setting_d_alpha_term_reaches_both_apgd_parts_then_fab_square_on_survivors(pair, monkeypatch):
+    import robcli.mixing.attacks as A
+
+    g, h, x, y = pair
+    m = adaptive(g, h).eval()
+    x, y = x[:16], y[:16]
+    kinds = []
+    real_make_loss = A.make_loss
+
+    def recording_make_loss(kind, alpha_weight=0.0):
+        kinds.append((kind, alpha_weight))
+        return real_make_loss(kind, alpha_weight)
+
+    seen = {}
+
+    def fake_fab_square(model, xs, ys, **kw):
+        seen["n"], seen["kw"] = xs.shape[0], kw
+        assert bool(A.robust_mask(model, xs, ys).all())  # only the survivors of the APGD parts reach it
+        return xs.clone()
+
+    monkeypatch.setattr(A, "make_loss", recording_make_loss)
+    monkeypatch.setattr(A, "fab_square", fake_fab_square)
+    xa = A.attack_mixture(m, x, y, "D", eps=0.1, n_iter=5, n_targets=2, alpha_weight=0.7, n_queries=11,
+                          generator=torch.Generator().manual_seed(0))
+    assert ("ce", 0.7) in kinds and ("dlr-targeted", 0.7) in kinds  # the term in BOTH adaptive APGD parts
+    assert ("ce", 0.0) in kinds and ("dlr-targeted", 0.0) in kinds  # then the plain APGD cascade
+    survivors = int(A.robust_mask(m, xa, y).sum())
+    assert seen["n"] == survivors > 0 and seen["kw"]["n_queries"] == 11 and seen["kw"]["n_targets"] == 2
+
+
+def test_setting_d_includes_fab_t_and_square(pair, monkeypatch):
+    """With the APGD parts disabled, D still breaks what FAB-T + Square (pyautoattack) break: D is the
+    worst case over AutoAttack's four parts, not only its APGD ones."""
+    import robcli.mixing.attacks as A
+
+    g, h, x, y = pair
+    m = adaptive(g, h).eval()
+    x = x[:24]
+    with torch.no_grad():
+        y = m(x).argmax(1)  # attack the model's own prediction (these tiny members are weak classifiers)
+    monkeypatch.setattr(A, "apgd_suite", lambda model, xs, ys, **kw: xs.clone())
+    xa = A.attack_mixture(m, x, y, "D", eps=0.15, n_iter=10, n_targets=2, n_queries=100,
+                          generator=torch.Generator().manual_seed(0))
+    assert (xa - x).abs().max() <= 0.15 + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+    assert int(A.robust_mask(m, xa, y).sum()) < int(A.robust_mask(m, x, y).sum())
+
+
+class _Bump(torch.nn.Module):
+    """1-D, 3 classes: class 0 except on (0.4, 0.49) where class 1 wins; class 2 (the target) is never reached."""
+
+    def forward(self, x):
+        s = x[:, 0]
+        z1 = -5 + 10 * torch.sigmoid(500 * (s - 0.4)) * torch.sigmoid(500 * (0.49 - s))
+        return torch.stack([torch.zeros_like(s), z1, s - 10], 1)
+
+
+def test_targeted_apgd_counts_any_misclassification_as_success():
+    from robcli.mixing.attacks import apgd, make_loss
+
+    model = _Bump()
+    x = torch.full((32, 1), 0.5)
+    y = torch.zeros(32, dtype=torch.long)
+    t = torch.full((32,), 2)
+    assert (model(x).argmax(1) == 0).all()
+    # the targeted loss grows with s, so its best point is the ball's upper end (class 0 again); the random
+    # starts that land in the bump are misclassified (class 1) and must be kept, as AutoAttack's APGD-T does
+    xa = apgd(model, x, y, eps=0.1, n_iter=5, loss=make_loss("ce-targeted"), target=t,
+              generator=torch.Generator().manual_seed(0))
+    pred = model(xa).argmax(1)
+    assert (pred != 2).all() and (pred == 1).sum() >= 5
 
 
 def test_autoattack_setting_c_runs_on_the_mixture(pair):

@@ -84,9 +84,11 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
     assert card["training"]["config"]["c_bce"] == 1.5 and len(card["training"]["log"]) == 1
     out = tmp_path / "d.parquet"
     res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-iter", "5",
-              "--n-targets", "2", "--n-ex", "16", "-o", out, "-q")
+              "--n-targets", "2", "--n-queries", "20", "--n-ex", "16", "-o", out, "-q")
     assert res.exit_code == 0, res.output
-    df = read_table(out, "attack").df
+    t = read_table(out, "attack")
+    assert t.config["n_queries"] == 20 and t.config["n_targets"] == 2
+    df = t.df
     assert df["alpha_clean"].between(0.3, 0.9).all() and df["alpha_adv"].between(0.3, 0.9).all()
 
 

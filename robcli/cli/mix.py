@@ -5,6 +5,7 @@ attack (settings A-D, alpha(x) per example), certify (mixture radii).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Optional
 
 import typer
@@ -227,7 +228,8 @@ def attack_cmd(
     steps: Annotated[int, typer.Option("--steps", help="PGD steps (A, B).")] = 20,
     n_iter: Annotated[int, typer.Option("--n-iter", help="APGD iterations (D).")] = 100,
     alpha_weight: Annotated[float, typer.Option("--alpha-weight", help="Weight of the log(1-alpha) term (D).")] = 1.0,
-    n_targets: Annotated[int, typer.Option("--n-targets", help="Target classes of the targeted APGD part (D).")] = 9,
+    n_targets: Annotated[int, typer.Option("--n-targets", help="Target classes of the targeted APGD and FAB parts (D).")] = 9,
+    n_queries: Annotated[int, typer.Option("--n-queries", help="Square queries (D; AutoAttack's standard 5000).")] = 5000,
     alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="Override the stored alpha range.")] = None,
     alpha_max: Annotated[Optional[float], typer.Option("--alpha-max")] = None,
     norm: NormOpt = "Linf",
@@ -247,6 +249,7 @@ def attack_cmd(
     from robcli.mixing.attacks import SETTINGS
     from robcli.mixing.evaluate import attack_frame
     from robcli.mixing.io import load_mixnet
+    from robcli.mixing.mixed import check_alpha_range
     from robcli.tables.io import provenance, write_table
     from robcli.utils.device import resolve_device
     from robcli.utils.parse import parse_eps, parse_norm
@@ -258,19 +261,21 @@ def attack_cmd(
         raise UsageError(f"--setting {setting!r}: choose A, B, C or D")
     if (alpha_min is None) != (alpha_max is None):
         raise UsageError("give both --alpha-min and --alpha-max (or neither)")
-    if steps < 1 or n_iter < 1 or n_targets < 1 or batch < 1:
-        raise UsageError("--steps, --n-iter, --n-targets and --batch must be >= 1")
-    rng = (alpha_min, alpha_max) if alpha_min is not None else None
+    if steps < 1 or n_iter < 1 or n_targets < 1 or n_queries < 1 or batch < 1:
+        raise UsageError("--steps, --n-iter, --n-targets, --n-queries and --batch must be >= 1")
+    if not (math.isfinite(alpha_weight) and alpha_weight >= 0):
+        raise UsageError(f"--alpha-weight {alpha_weight:g} must be a finite number >= 0")
+    rng = check_alpha_range(alpha_min, alpha_max) if alpha_min is not None else None
     check_out(out, force)
     dev = resolve_device(device)
     data = _data(dataset, split, data_dir, n_ex, skip, model)
     lm = load_mixnet(model, dataset_info=data.info, device=dev, alpha_range=rng)
     x, y = data.tensors()
     df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm, steps=steps,
-                      n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight, batch=batch, generator=make_generator(seed, dev),
-                      device=dev)
+                      n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight, n_queries=n_queries, batch=batch,
+                      generator=make_generator(seed, dev), device=dev)
     config = {"model": model, "setting": setting.upper(), "eps": e, "norm": nrm, "steps": steps, "n_iter": n_iter,
-              "n_targets": n_targets,
+              "n_targets": n_targets, "n_queries": n_queries,
               "alpha_weight": alpha_weight, "alpha_range": rng, "dataset": dataset, "split": split, "n_ex": n_ex,
               "skip": skip}
     prov = provenance(seed=seed, device=dev, models=lm.files, data=data.fingerprint(), command=argv())

@@ -3,14 +3,21 @@
 * A — gray-box PGD: gradients of g and h, none through the mixing network (alpha(x) detached).
 * B — white-box PGD through the whole mixture, alpha(x) included.
 * C — AutoAttack on the mixture (pyautoattack, end-to-end gradients).
-* D — adaptive AutoAttack: APGD-CE and targeted APGD-DLR whose losses carry an extra term
-  ``w * log(1 - alpha(x))`` that pushes alpha(x) down (towards the non-robust g), in BOTH the untargeted and
-  the targeted parts; then, on the examples that survive, the same cascade without the term (worst case of
-  both, so D is never weaker than C's APGD part). pyautoattack's APGD hard-codes its losses on the logits (``criterion_indiv(logits, y)``)
-  and cannot see alpha(x), so this module implements APGD itself (Croce & Hein 2020, Alg. 1: momentum 0.75,
-  step size 2 eps halved at checkpoints when fewer than 75 % of steps improved or the best loss stalled,
-  restart from the best point; the checkpoint schedule of pyautoattack) with a pluggable loss of
-  (logits, alpha, y, target). Square/FAB are gradient-free or logit-only and run unchanged in setting C.
+* D — adaptive AutoAttack. 004 Sec. 4.2: "we add an APGD loss component that aims to decrease alpha into
+  AutoAttack to specifically target the mixing network", i.e. standard AutoAttack (APGD-CE, APGD-T, FAB-T,
+  Square) whose APGD losses carry the extra term ``w * log(1 - alpha(x))`` that pushes alpha(x) down
+  (towards the non-robust g), in BOTH the untargeted and the targeted APGD parts. Here, as AutoAttack's
+  cascade (each part runs on the examples all earlier parts failed on; the per-example worst case):
+  adaptive APGD-CE -> adaptive APGD-T (top ``n_targets`` classes) -> the same APGD cascade WITHOUT the term
+  (so the term can never make D weaker than plain APGD) -> FAB-T -> Square (pyautoattack, AutoAttack's
+  standard parameters: FAB-T 1 restart over 9 targets, Square 5000 queries). FAB and Square have no loss
+  to add the term to (FAB works on the logits' decision boundary, Square is score-based), so they run
+  unchanged, exactly as in standard AutoAttack. pyautoattack's APGD hard-codes its losses on the logits
+  (``criterion_indiv(logits, y)``) and cannot see alpha(x), so this module implements APGD itself (Croce &
+  Hein 2020, Alg. 1: momentum 0.75, step size 2 eps halved at checkpoints when fewer than 75 % of steps
+  improved or the best loss stalled, restart from the best point; the checkpoint schedule of pyautoattack)
+  with a pluggable loss of (logits, alpha, y, target). As in AutoAttack, a targeted APGD run succeeds on
+  ANY misclassification (pred != y), not only on reaching its target.
 
 All attacks return adversarial inputs inside the eps-ball and [0, 1]; randomness comes from an explicit
 ``torch.Generator`` (pyautoattack reseeds the global RNG; we seed it from the generator for setting C).
@@ -149,8 +156,9 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Li
          generator: torch.Generator | None = None) -> torch.Tensor:
     """APGD (Croce & Hein 2020, Alg. 1) with a pluggable per-example loss of (logits, alpha, y, target).
 
-    Keeps, per example, the first point that is misclassified (untargeted) or classified as ``target``
-    (targeted); otherwise the point of highest loss. Returns adversarial inputs.
+    Keeps, per example, the first point that is misclassified (pred != y; for a targeted run too, as
+    AutoAttack's APGD-T counts any misclassification as success); otherwise the point of highest loss.
+    Returns adversarial inputs.
     """
     if norm not in ("Linf", "L2"):
         raise UsageError(f"unknown norm {norm!r}; choose Linf or L2")
@@ -163,8 +171,7 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Li
     n2, nmin, decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
 
     def success(z):
-        pred = z.argmax(1)
-        return (pred == target) if target is not None else (pred != y)
+        return z.argmax(1) != y
 
     def evaluate(xa):
         xa = xa.clone().requires_grad_(True)
@@ -300,10 +307,36 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     return x_adv.detach()
 
 
+def fab_square(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", n_iter: int = 100,
+               n_targets: int = 9, n_queries: int = 5000, batch: int = 500,
+               generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """The rest of standard AutoAttack after its APGD parts: FAB-T then Square (pyautoattack's cascade, with
+    AutoAttack's standard parameters: FAB-T 1 restart, ``n_targets`` targets, ``n_iter`` iterations; Square
+    ``n_queries`` queries, 1 restart). Runs only on the examples ``model`` still classifies as ``y``."""
+    from pyautoattack import AutoAttack
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()) if generator is not None else 0
+    dev = str(device if device is not None else x.device)
+    adversary = AutoAttack(model, norm=norm, eps=eps, version="custom", attacks=["fab-t", "square"], device=dev,
+                           seed=seed)
+    adversary.verbose = False
+    adversary.fab.n_restarts = 1
+    adversary.fab.n_iter = int(n_iter)
+    with torch.no_grad():
+        k = int(model(x[:1]).shape[1])
+    adversary.fab.n_target_classes = max(1, min(int(n_targets), k - 1))
+    adversary.square.n_queries = int(n_queries)
+    adversary.square.n_restarts = 1
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch)
+    return x_adv.detach()
+
+
 def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, setting: str, *, eps: float,
                    norm: str = "Linf", steps: int = 20, n_iter: int = 100, alpha_weight: float = 1.0,
-                   n_targets: int = 9, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Adversarial inputs for attack setting A, B, C or D of 004 Sec. 4.2 (PGD: ``steps``; APGD: ``n_iter``).
+                   n_targets: int = 9, n_queries: int = 5000, generator: torch.Generator | None = None,
+                   device=None) -> torch.Tensor:
+    """Adversarial inputs for attack setting A, B, C or D of 004 Sec. 4.2 (PGD: ``steps``; APGD and FAB:
+    ``n_iter``; D's Square: ``n_queries``; D's targeted parts: ``n_targets``).
 
     Raises:
         UsageError: unknown setting, or setting A/D on a fixed-alpha mixture (no alpha network to detach or push).
@@ -322,15 +355,22 @@ def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, set
         return pgd_mix(model, x, y, eps=eps, norm=norm, steps=steps)
     if s == "C":
         return autoattack(model, x, y, eps=eps, norm=norm, generator=generator, device=device)
-    # D: the APGD cascade with the alpha term, then (worst case) the plain cascade on the survivors, so that
-    # setting D is never weaker than the APGD part of setting C because of the extra term.
+    # D: adaptive AutoAttack as a cascade (per-example worst case): the APGD parts with the alpha term, the
+    # plain APGD parts (only when the term is on: with w = 0 they are the same attack), then FAB-T and Square.
     x_adv = apgd_suite(model, x, y, eps=eps, norm=norm, n_iter=n_iter, n_targets=n_targets,
                        alpha_weight=alpha_weight, generator=generator)
-    alive = robust_mask(model, x_adv, y)
-    if alive.any():
+    parts = []
+    if alpha_weight:
+        parts.append(lambda xs, ys: apgd_suite(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter,
+                                               n_targets=n_targets, alpha_weight=0.0, generator=generator))
+    parts.append(lambda xs, ys: fab_square(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, n_targets=n_targets,
+                                           n_queries=n_queries, generator=generator, device=device))
+    for part in parts:
+        alive = robust_mask(model, x_adv, y)
+        if not alive.any():
+            break
         sel = alive.nonzero().squeeze(1)
-        x2 = apgd_suite(model, x[sel], y[sel], eps=eps, norm=norm, n_iter=n_iter, n_targets=n_targets,
-                        alpha_weight=0.0, generator=generator)
+        x2 = part(x[sel], y[sel])
         broken = ~robust_mask(model, x2, y[sel])
         x_adv[sel[broken]] = x2[broken]
     return x_adv

@@ -16,8 +16,8 @@ from robcli.mixing.mixed import MixedClassifier
 
 def attack_frame(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, idx, *, setting: str, eps: float,
                  norm: str = "Linf", steps: int = 20, n_iter: int = 100, n_targets: int = 9,
-                 alpha_weight: float = 1.0, batch: int = 256, generator: torch.Generator | None = None,
-                 device=None, progress=None):
+                 alpha_weight: float = 1.0, n_queries: int = 5000, batch: int = 256,
+                 generator: torch.Generator | None = None, device=None, progress=None):
     """Attack-table rows (DESIGN.md columns) plus ``alpha_clean``/``alpha_adv`` (alpha(x) at x and at x_adv)."""
     import pandas as pd
 
@@ -33,7 +33,8 @@ def attack_frame(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, idx, 
         # robustness is judged against the model's own prediction (as in `robcli attack`), so the attack
         # also tries to flip wrong predictions and robust inaccuracy is measured, not assumed
         xa = attack_mixture(model, xb, pc, setting, eps=eps, norm=norm, steps=steps, n_iter=n_iter,
-                            n_targets=n_targets, alpha_weight=alpha_weight, generator=generator, device=device)
+                            n_targets=n_targets, alpha_weight=alpha_weight, n_queries=n_queries,
+                            generator=generator, device=device)
         with torch.no_grad():
             za, aa = model.forward_with_alpha(xa)
         pa = za.argmax(1)
