@@ -108,6 +108,28 @@ def test_finetune_loss_mixnet_then_attack_setting(cli, models, tmp_path):
     assert da.equals(db) and (da["attack"] == "mix-A").all() and len(da) == 24
     assert da["alpha_clean"].between(0.2, 0.8).all()
 
+    # setting D's knobs pass through `attack --setting` exactly as `mix attack` takes them
+    c, d = tmp_path / "c.parquet", tmp_path / "d.parquet"
+    knobs = ["--alpha-weight", "0.5", "--n-targets", "2", "--n-queries", "10", "--alpha-min", "0.1", "--alpha-max", "0.6"]
+    base = ["--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-ex", "12", *knobs]
+    res = cli("attack", *base, "--steps", "3", "--out", c, "-q")
+    assert res.exit_code == 0, res.output
+    assert cli("mix", "attack", *base, "--n-iter", "3", "--out", d, "-q").exit_code == 0
+    tc, td = read_table(c, "attack"), read_table(d, "attack")
+    assert tc.df.equals(td.df) and (tc.df["attack"] == "mix-D").all()
+    assert tc.config["alpha_weight"] == 0.5 and tc.config["n_targets"] == 2 and tc.config["n_queries"] == 10
+    assert list(tc.config["alpha_range"]) == [0.1, 0.6] and tc.df["alpha_clean"].between(0.1, 0.6).all()
+    for bad, words in ((["--alpha-weight", "-1"], ["--alpha-weight", ">= 0"]),
+                       (["--alpha-weight", "nan"], ["--alpha-weight"]),
+                       (["--n-targets", "0"], ["--n-targets"]),
+                       (["--alpha-min", "0.9", "--alpha-max", "0.1"], ["alpha_min 0.9 > alpha_max 0.1"]),
+                       (["--alpha-min", "0.1"], ["both --alpha-min and --alpha-max"])):
+        for cmd in (["attack"], ["mix", "attack"]):
+            e = tmp_path / "e.parquet"
+            _one_line_error(cli(*cmd, "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", *bad,
+                                "--out", e), *words)
+            assert not e.exists()
+
 
 def test_registered_losses_include_mixnet_and_the_generic_ones():
     from robcli.losses import LOSSES, _ensure_registered
@@ -133,6 +155,7 @@ def test_registered_losses_include_mixnet_and_the_generic_ones():
     ("finetune", ["--train-attack", "D"], ["--train-attack", "choose A"]),
     ("attack", ["--setting", "B"], ["--setting applies to mixture models"]),
     ("attack", ["--setting", "B", "--attack", "pgd"], ["--attack do not apply with --setting"]),
+    ("attack", ["--alpha-weight", "0.5", "--n-targets", "3"], ["--alpha-weight, --n-targets apply only with --setting"]),
 ])
 def test_bad_input_one_line_nothing_written(cli, models, tmp_path, kind, args, words):
     out = tmp_path / "out"

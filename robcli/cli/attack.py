@@ -83,6 +83,11 @@ def attack(
     subset_split: Annotated[Optional[str], typer.Option("--subset-split", help="With a partition table as --subset: which split, e.g. robust_inaccurate.")] = None,
     batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Examples per attack call (part of the seeding).")] = 256,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Mixture models only (compose --mix / finetune --loss mixnet): A gray-box PGD, B white-box PGD, C AutoAttack, D adaptive AutoAttack (paper 004; same code as `robcli mix attack`).")] = None,
+    alpha_weight: Annotated[Optional[float], typer.Option("--alpha-weight", help="With --setting D: weight of the log(1-alpha) term (default 1).")] = None,
+    n_targets: Annotated[Optional[int], typer.Option("--n-targets", help="With --setting D: target classes of the targeted parts (default 9).")] = None,
+    n_queries: Annotated[Optional[int], typer.Option("--n-queries", help="With --setting D: Square queries (default 5000).")] = None,
+    alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", help="With --setting: override the mixture's stored alpha range (with --alpha-max).")] = None,
+    alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", help="With --setting: upper end of the alpha range override.")] = None,
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
     input_shape: InputShapeOpt = None,
@@ -107,6 +112,11 @@ def attack(
     from robcli.cli.common import ProgressCallback, argv, check_out, console, image_size_for, progress
     from robcli.errors import UsageError
 
+    mix_only = {"--alpha-weight": alpha_weight, "--n-targets": n_targets, "--n-queries": n_queries,
+                "--alpha-min": alpha_min, "--alpha-max": alpha_max}
+    if setting is None and any(v is not None for v in mix_only.values()):
+        given = [f for f, v in mix_only.items() if v is not None]
+        raise UsageError(f"{', '.join(given)} apply only with --setting (mixture attacks)")
     if setting is not None:
         generic = {"--attack": attack_ != "apgd-ce", "--restarts": restarts is not None, "--version": version != "standard",
                    "--aa-attacks": aa_attacks is not None, "--objective": objective != "margin",
@@ -129,8 +139,10 @@ def attack(
             raise UsageError("--steps does not apply to setting C (standard AutoAttack)")
         attack_cmd(model=model, dataset=dataset, eps=(eps or ["8/255"])[0], out=out, setting=setting,
                    steps=steps if steps is not None and s in ("A", "B") else 20,
-                   n_iter=steps if steps is not None and s == "D" else 100, alpha_weight=1.0, n_targets=9,
-                   alpha_min=None, alpha_max=None, norm=norm, split=split, n_ex=n_ex, skip=skip, batch=batch,
+                   n_iter=steps if steps is not None and s == "D" else 100,
+                   alpha_weight=1.0 if alpha_weight is None else alpha_weight,
+                   n_targets=9 if n_targets is None else n_targets, n_queries=5000 if n_queries is None else n_queries,
+                   alpha_min=alpha_min, alpha_max=alpha_max, norm=norm, split=split, n_ex=n_ex, skip=skip, batch=batch,
                    data_dir=data_dir, device=device, seed=seed, force=force, quiet=quiet)
         return
     cfg = AttackConfig(
