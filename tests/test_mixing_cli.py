@@ -122,6 +122,49 @@ def test_certify_mixture_radii_table(cli, members, tmp_path):
     assert read_table(out2, "certify").df["radius_is_estimate"].all()
 
 
+def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, members, tmp_path):
+    from robcli.tables.io import read_table
+
+    run = tmp_path / "mix"
+    assert cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.95", "--scale-h", "3",
+               "--export", run, "-q").exit_code == 0
+    common = ["-d", "digits", "--method", "lipschitz", "--lipschitz", "0.3", "--norm", "L2", "--n-ex", "16"]
+    a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
+    res = cli("mix", "certify", "--model", run, *common, "-o", a, "-q")
+    assert res.exit_code == 0, res.output
+    res = cli("mix", "certify", "--robust", members["h"], "--mix", "0.95", "--scale-h", "3", *common, "-o", b, "-q")
+    assert res.exit_code == 0, res.output
+    ta, tb = read_table(a, "certify"), read_table(b, "certify")
+    timing = [k for k in ta.df.columns if k in ("seconds", "time")]
+    assert ta.df.drop(columns=timing).equals(tb.df.drop(columns=timing)) and (ta.df["mix_alpha"] == 0.95).all()
+    assert (ta.df["radius"] > 0).any()
+    assert ta.config["scale_h"] == 3 and ta.config["mix_alpha"] == 0.95 and ta.config["model"] == str(run)
+    # the scale matters (so the card's value was really used): without it the radii differ
+    res = cli("mix", "certify", "--robust", members["h"], "--mix", "0.95", *common, "-o", c, "-q")
+    assert res.exit_code == 0 and not read_table(c, "certify").df["radius"].equals(ta.df["radius"])
+    # explicit flags that agree with the card are accepted
+    d = tmp_path / "d.parquet"
+    res = cli("mix", "certify", "--model", run, "--mix", "0.95", "--robust", members["h"], "--scale-h", "3", *common,
+              "-o", d, "-q")
+    assert res.exit_code == 0, res.output
+    # conflicting ones, an adaptive run, and neither spelling: one line, nothing written
+    adaptive = tmp_path / "adaptive"
+    assert cli("mix", "train", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
+               "--epochs", "1", "--n-ex", "64", "--attack-steps", "1", "-o", adaptive, "-q").exit_code == 0
+    e = tmp_path / "e.parquet"
+    for extra, words in ((["--model", run, "--mix", "0.7"], ["conflicts with --mix 0.7", "alpha is 0.95"]),
+                         (["--model", run, "--robust", members["g"]], ["conflicts with --robust"]),
+                         (["--model", run, "--scale-h", "2"], ["conflicts with --scale-h 2", "scale_h is 3"]),
+                         (["--model", adaptive], ["adaptive mixture"]),
+                         (["--model", members["h"]], ["not a mixture run directory"]),
+                         (["--robust", members["h"]], ["--model MIXRUN", "both --robust and --mix"])):
+        res = cli("mix", "certify", *extra, *common, "-o", e)
+        assert res.exit_code != 0
+        lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("robcli: error:") and all(w in lines[0] for w in words), res.output
+        assert not e.exists()
+
+
 @pytest.mark.parametrize("args,words", [
     (["build", "--alpha", "1.5"], ["--alpha", "[0, 1]"]),
     (["build", "--alpha", "0.5", "--robust-k7"], ["class counts"]),

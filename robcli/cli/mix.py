@@ -290,10 +290,11 @@ def attack_cmd(
 @mix_app.command("certify")
 @handle_errors
 def certify_cmd(
-    robust: RobustOpt,
     dataset: DatasetOpt,
-    alpha: Annotated[str, typer.Option("--mix", "--mix-alpha", help="The mixture's weight on h (>= 1/2 to certify).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Certify table (Parquet).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A fixed-alpha mixture run dir (mix build / compose --mix): alpha, --scale-h and the robust member come from its card.")] = None,
+    robust: Annotated[Optional[str], typer.Option("--robust", "-r", help="Robust model h (run dir or checkpoint); instead of --model.")] = None,
+    alpha: Annotated[Optional[str], typer.Option("--mix", "--mix-alpha", help="The mixture's weight on h (>= 1/2 to certify); instead of --model.")] = None,
     method: Annotated[str, typer.Option("--method", help="smoothing (Thm 2, h smoothed), lipschitz-rs (Thm 1, Lip = sqrt(2/pi)/sigma), lipschitz (Thm 1, --lipschitz given), local (App. C.3 estimate).")] = "smoothing",
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Smoothing noise of h (smoothing, lipschitz-rs).")] = None,
     lipschitz: Annotated[Optional[float], typer.Option("--lipschitz", help="Lipschitz constant of h's probabilities (method lipschitz).")] = None,
@@ -302,7 +303,7 @@ def certify_cmd(
     n0: Annotated[int, typer.Option("--N0", "--n0")] = 100,
     n: Annotated[int, typer.Option("--N", "--n")] = 100_000,
     alpha_cert: Annotated[float, typer.Option("--alpha", help="Failure probability of each certificate.")] = 0.001,
-    scale_h: ScaleHOpt = 1.0,
+    scale_h: Annotated[Optional[float], typer.Option("--scale-h", help="Logit scale of h (App. D.1; default 1, or the --model card's).")] = None,
     split: SplitOpt = "test",
     n_ex: NExOpt = None,
     skip: SkipOpt = 0,
@@ -315,11 +316,12 @@ def certify_cmd(
 ) -> None:
     """Certified radii of h^alpha whatever the core model does (002 Thm 1/2; 004 App. C.3 estimate, flagged)."""
     import time
+    from pathlib import Path
 
     from robcli.cli.common import argv, check_out
     from robcli.errors import UsageError
     from robcli.mixing.evaluate import certify_frame
-    from robcli.mixing.mixed import check_alpha
+    from robcli.mixing.mixed import check_alpha, check_scale
     from robcli.mixing.radii import (
         certify_lipschitz_mixture,
         certify_local_estimate,
@@ -331,7 +333,28 @@ def certify_cmd(
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
     from robcli.utils.seeding import make_generator
 
-    a = check_alpha(parse_float_expr(alpha, "--mix"), "--mix")
+    if model is not None:
+        from robcli.mixing.io import fixed_mixture_spec, is_mixnet_dir
+
+        if not is_mixnet_dir(model):
+            raise UsageError(f"--model {model} is not a mixture run directory (mix build / compose --mix)")
+        spec = fixed_mixture_spec(model)
+        conflicts = []
+        if robust is not None and Path(robust).expanduser().resolve() != Path(spec["robust"]).resolve():
+            conflicts.append(f"--robust {robust} (the card's robust member is {spec['robust']})")
+        if alpha is not None and check_alpha(parse_float_expr(alpha, "--mix"), "--mix") != spec["alpha"]:
+            conflicts.append(f"--mix {alpha} (the card's alpha is {spec['alpha']:g})")
+        if scale_h is not None and float(scale_h) != spec["scale_h"]:
+            conflicts.append(f"--scale-h {scale_h:g} (the card's scale_h is {spec['scale_h']:g})")
+        if conflicts:
+            raise UsageError(f"--model {model} conflicts with {'; '.join(conflicts)}: drop the flag or the --model")
+        robust, a, scale_h = spec["robust"], spec["alpha"], spec["scale_h"]
+    else:
+        if robust is None or alpha is None:
+            raise UsageError("give --model MIXRUN (a fixed-alpha mixture run dir), or both --robust and --mix")
+        a = check_alpha(parse_float_expr(alpha, "--mix"), "--mix")
+        scale_h = 1.0 if scale_h is None else scale_h
+    check_scale(scale_h, "--scale-h")
     if a < 0.5 and not quiet:
         typer.echo("note: alpha < 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example abstains", err=True)
     methods = ("smoothing", "lipschitz-rs", "lipschitz", "local")
@@ -372,7 +395,7 @@ def certify_cmd(
                        n0=n0 if smoothed else 0, n=n if smoothed else 0,
                        alpha_cert=alpha_cert, alpha=a, seconds=secs)
     df["norm"] = "L2" if method in ("smoothing", "lipschitz-rs") else nrm
-    config = {"robust": robust, "mix_alpha": a, "method": method, "sigma": sigma, "lipschitz": lipschitz, "eps": e,
+    config = {"model": model, "robust": robust, "mix_alpha": a, "scale_h": scale_h, "method": method, "sigma": sigma, "lipschitz": lipschitz, "eps": e,
               "norm": df["norm"].iloc[0], "N0": n0, "N": n, "alpha": alpha_cert, "dataset": dataset, "split": split,
               "n_ex": n_ex, "skip": skip}
     prov = provenance(seed=seed, device=dev, models=lm.files, data=data.fingerprint(), command=argv())

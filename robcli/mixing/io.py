@@ -144,6 +144,54 @@ def _resolve_member(entry: dict, run_dir: Path, who: str) -> Path:
     raise ModelError(f"{run_dir}: the {who} model is missing (looked for {', '.join(map(str, cands)) or 'nothing'})")
 
 
+def _read_card(run_dir: Path) -> dict:
+    try:
+        card = json.loads((run_dir / CARD).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{run_dir} is not a robcli run directory (no {CARD})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{run_dir / CARD} is corrupt (not JSON)") from None
+    if not isinstance(card, dict) or card.get("arch") != ARCH or not isinstance(card.get("mixnet"), dict):
+        raise ModelError(f"{run_dir} is not a mixture run directory (card arch is not {ARCH!r})")
+    return card
+
+
+def fixed_mixture_spec(run_dir: str | Path, *, verify: bool = True) -> dict:
+    """What certifying a fixed-alpha mixture run needs, from its card: ``alpha`` (the exact float),
+    ``scale_h``, ``mix_space`` and ``robust`` (the resolved path of the robust member h, its weight files'
+    sha256 checked against the card when ``verify``).
+
+    Raises:
+        ModelError: not a mixture run, an adaptive (mixing-network) mixture, a logit-space mixture (the
+            certificates are for probability mixing), or a missing / modified robust member.
+    """
+    from robcli.models.io import load_model
+    from robcli.utils.hashing import sha256_file
+
+    run_dir = Path(run_dir)
+    card = _read_card(run_dir)
+    mix = card["mixnet"]
+    if mix.get("alpha") is None:
+        raise ModelError(f"{run_dir} is an adaptive mixture (mixing network); certified radii need a fixed alpha "
+                         "(export one with mix build)")
+    if mix.get("mix_space", "prob") != "prob":
+        raise ModelError(f"{run_dir} mixes logits (--mix-space {mix.get('mix_space')}); the certificates hold for "
+                         "probability mixing only")
+    entry = (mix.get("members") or {}).get("robust")
+    if not isinstance(entry, dict):
+        raise ModelError(f"{run_dir / CARD} lacks the robust member")
+    path = _resolve_member(entry, run_dir, "robust")
+    if verify:
+        want = entry.get("files") or {}
+        lm = load_model(path)
+        for f in lm.files:
+            if Path(f).name in want and want[Path(f).name] != sha256_file(f):
+                raise ModelError(f"{run_dir}: the robust model file {f} changed since the mixture was saved "
+                                 "(sha256 mismatch); re-export the mixture")
+    return {"alpha": check_alpha(float(mix["alpha"])), "scale_h": float(mix.get("scale_h", 1.0)),
+            "mix_space": mix.get("mix_space", "prob"), "robust": str(path)}
+
+
 def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: bool = True,
                 alpha_range: tuple[float, float] | None = None):
     """Load a mixture run directory as a ``robcli.models.io.LoadedModel`` whose model is a ``MixedClassifier``.
@@ -164,14 +212,7 @@ def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: 
     from robcli.utils.hashing import sha256_file
 
     run_dir = Path(run_dir)
-    try:
-        card = json.loads((run_dir / CARD).read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{run_dir} is not a robcli run directory (no {CARD})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"{run_dir / CARD} is corrupt (not JSON)") from None
-    if not isinstance(card, dict) or card.get("arch") != ARCH or not isinstance(card.get("mixnet"), dict):
-        raise ModelError(f"{run_dir} is not a mixture run directory (card arch is not {ARCH!r})")
+    card = _read_card(run_dir)
     mix = card["mixnet"]
     if alpha_range is not None:
         alpha_range = check_alpha_range(*alpha_range)
@@ -227,4 +268,4 @@ def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: 
     return lm
 
 
-__all__ = ["build_mixture", "save_mixture", "load_mixnet", "load_members", "is_mixnet_dir"]
+__all__ = ["build_mixture", "save_mixture", "load_mixnet", "load_members", "is_mixnet_dir", "fixed_mixture_spec"]
