@@ -77,10 +77,13 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
     run = tmp_path / "adaptive"
     res = cli("mix", "train", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
               "--out", run, "--epochs", "1", "--n-ex", "128", "--attack-steps", "2", "--alpha-min", "0.3",
-              "--alpha-max", "0.9", "--ema", "0.8", "-q")
+              "--alpha-max", "0.9", "--ema", "0.8", "--blocks", "2", "--eps-low", "0.5", "--alpha-weight", "0.3", "-q")
     assert res.exit_code == 0, res.output
     card = json.loads((run / "card.json").read_text())
     assert card["mixnet"]["alpha"] is None and card["mixnet"]["alpha_range"] == [0.3, 0.9]
+    cfg = card["training"]["config"]
+    assert cfg["blocks"] == 2 and cfg["eps_low"] == 0.5 and cfg["alpha_weight"] == 0.3
+    assert card["mixnet"]["alpha_net"]["blocks"] == 2
     assert card["training"]["config"]["c_bce"] == 1.5 and len(card["training"]["log"]) == 1
     out = tmp_path / "d.parquet"
     res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-iter", "5",
@@ -171,6 +174,11 @@ def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, mem
     (["train", "--alpha-min", "0.9", "--alpha-max", "0.2"], ["alpha_min 0.9 > alpha_max 0.2"]),
     (["train", "--layers-g", "net.nope,net.features.6"], ["no layer 'net.nope'", "available layers"]),
     (["sweep", "--alpha", "-0.2"], ["[0, 1]"]),
+    (["train", "--eps-low", "1.5"], ["--eps-low 1.5", "[0, 1]"]),
+    (["train", "--eps-low", "nan"], ["--eps-low", "[0, 1]"]),
+    (["train", "--alpha-weight", "-0.5"], ["--alpha-weight -0.5", ">= 0"]),
+    (["train", "--alpha-weight", "inf"], ["--alpha-weight", ">= 0"]),
+    (["train", "--blocks", "0"], ["--blocks", ">= 1"]),
 ])
 def test_bad_input_one_line_nothing_written(cli, members, tmp_path, args, words):
     out = tmp_path / "out"

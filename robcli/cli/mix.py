@@ -165,6 +165,9 @@ def train_cmd(
     layers_g: Annotated[Optional[str], typer.Option("--layers-g", help="shallow,middle layer names of g (default per architecture).")] = None,
     layers_h: Annotated[Optional[str], typer.Option("--layers-h", help="shallow,middle layer names of h.")] = None,
     width: Annotated[int, typer.Option("--width", help="Mixing network width.")] = 16,
+    blocks: Annotated[int, typer.Option("--blocks", help="ResNet blocks in the mixing network's trunk.")] = 1,
+    eps_low: Annotated[float, typer.Option("--eps-low", help="Training radii are drawn from U(eps_low*eps, eps), eps_low in [0, 1].")] = 0.25,
+    alpha_weight: Annotated[float, typer.Option("--alpha-weight", help="Max weight of the training attack's log(1-alpha) term (drawn from U(0, w) per batch; B, C).")] = 1.0,
     sigmoid_scale: Annotated[float, typer.Option("--sigmoid-scale", help="Scale of the sigmoid input (App. C.2).")] = 2.0,
     norm: NormOpt = "Linf",
     mix_space: MixSpaceOpt = "prob",
@@ -193,16 +196,16 @@ def train_cmd(
     check_scale(scale_g, "--scale-g")
     check_scale(scale_h, "--scale-h")
     lay_g, lay_h = _layers(layers_g), _layers(layers_h)
-    cfg = MixnetConfig(eps=e, norm=nrm, steps=attack_steps, setting=train_attack.upper(), c_ce=c_ce, c_bce=c_bce,
-                       c_prod=c_prod, epochs=epochs, batch=batch, lr=lr, ema=ema, width=width,
-                       sigmoid_scale=sigmoid_scale, seed=seed)
+    cfg = MixnetConfig(eps=e, norm=nrm, steps=attack_steps, eps_low=eps_low, setting=train_attack.upper(),
+                       alpha_weight=alpha_weight, c_ce=c_ce, c_bce=c_bce, c_prod=c_prod, epochs=epochs, batch=batch,
+                       lr=lr, ema=ema, width=width, blocks=blocks, sigmoid_scale=sigmoid_scale, seed=seed)
     check_out(out, force)
     dev = resolve_device(device)
     data = _data(dataset, split, data_dir, n_ex, skip, core)
     lg, lh = load_members(core, robust, dataset_info=data.info, device=dev)
     m = build_mixture(lg, lh, alpha=None, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
                       alpha_range=None if rng == (0.0, 1.0) else rng, layers_g=lay_g, layers_h=lay_h, width=width,
-                      sigmoid_scale=sigmoid_scale, device=dev, seed=seed)
+                      blocks=blocks, sigmoid_scale=sigmoid_scale, device=dev, seed=seed)
     x, y = data.tensors()
 
     def show(epoch, row):

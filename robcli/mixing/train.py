@@ -84,12 +84,12 @@ class MixnetConfig:
             raise UsageError("mixing-network training needs --eps > 0 (attacked inputs are half of its data)")
         if self.steps < 1:
             raise UsageError("--attack-steps must be >= 1")
-        if not (0.0 <= self.eps_low <= 1.0):
-            raise UsageError("eps_low must lie in [0, 1]")
+        if not (0.0 <= self.eps_low <= 1.0):  # also refuses NaN
+            raise UsageError(f"--eps-low {self.eps_low!r} must lie in [0, 1] (radii are drawn from U(eps_low*eps, eps))")
         for n in ("c_ce", "c_bce", "c_prod", "alpha_weight", "weight_decay"):
             v = getattr(self, n)
             if not (math.isfinite(v) and v >= 0):
-                raise UsageError(f"{n} must be a finite number >= 0")
+                raise UsageError(f"--{n.replace('_', '-')} {v!r} must be a finite number >= 0")
         if self.c_ce == self.c_bce == self.c_prod == 0:
             raise UsageError("the composite loss constants c_CE, c_BCE, c_prod are all 0")
         if self.epochs < 1 or self.batch < 2:
@@ -98,8 +98,8 @@ class MixnetConfig:
             raise UsageError("--lr must be > 0")
         if self.ema is not None and not (0.0 < self.ema < 1.0):
             raise UsageError("--ema decay must lie in (0, 1)")
-        if self.width < 1 or self.blocks < 1 or not (self.sigmoid_scale > 0):
-            raise UsageError("width and blocks must be >= 1 and sigmoid_scale > 0")
+        if self.width < 1 or self.blocks < 1 or not (math.isfinite(self.sigmoid_scale) and self.sigmoid_scale > 0):
+            raise UsageError("--width and --blocks must be >= 1 and --sigmoid-scale a finite number > 0")
 
     def as_dict(self) -> dict:
         return asdict(self)
