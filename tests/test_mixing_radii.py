@@ -207,18 +207,43 @@ class Logistic(torch.nn.Module):
         super().__init__()
         self.w, self.b = torch.tensor(w), float(b)
 
+    def double(self):
+        self.w = self.w.double()
+        return self
+
     def forward(self, x):
-        z = x @ self.w + self.b
+        z = x @ self.w.to(x.dtype) + self.b
         return torch.stack([torch.zeros_like(z), z], 1)
 
 
 def test_given_lipschitz_mixture_radius():
-    h = Logistic([2.0, -1.0], 0.3)
-    x = torch.tensor([[0.5, 0.2], [0.1, 0.9]])
-    cert = certify_lipschitz_mixture(h, x, alpha=0.9, lip=0.5)
-    p = torch.softmax(h(x), 1).double().numpy()
-    assert np.allclose(cert.radius, lipschitz_radius(p, 0.9, 0.5))
-    assert (cert.predict[cert.radius > 0] == p.argmax(1)[cert.radius > 0]).all()
+    """Thm 1 with h's TRUE l2 constant, checked against the worst case: g one-hot on the competitor and x moved
+    along the direction that lowers h's margin fastest. The certificate holds at 0.999 r; where the slope of
+    h is close to its maximum along that path (s = w.x + b near 0) the bound is nearly tight, so the mixture's
+    prediction flips a little beyond r."""
+    w, b, alpha = [2.0, -1.0], 0.3, 0.9
+    h = Logistic(w, b).double()
+    wt = torch.tensor(w, dtype=torch.float64)
+    lip = math.sqrt(5) / 4  # |d sigmoid(w.x + b) / dx|_2 <= sigma'(0) |w|_2 = sqrt(5)/4 for both probabilities
+    # s = 1.1 (confident, the bound is loose), s = 0.5 and s = -0.4 (near 0: nearly tight)
+    x = torch.tensor([[0.5, 0.2], [0.1, 0.1], [0.1, 0.9]], dtype=torch.float64)
+    cert = certify_lipschitz_mixture(h, x, alpha=alpha, lip=lip)
+    p = torch.softmax(h(x), 1).numpy()
+    y = p.argmax(1)
+    assert np.allclose(cert.radius, lipschitz_radius(p, alpha, lip)) and (cert.radius > 0).all()
+    assert (cert.predict == y).all()
+
+    def worst_case_prediction(factor):
+        # unit direction lowering p_y fastest: -w/|w| for y = 1, +w/|w| for y = 0
+        sign = torch.tensor(np.where(y == 1, -1.0, 1.0), dtype=torch.float64)[:, None]
+        xs = x + factor * torch.tensor(cert.radius)[:, None] * sign * wt / wt.norm()
+        comp = torch.nn.functional.one_hot(torch.tensor(1 - y), 2).double()  # g votes for the competitor
+        q = (1 - alpha) * comp + alpha * torch.softmax(h(xs), 1)
+        return q.argmax(1).numpy()
+
+    assert (worst_case_prediction(0.999) == y).all()
+    beyond = worst_case_prediction(1.1)
+    assert (beyond[1:] != y[1:]).all()  # the two nearly tight examples flip 10 % beyond the radius
 
 
 def test_local_lipschitz_estimate_matches_closed_form_on_logistic_model():
