@@ -263,3 +263,30 @@ def test_local_lipschitz_estimate_matches_closed_form_on_logistic_model():
     cert = certify_local_estimate(h, x, alpha=0.95, eps=eps, generator=torch.Generator().manual_seed(0))
     assert cert.estimate and cert.kind.startswith("lipschitz-local-estimate")
     assert cert.radius[0] in (0.0, eps)
+
+
+def test_local_lipschitz_estimate_keeps_the_largest_change_over_the_pgd_iterates(monkeypatch):
+    """PGD's last iterate can be worse than an earlier one (a step past the maximum): the estimate must keep
+    the largest change seen, not the last."""
+    import importlib
+
+    P = importlib.import_module("robcli.attacks.pgd")  # the module (robcli.attacks re-exports the function)
+
+    w, b, eps = [2.0, -1.0], 0.3, 0.05
+    h = Logistic(w, b)
+    x = torch.tensor([[0.5, 0.5]])  # s = 0.8: class 1
+    down = torch.tensor([[-eps, eps]])  # lowers s by 3 eps: the worst point for p_1 (and best for p_0)
+
+    def fake_pgd(model, x, objective, *, eps, norm, steps, generator=None, **kw):
+        for d in (0.2 * down, down, 0.3 * down):  # the best point is visited, then left
+            xa = x + d
+            objective(model(xa), xa)
+        return (x + 0.3 * down).detach()
+
+    monkeypatch.setattr(P, "pgd", fake_pgd)
+    _, y, lip = estimate_local_lipschitz(h, x, eps=eps, norm="Linf", steps=3)
+    sig = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    s = 0.8
+    assert y[0] == 1
+    assert lip[0, 1] == pytest.approx((sig(s) - sig(s - 3 * eps)) / eps, rel=1e-5)  # not the 0.3 * down change
+    assert lip[0, 0] == pytest.approx((sig(s) - sig(s - 3 * eps)) / eps, rel=1e-5)

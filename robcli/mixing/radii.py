@@ -244,8 +244,10 @@ def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float,
 
     For the predicted class y, PGD maximizes the DECREASE h_y(x) - h_y(x + delta); for every other class i the
     INCREASE h_i(x + delta) - h_i(x) (classes decoupled, as in the paper). Each maximum over eps is the
-    class's local constant. Returns (probs (B, K), y (B,), lip (B, K)). A lower estimate of the true constants
-    (PGD may miss the maximum): radii from it are ESTIMATES, not certificates.
+    class's local constant, taken over EVERY point PGD visits (random start, each iterate, the last one), not
+    only its last iterate (sign-gradient steps can step past the maximum). Returns (probs (B, K), y (B,),
+    lip (B, K)). A lower estimate of the true constants (PGD may miss the maximum): radii from it are
+    ESTIMATES, not certificates.
     """
     from robcli.attacks.pgd import pgd
 
@@ -258,15 +260,18 @@ def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float,
     lip = torch.zeros(B, K, dtype=torch.float64)
     for c in range(K):
         cls = torch.full((B,), c, dtype=torch.long, device=x.device)
-        sign = torch.where(cls == y, -1.0, 1.0).to(x.dtype)
+        sign = torch.where(cls == y, -1.0, 1.0).to(p0.dtype)
+        best = [torch.full((B,), -math.inf, dtype=p0.dtype, device=p0.device)]  # max of sign * p_c seen so far
 
-        def obj(logits, _xa, cls=cls, sign=sign):
-            return sign * torch.softmax(scale_h * logits, 1).gather(1, cls[:, None]).squeeze(1)
+        def obj(logits, _xa, cls=cls, sign=sign, best=best):
+            val = sign * torch.softmax(scale_h * logits, 1).gather(1, cls[:, None]).squeeze(1)
+            best[0] = torch.maximum(best[0], val.detach())  # every point PGD evaluates lies in the ball
+            return val
 
         xa = pgd(h, x, obj, eps=eps, norm=norm, steps=steps, generator=generator)
         with torch.no_grad():
-            pc = torch.softmax(scale_h * h(xa), 1)[:, c]
-            change = sign * (pc - p0[:, c])
+            last = sign * torch.softmax(scale_h * h(xa), 1)[:, c]
+            change = torch.maximum(best[0], last) - sign * p0[:, c]
         lip[:, c] = (change.clamp_min(0) / eps).double().cpu()
     return p0.double().cpu().numpy(), y.cpu().numpy(), lip.numpy()
 
