@@ -542,6 +542,28 @@ def test_alpha_sweep_endpoints_match_the_members(pair):
         alpha_sweep(g, h, x, y, [0.5, 2.0], eps=0.1)
 
 
+def test_alpha_sweep_std_rob_attacks_target_the_scaled_members(pair, monkeypatch):
+    import robcli.mixing.sweep as S
+
+    g, h, x, y = pair
+    x, y = x[:8], y[:8]
+    seen = []
+    real = S.pgd_mix
+
+    def recording_pgd_mix(model, xs, ys, **kw):
+        with torch.no_grad():
+            seen.append(model(xs))
+        return real(model, xs, ys, **kw)
+
+    monkeypatch.setattr(S, "pgd_mix", recording_pgd_mix)
+    S.alpha_sweep(g, h, x, y, [0.5], eps=0.1, steps=2, scale_g=3.0, scale_h=0.5, attacks=("std", "rob"))
+    with torch.no_grad():
+        assert torch.allclose(seen[0], 3.0 * g(x), atol=1e-6)  # STD attacks s_g * g
+        assert torch.allclose(seen[1], 0.5 * h(x), atol=1e-6)  # ROB attacks s_h * h
+    with pytest.raises(UsageError, match="scale_g"):
+        S.alpha_sweep(g, h, x, y, [0.5], eps=0.1, scale_g=0.0)
+
+
 def test_registered_mixnet_loss_trains_only_the_alpha_network():
     import robcli.losses.mixnet  # noqa: F401  (registers "mixnet")
     from robcli.losses import LOSSES, LossConfig

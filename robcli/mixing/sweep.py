@@ -1,8 +1,10 @@
 """Fixed-alpha sweep (002 Sec. IV-A, Fig. 2; 004 Sec. 5.1.1, Fig. 4): natural and attacked accuracy of h^alpha
 over a grid of alpha, under PGD attacks that target g (STD), h (ROB) and the mixture itself (MIX).
 
-STD and ROB adversarial inputs do not depend on alpha and are computed once ("transfer" attacks); the MIX
-attack is recomputed for every alpha (end-to-end gradient of h^alpha). ``robust_acc`` counts an example only
+STD and ROB adversarial inputs do not depend on alpha and are computed once ("transfer" attacks) on the
+members as the mixture sees them, i.e. on the scaled logits s_g * g and s_h * h (App. D.1's logit scales
+change the softmax temperature and hence the CE gradient); the MIX attack is recomputed for every alpha
+(end-to-end gradient of h^alpha). ``robust_acc`` counts an example only
 when the mixture is correct under all three attacks (the worst case over the attacks run).
 """
 
@@ -12,7 +14,22 @@ import torch
 
 from robcli.errors import UsageError
 from robcli.mixing.attacks import pgd_mix
-from robcli.mixing.mixed import MixedClassifier, check_alpha
+from robcli.mixing.mixed import MixedClassifier, check_alpha, check_scale
+
+
+class _Scaled(torch.nn.Module):
+    """``scale * model(x)``: a member's logits as the mixture uses them."""
+
+    def __init__(self, model: torch.nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.model(x)
+
+
+def _scaled(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    return model if scale == 1.0 else _Scaled(model, scale)
 
 
 def _attack(model, x, y, *, eps, norm, steps, batch):
@@ -37,6 +54,7 @@ def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torc
     import pandas as pd
 
     grid = [check_alpha(a) for a in alphas]
+    scale_g, scale_h = check_scale(scale_g, "scale_g"), check_scale(scale_h, "scale_h")
     if not grid:
         raise UsageError("give at least one alpha for the sweep")
     bad = set(attacks) - {"std", "rob", "mix"}
@@ -46,9 +64,9 @@ def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torc
     h.eval()
     adv = {}
     if "std" in attacks:
-        adv["std"] = _attack(g, x, y, eps=eps, norm=norm, steps=steps, batch=batch)
+        adv["std"] = _attack(_scaled(g, scale_g), x, y, eps=eps, norm=norm, steps=steps, batch=batch)
     if "rob" in attacks:
-        adv["rob"] = _attack(h, x, y, eps=eps, norm=norm, steps=steps, batch=batch)
+        adv["rob"] = _attack(_scaled(h, scale_h), x, y, eps=eps, norm=norm, steps=steps, batch=batch)
     rows = []
     for a in grid:
         m = MixedClassifier(g, h, a, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h).eval()
