@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from robcli.errors import TableError
+from robcli.errors import TableError, UsageError
 from robcli.tables.schema import FRACTIONS, NULLABLE, PARTITION_SPLITS, SCHEMA_VERSION, SCHEMAS
 from robcli.utils.fsio import atomic_target
 
@@ -260,13 +260,12 @@ def device_type(t: Table) -> str | None:
 
 
 def _parse_shard(text, where: str) -> tuple[int, int]:
+    from robcli.utils.parse import parse_shard
+
     try:
-        i, k = (int(x) for x in str(text).split("/"))
-    except (ValueError, TypeError):
-        raise TableError(f"{where} records shard {text!r}, not of the form I/K") from None
-    if k < 1 or not 0 <= i < k:
-        raise TableError(f"{where} records shard {text!r}; need 0 <= I < K")
-    return i, k
+        return parse_shard(str(text))
+    except UsageError:
+        raise TableError(f"{where} records shard {text!r}, not of the form I/K with 0 <= I < K") from None
 
 
 def _check_shards_complete(path: Path, parts: list[Table]) -> None:
