@@ -274,6 +274,14 @@ def apgd_suite(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     return x_out
 
 
+def _aa_seed_device(generator: torch.Generator | None, device, x: torch.Tensor) -> tuple[int, str]:
+    """pyautoattack's seed (drawn from ``generator``, on the generator's own device) and its device string."""
+    seed = 0
+    if generator is not None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
+    return seed, str(device if device is not None else x.device)
+
+
 def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                version: str = "standard", attacks: list[str] | None = None, batch: int = 500,
                generator: torch.Generator | None = None, device=None, n_restarts: int | None = None,
@@ -286,8 +294,7 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     """
     from pyautoattack import AutoAttack
 
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()) if generator is not None else 0
-    dev = str(device if device is not None else x.device)
+    seed, dev = _aa_seed_device(generator, device, x)
     if attacks is not None:
         version = "custom"
     adversary = AutoAttack(model, norm=norm, eps=eps, version=version, attacks=attacks, device=dev, seed=seed)
@@ -315,8 +322,7 @@ def fab_square(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     ``n_queries`` queries, 1 restart). Runs only on the examples ``model`` still classifies as ``y``."""
     from pyautoattack import AutoAttack
 
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()) if generator is not None else 0
-    dev = str(device if device is not None else x.device)
+    seed, dev = _aa_seed_device(generator, device, x)
     adversary = AutoAttack(model, norm=norm, eps=eps, version="custom", attacks=["fab-t", "square"], device=dev,
                            seed=seed)
     adversary.verbose = False
