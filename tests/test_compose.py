@@ -403,3 +403,21 @@ def test_composite_indicator_extremes_and_determinism(tmp_path, inner):
         assert torch.equal(h(x), out)
     with pytest.raises(Exception, match="eps > 0"):
         CompositeModel([rm], cm, selector="robustness-indicator", eps=0.0)
+
+
+def test_indicator_composite_runs_under_inference_mode():
+    """certify runs its forwards under torch.inference_mode; the composite's inner attack needs autograd."""
+    import torch
+    import torch.nn as nn
+
+    from robcli.compose.export import CompositeModel
+
+    torch.manual_seed(0)
+    robust = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    core = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = CompositeModel([robust], core, selector="robustness-indicator", eps=0.05).eval()
+    x = torch.rand(64, 2)
+    expected = model(x)
+    with torch.inference_mode():
+        got = model(x.clone())
+    assert torch.equal(expected, got)

@@ -88,6 +88,9 @@ class CompositeModel(nn.Module):
         from robcli.attacks.pgd import margin, pgd
         from robcli.utils.seeding import make_generator
 
+        if torch.is_inference_mode_enabled():  # e.g. certify: the inner attack needs autograd, so leave it here
+            with torch.inference_mode(False):
+                return self.robust_at(model, x.clone())
         xd = x.detach()
         with torch.no_grad():
             y = model(xd).argmax(1)
@@ -99,7 +102,8 @@ class CompositeModel(nn.Module):
             with torch.no_grad():
                 return model(xa).argmax(1) == y
 
-        def objective(logits, _x):
+        def objective(logits, _x):  # every iterate PGD visits counts, not only its last one
+            robust.logical_and_(logits.detach().argmax(1) == y)
             return -margin(logits, y)
 
         for r in range(self.inner_restarts):
