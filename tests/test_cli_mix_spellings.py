@@ -129,6 +129,10 @@ def test_finetune_loss_mixnet_then_attack_setting(cli, models, tmp_path):
             _one_line_error(cli(*cmd, "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", *bad,
                                 "--out", e), *words)
             assert not e.exists()
+    e = tmp_path / "e.parquet"
+    _one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--n-queries", "10",
+                        "--out", e), "--n-queries apply only to --setting D")
+    assert not e.exists()
 
 
 def test_registered_losses_include_mixnet_and_the_generic_ones():

@@ -117,6 +117,9 @@ def attack(
     if setting is None and any(v is not None for v in mix_only.values()):
         given = [f for f, v in mix_only.items() if v is not None]
         raise UsageError(f"{', '.join(given)} apply only with --setting (mixture attacks)")
+    d_only = [f for f in ("--alpha-weight", "--n-targets", "--n-queries") if mix_only[f] is not None]
+    if setting is not None and setting.upper() != "D" and d_only:
+        raise UsageError(f"{', '.join(d_only)} apply only to --setting D (the adaptive AutoAttack)")
     if setting is not None:
         generic = {"--attack": attack_ != "apgd-ce", "--restarts": restarts is not None, "--version": version != "standard",
                    "--aa-attacks": aa_attacks is not None, "--objective": objective != "margin",
