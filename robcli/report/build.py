@@ -121,17 +121,14 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                 g = t.df[t.df["sigma"] == sg]
                 row = {"model": _model_label(t), "dataset": ds, "sigma": float(sg), "n": len(g)}
                 srow = dict(row)
-                ok_pred = (g["predict"] != -1).to_numpy()
-                right = (g["predict"] == g["label"]).to_numpy() & ok_pred
-                rad = g["radius"].to_numpy(float)
                 for r in radii:
                     v = certify_view(t, r, sigma=float(sg))
                     s = summarize(v)
                     row[f"acc@{r:g}"] = s["robust_acc"]
                     row[f"inacc@{r:g}"] = s["robust_inaccuracy"]
-                    sel = ok_pred & (rad >= r)
+                    sel = v.df["robust"]  # not abstained and certified radius >= r: the selector selects
                     srow[f"sel@{r:g}"] = float(sel.mean()) if len(g) else float("nan")
-                    srow[f"selacc@{r:g}"] = float(right[sel].mean()) if sel.any() else float("nan")
+                    srow[f"selacc@{r:g}"] = float(v.df["correct"][sel].mean()) if sel.any() else float("nan")
                 cert.append(row)
                 cert_sel.append(srow)
         elif t.kind == "train_log":

@@ -241,11 +241,14 @@ def _read_one(path: Path) -> Table:
 # config keys that may differ between shards of one table (and between a run and its resume): they do not
 # change the results (``batch`` only regroups the same per-example noise; ``compile`` only speeds up the model).
 # The device type is compared separately (device_type), with its own message.
-SHARD_FREE_KEYS = ("shard", "out", "resume", "force", "quiet", "batch", "compile", "device_type")
+# Only certify draws its noise per example; elsewhere (attack) ``batch`` is part of the seeding and must agree.
+SHARD_FREE_KEYS = ("shard", "out", "resume", "force", "quiet", "device_type")
+CERTIFY_SHARD_FREE_KEYS = SHARD_FREE_KEYS + ("batch", "compile")
 
 
-def _base_config(cfg: dict | None) -> dict:
-    return {k: v for k, v in (cfg or {}).items() if k not in SHARD_FREE_KEYS}
+def _base_config(cfg: dict | None, kind: str | None = None) -> dict:
+    free = CERTIFY_SHARD_FREE_KEYS if kind == "certify" else SHARD_FREE_KEYS
+    return {k: v for k, v in (cfg or {}).items() if k not in free}
 
 
 def device_type(t: Table) -> str | None:
@@ -325,10 +328,10 @@ def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> T
             names = ", ".join(f"{Path(k).name}: {v}" for k, v in types.items() if v)
             raise TableError(f"shards in {path} ran on different device types ({names}); CPU and CUDA noise "
                              "streams differ, so they are not shards of one table")
-        base = _base_config(parts[0].config)
+        base = _base_config(parts[0].config, parts[0].kind)
         models0 = [m.get("sha256") for m in parts[0].meta.get("models") or [] if isinstance(m, dict)]
         for p in parts[1:]:
-            if _base_config(p.config) != base:
+            if _base_config(p.config, p.kind) != base:
                 raise TableError(f"shards in {path} were made with different configurations ({Path(p.path).name})")
             if [m.get("sha256") for m in p.meta.get("models") or [] if isinstance(m, dict)] != models0:
                 raise TableError(f"shards in {path} were made with different model files ({Path(p.path).name})")
