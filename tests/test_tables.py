@@ -64,6 +64,7 @@ def test_round_trip_with_metadata(tmp_path):
     import torch
 
     assert m["torch_version"] == torch.__version__ and m["table"] == "attack"
+    assert m["threads"] == str(torch.get_num_threads())
     # the metadata is plain Parquet schema metadata, readable by any tool
     raw = pq.read_schema(out).metadata
     assert raw[b"robcli.table"] == b"attack" and json.loads(raw[b"robcli.config"]) == cfg

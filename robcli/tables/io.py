@@ -2,7 +2,8 @@
 
 Metadata keys (all strings, in the Arrow schema metadata):
 ``robcli.table``, ``robcli.schema_version``, ``robcli.version``, ``robcli.config`` (JSON),
-``robcli.seed``, ``robcli.device``, ``robcli.torch_version``, ``robcli.models`` (JSON list of
+``robcli.seed``, ``robcli.device``, ``robcli.torch_version``, ``robcli.threads`` (torch CPU threads),
+``robcli.models`` (JSON list of
 ``{"path", "sha256"}``), ``robcli.data`` (JSON data fingerprint), ``robcli.command`` (JSON argv),
 ``robcli.created`` (UTC ISO time).
 """
@@ -63,8 +64,9 @@ def provenance(
         import torch
 
         torch_version = torch.__version__
+        threads = torch.get_num_threads()  # CPU float reductions (and so results) can depend on it
     except ImportError:  # pragma: no cover
-        torch_version = "none"
+        torch_version, threads = "none", None
     model_entries = []
     for m in models or []:
         p = Path(m)
@@ -81,6 +83,7 @@ def provenance(
         "seed": seed,
         "device": str(device) if device is not None else None,
         "torch_version": torch_version,
+        "threads": threads,
         "models": model_entries,
         "data": data or {},
         "command": command,
@@ -176,6 +179,7 @@ def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, 
         "seed": json.dumps(prov.get("seed")),
         "device": "" if prov.get("device") is None else str(prov.get("device")),
         "torch_version": str(prov.get("torch_version")),
+        "threads": json.dumps(prov.get("threads")),
         "models": json.dumps(prov.get("models") or [], default=str),
         "data": json.dumps(prov.get("data") or {}, sort_keys=True, default=str),
         "command": json.dumps(prov.get("command")),
