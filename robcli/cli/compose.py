@@ -244,8 +244,7 @@ def compose(
     names = [v.model for v in views_eps]
     confs: list[tuple[np.ndarray, np.ndarray]] = []
     if sel == "sr":
-        confs = _confidences(rob_ts, views_eps, robust, robust_model, e_check if sel == "sr" else e, steps, device, seed,
-                             data_dir, dataset, need_min=sel == "sr")
+        confs = _confidences(rob_ts, views_eps, robust, robust_model, e_check, steps, device, seed, data_dir, dataset)
     if sel == "ri":
         members = [ri_member(v, vc, name) for v, vc, name in zip(views_eps, views_chk, names)]
         m, _ = evaluate_composition(members, core_v)
@@ -386,7 +385,7 @@ def _check_run_matches_table(run: str, table) -> None:
                          "give the run dirs in the same order as the tables")
 
 
-def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, dataset, need_min):
+def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, dataset):
     """Per robust model: (clean max-softmax, lowest max-softmax on B_{e2}) from table columns or the model."""
     import numpy as np
 
@@ -419,7 +418,7 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
             x, _, info = load_view_examples(v, data_dir, dataset)
             lm = load_model(runs[i], dataset_info=info)
             dev = resolve_device(device)
-            c2, m2 = softmax_confidences(lm.model, x, eps=e2, norm=v.norm, steps=steps if need_min else 0, seed=seed, device=dev)
+            c2, m2 = softmax_confidences(lm.model, x, eps=e2, norm=v.norm, steps=steps, seed=seed, device=dev)
             cc = c2 if cc is None else cc
             mc = m2 if mc is None else np.minimum(mc, m2)
         if cc is None:

@@ -148,6 +148,8 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
     dim = math.prod(data.info.input_shape)
     if grid is None:
         grid = dim <= MAX_DIM
+    if grid and dim not in VAL_GRID_POINTS:
+        raise ValueError(f"the validation grid covers inputs of dimension <= {MAX_DIM}, not {dim}")
     if noisy is None:
         noisy = cfg.loss in NOISY_LOSSES
     nat = rob_acc = rob_inacc = noisy_hits = 0
@@ -313,7 +315,7 @@ def finetune(
     val_attack = "none (eps 0)" if cfg.eps <= 0 else (
         f"pgd {cfg.eval_steps} steps x {cfg.eval_restarts} restarts"
         + (f" + grid {VAL_GRID_POINTS[math.prod(info.input_shape)]} per axis"
-           if math.prod(info.input_shape) <= 3 else ""))
+           if math.prod(info.input_shape) in VAL_GRID_POINTS else ""))
 
     def card(best_epoch: int, collapsed: bool, reason: str = "") -> dict:
         return make_card(
