@@ -148,20 +148,18 @@ def test_fast_alpha_path_matches_the_plain_module_composition(arch, spec):
                     mod.weight.uniform_(0.5, 1.5)
                     mod.bias.uniform_(-0.3, 0.3)
     x, _ = xs(spec, n=8)
-    for mode in (False, True):
-        net.train(mode)
+    def logits_and_input_grad(logit_fn):
         xr = x.clone().requires_grad_(True)
         m.g(xr)
         m.h(xr)
-        feats = m._taps_g.pop() + m._taps_h.pop()
-        fast = net.logit(feats)
-        (gf,) = torch.autograd.grad(fast.square().sum(), xr)
-        xr2 = x.clone().requires_grad_(True)
-        m.g(xr2)
-        m.h(xr2)
-        feats = m._taps_g.pop() + m._taps_h.pop()
-        ref = net.logit_reference(feats)
-        (gr,) = torch.autograd.grad(ref.square().sum(), xr2)
+        out = logit_fn(m._taps_g.pop() + m._taps_h.pop())
+        (grad,) = torch.autograd.grad(out.square().sum(), xr)
+        return out, grad
+
+    for mode in (False, True):
+        net.train(mode)
+        fast, gf = logits_and_input_grad(net.logit)
+        ref, gr = logits_and_input_grad(net.logit_reference)
         assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-5), mode
         assert torch.allclose(gf, gr, rtol=1e-4, atol=1e-5), mode
         assert gf.is_contiguous()
