@@ -225,8 +225,8 @@ class AlphaNet(nn.Module):
         z = self.trunk(torch.cat([s, m], 1))
         z = z.mean((2, 3))
         if _can_fold(self.out_bn):
-            r = torch.rsqrt(self.out_bn.running_var + self.out_bn.eps)
-            return F.linear(z, self.fc.weight * r, (self.fc.bias - self.out_bn.running_mean) * r).squeeze(1)
+            s, b = _bn_fold(self.out_bn)
+            return F.linear(z, self.fc.weight * s[:, None], self.fc.bias * s + b).squeeze(1)
         return self.out_bn(self.fc(z)).squeeze(1)
 
     def logit_reference(self, feats: list[torch.Tensor]) -> torch.Tensor:
