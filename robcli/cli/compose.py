@@ -203,8 +203,10 @@ def compose(
         if sel == "ri" and exp_taus:
             raise UsageError("--export-threshold belongs to softmax-response exports (--selector sr); a robustness-indicator "
                              "export runs an inner attack (--export-inner-attack/--export-inner-steps)")
-        if export_inner_attack not in ("pgd", "apgd-ce"):
-            raise UsageError(f"--export-inner-attack {export_inner_attack!r}: choose pgd or apgd-ce")
+        from robcli.compose.export import INNER_ATTACKS
+
+        if export_inner_attack not in INNER_ATTACKS:
+            raise UsageError(f"--export-inner-attack {export_inner_attack!r}: choose {' or '.join(INNER_ATTACKS)}")
         if export_inner_steps < 1 or export_inner_restarts < 1:
             raise UsageError("--export-inner-steps and --export-inner-restarts must be >= 1")
         if sel == "sr" and not exp_taus and len(taus) != 1:
@@ -286,7 +288,7 @@ def compose(
         else:
             kw = {"selector": "robustness-indicator", "eps": e, "norm": core_v.norm, "inner_attack": export_inner_attack,
                   "inner_steps": export_inner_steps, "inner_restarts": export_inner_restarts, "seed": seed}
-        config["export_selector"] = {k: v for k, v in kw.items()}
+        config["export_selector"] = dict(kw)
         card = prepare_composite(export, list(robust_model or []), str(core_model),
                                  info={"evaluated_selector": rows[0]["selector"], "evaluated": config}, **kw)
     if out is not None:
