@@ -296,16 +296,18 @@ def run_certify(
 
 # the pandas dtype of every column, so that a table without rows (an empty shard) still has the schema's types
 # (``counts``, a list of ints per row, is stored null-typed when there are no rows)
-DTYPES = {"idx": "int64", "label": "int64", "predict": "int64", "radius": "float64", "correct": "bool",
-          "time": "float64", "sigma": "float64", "N0": "int64", "N": "int64", "alpha": "float64", "nA": "int64",
-          "pA_lower": "float64", "radius_linf": "float64", "cA": "int64", "mode": "str", "counts": "object"}
+def _dtypes() -> dict[str, str]:
+    from robcli.tables.schema import SCHEMAS
+
+    return {**SCHEMAS["certify"], "radius_linf": "float64", "cA": "int64", "mode": "str", "counts": "object"}
 
 
 def _frame(rows: list[dict]):
     import pandas as pd
 
     if not rows:  # an empty shard: a valid, typed table with no rows
-        return pd.DataFrame({c: pd.Series(dtype=DTYPES[c]) for c in COLUMNS})
+        dtypes = _dtypes()
+        return pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in COLUMNS})
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["idx", "sigma"], kind="stable").reset_index(drop=True)
 
