@@ -282,6 +282,16 @@ def _aa_seed_device(generator: torch.Generator | None, device, x: torch.Tensor) 
     return seed, str(device if device is not None else x.device)
 
 
+def _adversary(model, x: torch.Tensor, *, eps: float, norm: str, version: str, attacks, generator, device):
+    """A quiet pyautoattack AutoAttack on ``model``, seeded from ``generator``; returns (adversary, seed, device)."""
+    from pyautoattack import AutoAttack
+
+    seed, dev = _aa_seed_device(generator, device, x)
+    adversary = AutoAttack(model, norm=norm, eps=eps, version=version, attacks=attacks, device=dev, seed=seed)
+    adversary.verbose = False
+    return adversary, seed, dev
+
+
 def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                version: str = "standard", attacks: list[str] | None = None, batch: int = 500,
                generator: torch.Generator | None = None, device=None, n_restarts: int | None = None,
@@ -292,13 +302,10 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     ``n_restarts`` overrides APGD-CE's restarts (custom mode keeps 5); ``n_iter`` rebuilds both APGD parts with
     that many iterations (AutoAttack's standard is 100).
     """
-    from pyautoattack import AutoAttack
-
-    seed, dev = _aa_seed_device(generator, device, x)
     if attacks is not None:
         version = "custom"
-    adversary = AutoAttack(model, norm=norm, eps=eps, version=version, attacks=attacks, device=dev, seed=seed)
-    adversary.verbose = False
+    adversary, seed, dev = _adversary(model, x, eps=eps, norm=norm, version=version, attacks=attacks,
+                                      generator=generator, device=device)
     if n_iter is not None:  # APGD fixes its step schedule at construction: rebuild both APGD parts
         from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
@@ -320,12 +327,8 @@ def fab_square(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     """The rest of standard AutoAttack after its APGD parts: FAB-T then Square (pyautoattack's cascade, with
     AutoAttack's standard parameters: FAB-T 1 restart, ``n_targets`` targets, ``n_iter`` iterations; Square
     ``n_queries`` queries, 1 restart). Runs only on the examples ``model`` still classifies as ``y``."""
-    from pyautoattack import AutoAttack
-
-    seed, dev = _aa_seed_device(generator, device, x)
-    adversary = AutoAttack(model, norm=norm, eps=eps, version="custom", attacks=["fab-t", "square"], device=dev,
-                           seed=seed)
-    adversary.verbose = False
+    adversary, _, _ = _adversary(model, x, eps=eps, norm=norm, version="custom", attacks=["fab-t", "square"],
+                                 generator=generator, device=device)
     adversary.fab.n_restarts = 1
     adversary.fab.n_iter = int(n_iter)
     with torch.no_grad():
