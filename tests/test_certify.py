@@ -239,7 +239,7 @@ def test_points_on_the_boundary_mostly_abstain():
 
 def _digits_setup(n_ex=7):
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     data = load_split("digits", "test").select(n_ex=n_ex)
     lm = load_model("tiny_cnn", dataset_info=data.info, seed=1)
@@ -458,7 +458,7 @@ def test_cli_empty_shard_and_folder_reads_as_full_table(cli, tmp_path):
 
 @pytest.fixture
 def gaussians_run(tmp_path):
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     m = build("tiny_mlp", 3, (2,))
     return save_run(tmp_path / "g_run", m, make_card("tiny_mlp", 3, (2,), dataset="gaussians"))

@@ -150,7 +150,7 @@ def mix_members(tmp_path_factory):
     import torch.nn.functional as F
 
     from robcli.data.registry import load_split
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     d = tmp_path_factory.mktemp("mixm")
     tr = load_split("digits", "train")

@@ -224,7 +224,7 @@ def test_bad_input(cli, bad, tmp_path, args, needle):
 def _run_dir(path, seed, train=False):
     import torch
 
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     torch.manual_seed(seed)
     m = build("tiny_mlp", 3, (2,))
@@ -261,7 +261,7 @@ def _export_setup(tmp_path, n=16, train=False):
 def test_export_softmax_response_composite_routes_by_threshold(tmp_path, cli):
     import torch
 
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     sd, r, c, rrun, crun = _export_setup(tmp_path, 8)
     exp = tmp_path / "composite"
@@ -304,7 +304,7 @@ def test_export_robustness_indicator_runs_an_inner_attack(tmp_path, cli):
 
     import torch
 
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     sd, r, c, rrun, crun = _export_setup(tmp_path, 64, train=True)
     exp = tmp_path / "composite"
@@ -361,7 +361,7 @@ def test_export_robustness_indicator_runs_an_inner_attack(tmp_path, cli):
 def test_export_failure_writes_nothing(tmp_path, cli):
     import torch
 
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     sd, r, c, rrun, crun = _export_setup(tmp_path, 8)
     torch.manual_seed(0)
@@ -388,7 +388,7 @@ def test_composite_indicator_extremes_and_determinism(tmp_path, inner):
 
     from robcli.compose.export import CompositeModel
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     rm = load_model(_run_dir(tmp_path / "r", 1, train=True)).model
     cm = load_model(_run_dir(tmp_path / "c", 2, train=True)).model

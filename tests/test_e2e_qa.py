@@ -24,14 +24,14 @@ def test_atomic_writers_give_ordinary_file_modes(tmp_path):
     """mkstemp files are 0600; tables, weights, cards and reports must get the umask's mode (0644 usually)."""
     import torch
 
-    from robcli.models.io import _atomic_write_bytes
     from robcli.tables.io import write_table
     from robcli.train.loop import _atomic_torch_save
+    from robcli.utils.fsio import atomic_write_bytes
 
     want = 0o666 & ~_umask()
     df = pd.DataFrame({"idx": [0], "label": [1], "split": ["robust_accurate"]})
     paths = [write_table(df, tmp_path / "p.parquet", "partition", config={}, prov={})]
-    _atomic_write_bytes(tmp_path / "card.json", b"{}")
+    atomic_write_bytes(tmp_path / "card.json", b"{}")
     _atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "state.pt")
     paths += [tmp_path / "card.json", tmp_path / "state.pt"]
     for p in paths:
@@ -141,7 +141,7 @@ def test_certify_progress_is_per_sigma():
     """Each sigma's progress bar ends full (it stopped at 1/K of its length with K sigmas)."""
     from robcli.certify.smoothing import CertifyConfig, run_certify
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     data = load_split("gaussians", "test").select(n_ex=6)
     lm = load_model("tiny_mlp", dataset_info=data.info, seed=0)

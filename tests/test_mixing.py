@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from robcli.errors import ModelError, UsageError
 from robcli.mixing.alphanet import DEFAULT_LAYERS, build_alpha_net, default_layers
 from robcli.mixing.mixed import MixedClassifier, check_alpha_range, mix_log_probs
-from robcli.models.io import build, make_card, save_run
+from robcli.models import build, make_card, save_run
 
 DIGITS = (10, (1, 8, 8))
 GAUSS = (3, (2,))
@@ -100,7 +100,7 @@ def test_members_with_different_classes_or_shapes_are_refused():
     with pytest.raises(ModelError, match="class counts"):
         MixedClassifier(tiny(spec=DIGITS), tiny(spec=(7, (1, 8, 8))), 0.5, input_shape=(1, 8, 8))
     from robcli.mixing.io import build_mixture
-    from robcli.models.io import LoadedModel
+    from robcli.models import LoadedModel
 
     lg = LoadedModel(tiny("tiny_mlp", GAUSS), make_card("tiny_mlp", 3, (2,)))
     lh = LoadedModel(tiny("tiny_mlp", (3, (4,))), make_card("tiny_mlp", 3, (4,)))
@@ -344,7 +344,7 @@ def test_changed_member_is_refused(tmp_path):
 
 def test_bad_members_write_nothing(tmp_path):
     from robcli.mixing.io import load_members, save_mixture
-    from robcli.models.io import LoadedModel
+    from robcli.models import LoadedModel
 
     core = _save_member(tmp_path / "g", "tiny_cnn", DIGITS, 0)
     other = _save_member(tmp_path / "k", "tiny_cnn", (7, (1, 8, 8)), 1)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from robcli.models.io import build, make_card, save_run
+from robcli.models import build, make_card, save_run
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,14 @@ def _one_line_error(res, *words):
 
 
 def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import read_table
 
     run = tmp_path / "mix"
     res = cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.7", "--export", run, "-q")
     assert res.exit_code == 0, res.output
     assert json.loads((run / "card.json").read_text())["arch"] == "mixnet"
-    lm = load_model(str(run))  # the hook in robcli.models.io: every command that takes --model loads a mixture
+    lm = load_model(str(run))  # the run-kind hook of robcli.models.load: every command that takes --model loads a mixture
     assert lm.kind == "mixnet" and float(lm.model.alpha_fixed) == pytest.approx(0.7)
     # the card keeps the Python float (not float32's 0.699999988) and the loaded mixture applies exactly it
     assert json.loads((run / "card.json").read_text())["mixnet"]["alpha"] == 0.7

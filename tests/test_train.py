@@ -41,7 +41,7 @@ def test_run_dir_contents_and_log(tmp_path):
     assert card["training"]["criterion"] == "val_robust_acc - val_robust_inaccuracy"
     score = t.df["val_robust_acc"] - t.df["val_robust_inaccuracy"]
     assert r.best_epoch == int(t.df["epoch"][score == score.max()].max())  # ties -> later epoch
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     lm = load_model(tmp_path / "run")
     assert lm.card["dataset"] == "gaussians"

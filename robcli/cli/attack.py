@@ -161,7 +161,7 @@ def attack(
     check_out(out_p, force, resume)
 
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import partial_path, provenance, read_table, write_table
     from robcli.utils.device import resolve_device
 

@@ -83,7 +83,7 @@ def certify(
     check_out(out_p, force, resume)
 
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import device_type, partial_path, provenance, read_table, write_table
 
     def check_resumable(t, path, hint: str) -> None:

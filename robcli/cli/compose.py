@@ -414,7 +414,7 @@ def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, 
             mc = np.minimum(min_conf_over_rows(at_e2, v.df.index), cc)
         if runs:
             from robcli.compose.confidence import load_view_examples, softmax_confidences
-            from robcli.models.io import load_model
+            from robcli.models import load_model
             from robcli.utils.device import resolve_device
 
             x, _, info = load_view_examples(v, data_dir, dataset)

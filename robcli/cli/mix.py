@@ -330,7 +330,7 @@ def certify_cmd(
         certify_local_estimate,
         certify_smoothed_mixture,
     )
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import provenance, write_table
     from robcli.utils.device import resolve_device
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm

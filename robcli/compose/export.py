@@ -2,7 +2,7 @@
 
 A composite run directory holds only ``card.json`` with ``arch: "composite"`` and the member run
 directories (stored relative to the composite's directory when possible, so that moving the tree together
-keeps it loadable; absolute otherwise); ``robcli.models.io.load_model`` loads it through
+keeps it loadable; absolute otherwise); ``robcli.models.load.load_model`` loads it through
 :func:`load_composite`.
 
 Two selectors can be exported:
@@ -165,7 +165,7 @@ def prepare_composite(out_dir: str | Path, members: Sequence[str], core: str, *,
         ModelError: a member cannot be loaded, or the models disagree on input shape or number of classes.
         UsageError: bad selector settings.
     """
-    from robcli.models.io import load_model, make_card
+    from robcli.models import load_model, make_card
 
     if selector not in SELECTORS:
         raise UsageError(f"unknown composite selector {selector!r}; choose one of {', '.join(SELECTORS)}")
@@ -201,11 +201,12 @@ def prepare_composite(out_dir: str | Path, members: Sequence[str], core: str, *,
 
 def write_card(out_dir: str | Path, card: dict) -> Path:
     """Write a card from :func:`prepare_composite` (atomic; the members stay where they are)."""
-    from robcli.models.io import CARD, _atomic_write_bytes
+    from robcli.models import CARD
+    from robcli.utils.fsio import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(out / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
     return out
 
 
@@ -216,7 +217,7 @@ def write_composite(out_dir: str | Path, members: Sequence[str], core: str, **kw
 
 def load_composite(run_dir: str | Path, card: dict):
     """Build the :class:`CompositeModel` a composite card describes (called by ``load_model``)."""
-    from robcli.models.io import LoadedModel, load_model
+    from robcli.models import LoadedModel, load_model
 
     run_dir = Path(run_dir)
     spec = card.get("composite") or {}

@@ -329,7 +329,7 @@ def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = N
     from robcli.analysis.partition import partition_frame
     from robcli.compose.confidence import load_view_examples
     from robcli.errors import UsageError
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import read_table
 
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.2), squeeze=False)

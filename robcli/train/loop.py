@@ -92,7 +92,7 @@ def _load_data(cfg: FinetuneConfig):
 
 
 def _load_start_model(cfg: FinetuneConfig, info):
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.models.registry import is_model
 
     if cfg.init is not None:
@@ -248,7 +248,7 @@ def finetune(
     import pandas as pd
 
     from robcli.losses import get_loss
-    from robcli.models.io import LAST, make_card, save_run, save_weights
+    from robcli.models import LAST, make_card, save_run, save_weights
     from robcli.tables import provenance, write_table
     from robcli.utils.device import resolve_device
     from robcli.utils.seeding import make_generator, seed_everything
@@ -403,7 +403,8 @@ def finetune(
     collapsed = bool(reasons)
     reason = "; ".join(f"{which} epoch: {why}" for which, why in reasons)
     final_card = card(int(best["epoch"]), collapsed, reason)
-    from robcli.models.io import CARD, _atomic_write_bytes
+    from robcli.models import CARD
+    from robcli.utils.fsio import atomic_write_bytes
 
-    _atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
     return FinetuneResult(out, df, int(best["epoch"]), criterion, collapsed, final_card, resumed_from=start)
