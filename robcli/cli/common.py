@@ -61,6 +61,40 @@ def handle_errors(fn):
     return wrapper
 
 
+def _flag(ctx, name: str) -> str:
+    for p in ctx.command.params:
+        if p.name == name:
+            longs = [o for o in p.opts if o.startswith("--")]
+            return (longs or p.opts)[0]
+    raise KeyError(name)  # a bug: no such parameter
+
+
+def given(ctx, *names: str) -> list[str]:
+    """The flags (``--name``) among the parameters ``names`` that the user gave (command line or recipe).
+
+    Decided by click's parameter source, never by comparing a value with a copied default: an explicit
+    ``--batch 256`` counts as given even when 256 is the default.
+    """
+    from typer._click.core import ParameterSource  # typer vendors click
+
+    out = []
+    for n in names:
+        src = ctx.get_parameter_source(n)
+        if src is not None and src not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            out.append(_flag(ctx, n))
+    return out
+
+
+def refuse_given(ctx, names, why: str) -> None:
+    """Raise a one-line UsageError when the user gave any of the parameters ``names``: ``--a, --b <why>``."""
+    from robcli.errors import UsageError
+
+    flags = given(ctx, *names)
+    if flags:
+        verb = "does" if len(flags) == 1 else "do"
+        raise UsageError(f"{', '.join(flags)} {verb} not apply {why}")
+
+
 def argv() -> list[str]:
     a = CURRENT_ARGV.get()
     return list(a) if a is not None else list(sys.argv[1:])
