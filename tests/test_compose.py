@@ -650,3 +650,61 @@ def test_ball_min_confidence_known_answers():
     _, low = ball_min_confidence(vee, torch.tensor([[0.6, 0.5]]), eps=0.1, norm="Linf", steps=2)
     assert low.item() == pytest.approx(torch.sigmoid(torch.tensor(1.2)).item(), abs=1e-5)
 
+
+def _cert(path, label, predict, radius, alpha, sigma=0.25, n=1000):
+    k = len(label)
+    df = pd.DataFrame({"idx": np.arange(k), "label": label, "predict": predict, "radius": radius,
+                       "correct": np.asarray(predict) == np.asarray(label), "time": 0.0, "sigma": sigma, "N0": 100,
+                       "N": n, "alpha": alpha, "nA": n, "pA_lower": 0.9})
+    write_table(df, path, "certify", config={"alpha": alpha}, prov={"data": DATA, "models": [{"path": str(path)}]})
+    return str(path)
+
+
+def test_certified_composition_records_the_union_bound_of_its_alphas(tmp_path, cli):
+    """m robust members + the core: one example's claim can rest on m + 1 certificates, each at its own alpha."""
+    lab = [0, 0, 0]
+    r1 = _cert(tmp_path / "r1.parquet", lab, [0, 0, 1], [0.6, 0.3, 0.6], 0.001)
+    r2 = _cert(tmp_path / "r2.parquet", lab, [0, 0, 0], [0.6, 0.6, 0.0], 0.0005)
+    c = _cert(tmp_path / "c.parquet", lab, [0, 0, 0], [0.3, 0.3, 0.3], 0.002)
+    out = tmp_path / "o.parquet"
+    res = cli("compose", "-r", r1, "-r", r2, "-c", c, "--eps", "0.25", "--out", out)
+    assert res.exit_code == 0, res.output
+    t = read_table(out)
+    assert t.df["composition_alpha"].tolist() == [pytest.approx(0.0035)]
+    assert t.config["composition_alpha"] == pytest.approx(0.0035)
+    assert [(x["role"], x["alpha"]) for x in t.config["certificates"]] == [("robust", 0.001), ("robust", 0.0005),
+                                                                            ("core", 0.002)]
+    assert "up to 3 certificates" in res.stderr and "A/3" in res.stderr
+    # certified at alpha / (m + 1) each, the composition holds at alpha
+    for name, lab_, pr, rad in (("r1", lab, [0, 0, 1], [0.6, 0.3, 0.6]), ("r2", lab, [0, 0, 0], [0.6, 0.6, 0.0]),
+                                ("c", lab, [0, 0, 0], [0.3, 0.3, 0.3])):
+        _cert(tmp_path / f"{name}s.parquet", lab_, pr, rad, 0.001 / 3)
+    res = cli("compose", "-r", tmp_path / "r1s.parquet", "-r", tmp_path / "r2s.parquet", "-c", tmp_path / "cs.parquet",
+              "--eps", "0.25", "--out", out, "--force", "-q")
+    assert res.exit_code == 0 and read_table(out).df["composition_alpha"].iloc[0] == pytest.approx(0.001)
+    assert res.stderr == ""  # -q
+    # a deterministic certificate (no Monte-Carlo samples, N = 0) adds nothing; attack tables carry none
+    det = _cert(tmp_path / "det.parquet", lab, [0, 0, 0], [0.3, 0.3, 0.3], 0.001, n=0)
+    assert cli("compose", "-r", r1, "-c", det, "--eps", "0.25", "--out", out, "--force", "-q").exit_code == 0
+    assert read_table(out).df["composition_alpha"].iloc[0] == pytest.approx(0.001)
+    # only the chosen sigma's certificates count
+    two = tmp_path / "two.parquet"
+    d = pd.concat([read_table(r1).df, read_table(r1).df.assign(sigma=0.5, alpha=0.01)], ignore_index=True)
+    write_table(d, two, "certify", prov={"data": DATA, "models": [{"path": "runs/two"}]})
+    assert cli("compose", "-r", two, "-c", c, "--eps", "0.25", "--sigma", "0.25", "--out", out, "--force", "-q").exit_code == 0
+    assert read_table(out).df["composition_alpha"].iloc[0] == pytest.approx(0.003)
+
+
+def test_attack_compositions_have_no_composition_alpha(cli, tables, tmp_path):
+    r, c = tables
+    out = tmp_path / "o.parquet"
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--out", out).exit_code == 0
+    t = read_table(out)
+    assert np.isnan(t.df["composition_alpha"].iloc[0])
+    assert t.config["composition_alpha"] is None and t.config["certificates"] == []
+
+
+def test_help_states_the_composition_alpha(cli):
+    flat = "".join(ch for ch in cli("compose", "--help").stdout if ch not in "│╭╮╰╯─ \n")
+    for part in ("upto m+1", "composition_alpha", "certifyeachtableatA/(m+1)", "sr-pointwise", "eq.16"):
+        assert part.replace(" ", "") in flat, part

@@ -38,6 +38,13 @@ SELECTOR_HELP = (
 )
 
 
+CERT_HELP = (
+    "Certify tables (-r/-c): one example's claim can rest on up to m + 1 certificates (m robust members and the "
+    "core), each failing with probability up to its alpha, so the table records composition_alpha = the sum of "
+    "their alphas (union bound); for a composition-level alpha A, certify each table at A/(m+1)."
+)
+
+
 def _read_many(spec: str):
     """``A.parquet[,B.parquet]``: tables of one model (e.g. eps and 2*eps runs) read as one."""
     import pandas as pd
@@ -97,7 +104,7 @@ def _check_same_model(parts) -> None:
 
 @handle_errors
 def compose(
-    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order). With --mix/--mix-sweep: the robust MODEL h (run dir or checkpoint).")],
+    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order). " + CERT_HELP + " With --mix/--mix-sweep: the robust MODEL h (run dir or checkpoint).")],
     core: Annotated[str, typer.Option("--core", "-c", help="Core model's attack (or certify) table at eps. With --mix/--mix-sweep: the core MODEL g.")],
     eps: Annotated[Optional[str], typer.Option("--eps", help="Threat radius of the composition, e.g. 1/255 (certified: the L2 radius); --mix-sweep: the attack radius.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Compose table (Parquet).")] = None,
@@ -149,6 +156,11 @@ def compose(
     is radius >= 2*eps by default; --selection-check eps gives the paper's radius >= eps (not sound for the
     selector).
 
+    Certify tables (-r/-c CERT.parquet): each certificate fails with probability up to its alpha, and one
+    example's claim can rest on up to m + 1 of them (m robust members and the core), so the composition's
+    failure probability per example is up to the sum of their alphas (union bound), recorded as
+    composition_alpha (column and config). For a composition-level alpha A, certify each table at
+    A / (m + 1).
 
     With --mix or --mix-sweep, --core/--robust are models and the fixed-alpha mixture of paper 002 is built
     (same code as `robcli mix build`) or swept over alpha (same code as `robcli mix sweep`).
@@ -281,6 +293,10 @@ def compose(
     df["eps"] = e
     df["norm"] = core_v.norm
     df["selection_check"] = check
+    certs = _certificates([*(("robust", spec, t, v) for spec, t, v in zip(robust, rob_ts, views_eps)),
+                           ("core", core, core_t, core_v)], sigma)
+    comp_alpha = float(sum(c["alpha"] for c in certs)) if certs else float("nan")
+    df["composition_alpha"] = comp_alpha
     df["robust_models"] = ";".join(names)
     df["core_model"] = core_v.model
     df["robust_tables"] = ";".join(robust)
@@ -295,7 +311,12 @@ def compose(
 
     config = {"robust": list(robust), "core": core, "eps": e, "norm": core_v.norm, "selector": sel, "thresholds": taus,
               "selection_check": check, "sigma": sigma, "robust_model": robust_model, "core_model": core_model,
-              "export": export}
+              "export": export, "certificates": certs, "composition_alpha": None if not certs else comp_alpha}
+    if certs:
+        config["composition_alpha_rule"] = (
+            f"union bound: one example's claim can rest on up to {len(certs)} certificates (the robust members and "
+            f"the core), so it fails with probability <= {comp_alpha:g}; for a composition-level alpha A, certify "
+            f"each table at A/{len(certs)}")
     card = None
     if export is not None:  # load and check the models before anything is written
         from robcli.compose.export import prepare_composite
@@ -336,6 +357,10 @@ def compose(
                     "sr-pointwise": f"pointwise softmax response at thresholds {taus_txt}",
                     "ri": f"robustness indicator by {export_inner_attack} ({export_inner_steps} steps) at eps={e:g}"}[sel]
             typer.echo(f"wrote composite model {export} ({what})", err=True)
+    if not quiet and certs:
+        typer.echo(f"composition_alpha {comp_alpha:g}: one example's claim rests on up to {len(certs)} certificates "
+                   f"(union bound of their alphas); certify each table at A/{len(certs)} for a composition-level alpha A",
+                   err=True)
     if not quiet:
         show = df[lead + ["core_nat_acc", "core_robust_acc"]]
         typer.echo(markdown_table(show))
@@ -409,6 +434,40 @@ def _check_run_matches_table(run: str, table) -> None:
     if have and have[0] and have[0] not in want:
         raise TableError(f"{run} is not the model {table.path} was made with (its weights' sha256 differs); "
                          "give the run dirs in the same order as the tables")
+
+
+def _certificates(entries, sigma) -> list[dict]:
+    """The certificates a composition's claims rest on: one per certify table (member or core) per example.
+
+    Each ``entries`` item is ``(role, spec, table, view)``; attack tables carry no certificate. A table's
+    alpha is the largest alpha of its rows at the chosen sigma over the composed examples; rows without
+    Monte-Carlo samples (``N == 0``: the deterministic Lipschitz mixture certificate) fail with probability 0.
+    """
+    import numpy as np
+
+    from robcli.analysis.metrics import same_eps
+    from robcli.errors import TableError
+
+    out = []
+    for role, spec, t, v in entries:
+        if t.kind != "certify":
+            continue
+        d = t.df
+        if sigma is not None and "sigma" in d.columns:
+            d = d[d["sigma"].map(lambda s_: same_eps(s_, sigma))]
+        d = d[d["idx"].isin(v.df.index)]
+        if "alpha" in d.columns:
+            alphas = d["alpha"].to_numpy(float)
+        elif t.config.get("alpha") is not None:
+            alphas = np.full(len(d), float(t.config["alpha"]))
+        else:
+            raise TableError(f"{spec} does not record the alpha of its certificates")
+        sampled = d["N"].to_numpy(float) > 0 if "N" in d.columns else np.ones(len(d), dtype=bool)
+        a = float(alphas[sampled].max()) if sampled.any() else 0.0
+        if not np.isfinite(a):
+            raise TableError(f"{spec} does not record the alpha of its certificates")
+        out.append({"role": role, "table": spec, "alpha": a})
+    return out
 
 
 def _confidences(tables, views, specs, runs, radii, steps, device, seed, data_dir, dataset):

@@ -18,7 +18,10 @@ Robust inaccuracy of H (eq. 3) counts examples where H is constant on the ball b
 "outputs F_j(x)" in place of "outputs y", and the core model robust with the same prediction) and that
 constant is wrong.
 
-The numbers inherit the attacks' optimism: "robust" from an attack table is an upper bound.
+The numbers inherit the attacks' optimism: "robust" from an attack table is an upper bound. Built from
+certify tables, a claim for one example can rest on up to m + 1 certificates (the members and the core), so it
+holds with probability at least 1 - (sum of their alphas) (union bound; ``compose`` records it as
+``composition_alpha``).
 """
 
 from __future__ import annotations
