@@ -68,7 +68,8 @@ def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
     r_conf = tmp_path / "r_conf.parquet"
     core = tmp_path / "core.parquet"
     assert cli("attack", *common, "--eps", "0.05", "--out", r_eps).exit_code == 0
-    assert cli("attack", *common, "--attack", "apgd-conf", "--eps", "0.1", "--out", r_conf).exit_code == 0
+    # eq. 16: the confidences on B_eps decide the selection, on B_2eps the robust selection
+    assert cli("attack", *common, "--attack", "apgd-conf", "--eps", "0.05", "--eps", "0.1", "--out", r_conf).exit_code == 0
     assert cli("attack", *common, "--eps", "0.05", "--seed", "1", "--out", core).exit_code == 0
     conf = read_table(r_conf).df
     assert "adv_conf" not in conf.columns  # the attack table carries adv_conf_other + adv_margin only
