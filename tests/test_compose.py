@@ -551,7 +551,7 @@ def test_export_softmax_response_runs_eq16_and_agrees_with_the_table(tmp_path, c
 
     from robcli.compose.confidence import softmax_confidences
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     eps, tau = 0.1, 0.9
     rrun, crun = _run_dir(tmp_path / "robust", 1, train=True), _run_dir(tmp_path / "core", 2, train=True)
@@ -597,7 +597,7 @@ def test_composite_softmax_response_extremes(tmp_path):
 
     from robcli.compose.export import CompositeModel
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     rm = load_model(_run_dir(tmp_path / "r", 1, train=True)).model
     cm = load_model(_run_dir(tmp_path / "c", 2, train=True)).model
