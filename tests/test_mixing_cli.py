@@ -125,6 +125,19 @@ def test_certify_mixture_radii_table(cli, members, tmp_path):
     assert read_table(out2, "certify").df["radius_is_estimate"].all()
 
 
+@pytest.mark.parametrize("method", ["smoothing", "lipschitz-rs"])
+def test_certify_refuses_an_estimation_sample_below_the_mixture_floor(cli, members, tmp_path, method):
+    """At weight 0.8 and alpha 0.001 the floor is 17 (not CERTIFY's ceil(log2(1/alpha)) = 10): N = 16 would let
+    every input abstain, so it is refused in one line naming the floor; N = 17 runs."""
+    out = tmp_path / "cert.parquet"
+    common = ["--robust", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25", "--method", method,
+              "--N0", "10", "--alpha", "0.001", "--n-ex", "2"]
+    _one_line_error(cli("mix", "certify", *common, "--N", "16", "-o", out), "--N 16 is too small", "N >= 17")
+    assert not out.exists()
+    res = cli("mix", "certify", *common, "--N", "17", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+
+
 def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, members, tmp_path):
     from robcli.tables.io import read_table
 

@@ -358,8 +358,9 @@ def certify_cmd(
         a = check_alpha(parse_float_expr(alpha, "--mix"), "--mix")
         scale_h = 1.0 if scale_h is None else scale_h
     check_scale(scale_h, "--scale-h")
-    if a < 0.5 and not quiet:
-        typer.echo("note: alpha < 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example abstains", err=True)
+    if a <= 0.5 and not quiet:
+        typer.echo("note: a mixture weight <= 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example "
+                   "abstains", err=True)
     methods = ("smoothing", "lipschitz-rs", "lipschitz", "local")
     if method not in methods:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(methods)}")
@@ -373,7 +374,9 @@ def certify_cmd(
         raise UsageError("--method local needs --eps > 0")
     if method in ("smoothing", "lipschitz-rs"):
         from robcli.certify.bounds import check_params
+        from robcli.mixing.radii import check_estimation_samples
 
+        check_estimation_samples(n, alpha_cert, a)  # the mixture's floor, stricter than plain CERTIFY's
         check_params(sigma=sigma, alpha=alpha_cert, n0=n0, n=n, mode="certify")
     check_out(out, force)
     dev = resolve_device(device)

@@ -110,11 +110,70 @@ def cp_upper(n_i, n, level: float) -> np.ndarray:
     return np.where(n_i < n, out, 1.0)
 
 
+def bonferroni_levels(alpha_cert: float, num_classes: int) -> tuple[float, float]:
+    """The split of ``alpha_cert`` used by :func:`simultaneous_bounds` (and so by the sample-size floor):
+    (level of the top class's lower bound, level of each of the other K - 1 classes' upper bounds)."""
+    return alpha_cert / 2.0, alpha_cert / (2.0 * max(int(num_classes) - 1, 1))
+
+
+def min_estimation_samples(alpha_cert: float, mix_alpha: float) -> int | None:
+    """Smallest estimation sample N with which a smoothed-h mixture certificate (Thm 2, or Thm 1 with
+    Lip = sqrt(2/pi)/sigma) can certify anything at failure probability ``alpha_cert``; None when no N can
+    (mixture weight <= 1/2).
+
+    The best case is all N votes on one class y. Its lower bound is then the Clopper-Pearson bound at the
+    top class's level l of the Bonferroni split (:func:`bonferroni_levels`; l = alpha_cert/2), lower = l^(1/N);
+    every other class has 0 votes, and since its level is at most l its upper bound 1 - level^(1/N) is at
+    least 1 - lower, so the runner-up bound is upper = min(..., 1 - lower) = 1 - lower, whatever K. Both
+    radii are positive iff a (lower - upper) > 1 - a (Thm 2: Phi^-1(a lower) > Phi^-1(a upper + 1 - a);
+    Thm 1: a (lower - upper) + a - 1 > 0), i.e. iff 2 a lower > 1: lipschitz-rs needs exactly what smoothing
+    needs. So N must satisfy l^(1/N) > 1/(2a): N > ln(l) / ln(1/(2a)), strictly. At a = 1 this is
+    N > log2(2/alpha_cert); at a = 0.8, alpha_cert = 0.001 it is N >= 17 (plain CERTIFY's ceil(log2(1/alpha))
+    = 10 would let every input abstain). The closed form is then checked against the certification code
+    itself (both radii, best-case votes), so that the floor is exactly where certifying becomes possible.
+    """
+    a = check_alpha(mix_alpha)
+    if not (0.0 < alpha_cert < 1.0):
+        raise UsageError(f"--alpha {alpha_cert:g} must lie in (0, 1) (the failure probability)")
+    if a <= 0.5:
+        return None
+    top_level, _ = bonferroni_levels(alpha_cert, 3)
+    n = max(int(math.floor(math.log(top_level) / math.log(1.0 / (2.0 * a)))) + 1, 1)
+    while not _best_case_certifies(n, alpha_cert, a):  # float rounding at an exact boundary
+        n += 1
+    while n > 1 and _best_case_certifies(n - 1, alpha_cert, a):
+        n -= 1
+    return n
+
+
+def _best_case_certifies(n: int, alpha_cert: float, a: float) -> bool:
+    """Do both radii certify all n estimation votes on one class (K = 3: the bound min(., 1 - lower) binds)?"""
+    lo, up = simultaneous_bounds(np.array([[n, 0, 0]]), np.array([0]), alpha_cert)
+    return bool(smoothing_radius(lo, up, a, 1.0)[0] > 0 and _bound_lipschitz_radius(lo, up, a, 1.0)[0] > 0)
+
+
+def check_estimation_samples(n: int, alpha_cert: float, mix_alpha: float) -> None:
+    """Refuse an estimation sample too small for any certificate (:func:`min_estimation_samples`).
+
+    Raises:
+        UsageError: N below the floor (one line naming it), N < 1, or alpha_cert outside (0, 1).
+    """
+    if n < 1:
+        raise UsageError(f"--N {n} must be >= 1")
+    floor = min_estimation_samples(alpha_cert, mix_alpha)
+    if floor is not None and n < floor:
+        raise UsageError(
+            f"--N {n} is too small for --alpha {alpha_cert:g} at mixture weight {float(mix_alpha):g}: a certificate "
+            f"needs a lower bound (alpha/2)^(1/N) > 1/(2 * weight), i.e. N >= {floor}; with fewer samples even N "
+            "votes out of N on one class certify nothing, so every input would abstain"
+        )
+
+
 def simultaneous_bounds(counts: np.ndarray, top: np.ndarray, alpha_cert: float) -> tuple[np.ndarray, np.ndarray]:
     """Lower bound on p_top and upper bound on max_{i != top} p_i, holding together w.p. >= 1 - alpha_cert.
 
-    Bonferroni split: alpha_cert/2 for the top class (one-sided Clopper-Pearson lower bound), alpha_cert/(2(K-1))
-    for each other class (one-sided upper bounds).
+    Bonferroni split (:func:`bonferroni_levels`): alpha_cert/2 for the top class (one-sided Clopper-Pearson
+    lower bound), alpha_cert/(2(K-1)) for each other class (one-sided upper bounds).
 
     Args:
         counts: (B, K) votes on the estimation sample (independent of the choice of ``top``).
@@ -128,8 +187,9 @@ def simultaneous_bounds(counts: np.ndarray, top: np.ndarray, alpha_cert: float) 
     B, K = c.shape
     n = c.sum(1)
     ar = np.arange(B)
-    lower = cp_lower(c[ar, top], n, alpha_cert / 2.0)
-    upper_all = cp_upper(c, n[:, None], alpha_cert / (2.0 * max(K - 1, 1)))
+    top_level, other_level = bonferroni_levels(alpha_cert, K)
+    lower = cp_lower(c[ar, top], n, top_level)
+    upper_all = cp_upper(c, n[:, None], other_level)
     upper_all[ar, top] = -np.inf
     upper = np.minimum(upper_all.max(1), 1.0 - lower)
     return lower, upper
@@ -169,9 +229,10 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
     Args:
         base_h: the base classifier hbar ([0,1] inputs -> logits), eval mode.
         x: (B, ...) inputs in [0, 1].
-        alpha: the mixture's fixed weight (>= 1/2 for a certificate).
+        alpha: the mixture's fixed weight (> 1/2 for a certificate).
         sigma: smoothing noise std of h.
-        n0, n: selection and estimation samples. alpha_cert: failure probability of each certificate.
+        n0, n: selection and estimation samples (n >= :func:`min_estimation_samples`, else UsageError).
+        alpha_cert: failure probability of each certificate.
         method: ``smoothing`` (Thm 2) or ``lipschitz`` (Thm 1 with Lip = sqrt(2/pi)/sigma).
         idx: per-example ids that seed the noise (default 0..B-1).
 
@@ -182,6 +243,7 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
     from robcli.certify.smoothing import VoteCounter, noise_seed
 
     a = check_alpha(alpha)
+    check_estimation_samples(n, alpha_cert, a)
     check_params(sigma=sigma, alpha=alpha_cert, n0=n0, n=n, mode="certify")
     if method not in ("smoothing", "lipschitz"):
         raise UsageError(f"unknown radius method {method!r}; choose smoothing or lipschitz")
