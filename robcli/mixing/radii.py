@@ -32,6 +32,7 @@ import torch
 
 from robcli.errors import UsageError
 from robcli.mixing.mixed import check_alpha
+from robcli.tables.schema import CERTIFIED_MIXTURE, CERTIFIED_MIXTURE_SMOOTHED_H
 
 ABSTAIN = -1
 
@@ -197,7 +198,13 @@ def simultaneous_bounds(counts: np.ndarray, top: np.ndarray, alpha_cert: float) 
 
 @dataclass
 class MixtureCertificate:
-    """Per-example result: ``predict`` (-1: abstain), ``radius`` (0 when not certified), and the bounds."""
+    """Per-example result: ``predict`` (-1: abstain), ``radius`` (0 when not certified), and the bounds.
+
+    ``certified_model`` says which classifier the radii are for (``robcli.tables.schema.CERTIFIED_MODELS``):
+    ``mixture`` (the mixture of the deterministic h, as a mixture run directory computes it) or
+    ``mixture-with-smoothed-h`` (h replaced by its Gaussian-smoothed hard classifier). ``estimate``: the
+    radii are estimates, not certificates.
+    """
 
     predict: np.ndarray
     radius: np.ndarray
@@ -205,6 +212,7 @@ class MixtureCertificate:
     p_runner_upper: np.ndarray
     n_top: np.ndarray
     kind: str
+    certified_model: str
     estimate: bool = False
 
     def frame(self, **cols):
@@ -212,7 +220,7 @@ class MixtureCertificate:
 
         d = {"predict": self.predict, "radius": self.radius, "pA_lower": self.p_top_lower,
              "pB_upper": self.p_runner_upper, "nA": self.n_top, "radius_kind": self.kind,
-             "radius_is_estimate": self.estimate}
+             "certified_model": self.certified_model, "radius_is_estimate": self.estimate}
         d.update(cols)
         return pd.DataFrame(d)
 
@@ -222,6 +230,9 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
                              seed: int = 0, idx=None, method: str = "smoothing", num_classes: int | None = None,
                              device=None) -> MixtureCertificate:
     """Certified l_2 radii of h^alpha when h is the Gaussian-smoothed hard classifier of ``base_h``.
+
+    The certified classifier is ``mixture-with-smoothed-h``: log((1-a) softmax(g) + a E[onehot(base_h(x + xi))]),
+    NOT the mixture of softmax(s_h base_h) that a mixture run directory computes.
 
     The noise comes from dedicated per-example generators (``robcli.certify.smoothing.noise_seed``), so global
     RNG reseeding (AutoAttack) cannot touch it and results do not depend on ``batch``.
@@ -266,7 +277,7 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
         r = _bound_lipschitz_radius(lower, upper, a, L)
     pred = np.where(r > 0, top, ABSTAIN)
     return MixtureCertificate(pred, np.where(r > 0, r, 0.0), lower, upper, c1[np.arange(len(top)), top],
-                              f"{method}-rs")
+                              f"{method}-rs", CERTIFIED_MIXTURE_SMOOTHED_H)
 
 
 def _bound_lipschitz_radius(lower: np.ndarray, upper: np.ndarray, alpha: float, lip: float) -> np.ndarray:
@@ -280,6 +291,9 @@ def _bound_lipschitz_radius(lower: np.ndarray, upper: np.ndarray, alpha: float, 
 def certify_lipschitz_mixture(h: torch.nn.Module, x: torch.Tensor, *, alpha: float, lip, scale_h: float = 1.0,
                               batch: int = 1000) -> MixtureCertificate:
     """Thm 1 for a deterministic robust model h with user-given Lipschitz constants of its probabilities.
+
+    The certified classifier is ``mixture``: the mixture of softmax(scale_h * h), as a mixture run directory
+    computes it (for any core model g).
 
     The constants must bound softmax(scale_h * h(x)) in the norm being certified (the user's claim: robcli
     cannot check it). ``predict`` is y = argmax h(x) where certified, else -1.
@@ -296,7 +310,7 @@ def certify_lipschitz_mixture(h: torch.nn.Module, x: torch.Tensor, *, alpha: flo
     q = p.copy()
     q[ar, y] = -np.inf
     return MixtureCertificate(np.where(r > 0, y, ABSTAIN), r, p[ar, y], q.max(1), np.zeros(len(y), np.int64),
-                              "lipschitz-given")
+                              "lipschitz-given", CERTIFIED_MIXTURE)
 
 
 def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float, norm: str = "Linf",
@@ -355,4 +369,5 @@ def certify_local_estimate(h: torch.nn.Module, x: torch.Tensor, *, alpha: float,
     q = p.copy()
     q[ar, y] = -np.inf
     return MixtureCertificate(np.where(ok, y, ABSTAIN), np.where(ok, float(eps), 0.0), p[ar, y], q.max(1),
-                              np.zeros(len(y), np.int64), f"lipschitz-local-estimate-{norm}", estimate=True)
+                              np.zeros(len(y), np.int64), f"lipschitz-local-estimate-{norm}", CERTIFIED_MIXTURE,
+                              estimate=True)
