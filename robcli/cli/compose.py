@@ -421,11 +421,15 @@ def _compose_mix(*, mix, mix_sweep, robust, core, eps, out, export, dataset, dat
 
 
 def _check_run_matches_table(run: str, table) -> None:
-    """Refuse a --robust-model/--core-model whose weights are not the model the table was made with."""
+    """Refuse a --robust-model/--core-model whose weights are not the model the table was made with (for a
+    mixture certificate: that is not the mixture run directory it certifies)."""
     from pathlib import Path
 
+    from robcli.analysis.metrics import check_certified_run
     from robcli.errors import TableError
     from robcli.tables.io import provenance
+
+    check_certified_run(table, run)
 
     want = {m.get("sha256") for m in table.meta.get("models") or [] if isinstance(m, dict) and m.get("sha256")}
     if not want or not Path(run).exists():

@@ -297,8 +297,8 @@ def certify_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Certify table (Parquet).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A fixed-alpha mixture run dir (mix build / compose --mix): alpha, --scale-h and the robust member come from its card.")] = None,
     robust: Annotated[Optional[str], typer.Option("--robust", "-r", help="Robust model h (run dir or checkpoint); instead of --model.")] = None,
-    alpha: Annotated[Optional[str], typer.Option("--mix", "--mix-alpha", help="The mixture's weight on h (>= 1/2 to certify); instead of --model.")] = None,
-    method: Annotated[str, typer.Option("--method", help="smoothing (Thm 2, h smoothed), lipschitz-rs (Thm 1, Lip = sqrt(2/pi)/sigma), lipschitz (Thm 1, --lipschitz given), local (App. C.3 estimate).")] = "smoothing",
+    alpha: Annotated[Optional[str], typer.Option("--mix", "--mix-alpha", help="The mixture's weight on h (> 1/2 to certify); instead of --model.")] = None,
+    method: Annotated[str, typer.Option("--method", help="smoothing (Thm 2) and lipschitz-rs (Thm 1, Lip = sqrt(2/pi)/sigma) certify the mixture with the Gaussian-SMOOTHED h (certified_model mixture-with-smoothed-h, not what a mixture run dir computes; compose, partition and report refuse such tables); lipschitz (Thm 1, --lipschitz given) certifies the mixture run dir's own classifier (certified_model mixture); local: App. C.3 radius ESTIMATE of it (radius_is_estimate).")] = "smoothing",
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Smoothing noise of h (smoothing, lipschitz-rs).")] = None,
     lipschitz: Annotated[Optional[float], typer.Option("--lipschitz", help="Lipschitz constant of h's probabilities (method lipschitz).")] = None,
     eps: Annotated[Optional[str], typer.Option("--eps", help="Ball radius of the local estimate (method local).")] = None,
@@ -317,7 +317,13 @@ def certify_cmd(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Certified radii of h^alpha whatever the core model does (002 Thm 1/2; 004 App. C.3 estimate, flagged)."""
+    """Certified radii of h^alpha whatever the core model does (002 Thm 1/2; 004 App. C.3 estimate, flagged).
+
+    The table's certified_model column (and config) says which classifier the radii are for: "mixture" (the
+    deterministic mixture a mixture run directory computes; --method lipschitz, and local as an estimate) or
+    "mixture-with-smoothed-h" (--method smoothing / lipschitz-rs: h replaced by its Gaussian-smoothed hard
+    classifier, which no run directory computes).
+    """
     import time
     from pathlib import Path
 
@@ -332,6 +338,7 @@ def certify_cmd(
     )
     from robcli.models import load_model
     from robcli.tables.io import provenance, write_table
+    from robcli.tables.schema import CERTIFIED_MODELS
     from robcli.utils.device import resolve_device
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
     from robcli.utils.seeding import make_generator
@@ -358,8 +365,9 @@ def certify_cmd(
         a = check_alpha(parse_float_expr(alpha, "--mix"), "--mix")
         scale_h = 1.0 if scale_h is None else scale_h
     check_scale(scale_h, "--scale-h")
-    if a < 0.5 and not quiet:
-        typer.echo("note: alpha < 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example abstains", err=True)
+    if a <= 0.5 and not quiet:
+        typer.echo("note: a mixture weight <= 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example "
+                   "abstains", err=True)
     methods = ("smoothing", "lipschitz-rs", "lipschitz", "local")
     if method not in methods:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(methods)}")
@@ -373,7 +381,9 @@ def certify_cmd(
         raise UsageError("--method local needs --eps > 0")
     if method in ("smoothing", "lipschitz-rs"):
         from robcli.certify.bounds import check_params
+        from robcli.mixing.radii import check_estimation_samples
 
+        check_estimation_samples(n, alpha_cert, a)  # the mixture's floor, stricter than plain CERTIFY's
         check_params(sigma=sigma, alpha=alpha_cert, n0=n0, n=n, mode="certify")
     check_out(out, force)
     dev = resolve_device(device)
@@ -400,10 +410,15 @@ def certify_cmd(
     df["norm"] = "L2" if method in ("smoothing", "lipschitz-rs") else nrm
     config = {"model": model, "robust": robust, "mix_alpha": a, "scale_h": scale_h, "method": method, "sigma": sigma, "lipschitz": lipschitz, "eps": e,
               "norm": df["norm"].iloc[0], "N0": n0, "N": n, "alpha": alpha_cert, "dataset": dataset, "split": split,
-              "n_ex": n_ex, "skip": skip}
-    prov = provenance(seed=seed, device=dev, models=lm.files, data=data.fingerprint(), command=argv())
+              "n_ex": n_ex, "skip": skip, "certified_model": cert.certified_model,
+              "certified_model_is": CERTIFIED_MODELS[cert.certified_model], "radius_is_estimate": cert.estimate}
+    # the certified run directory first (the name readers show), then the robust member's weights
+    prov = provenance(seed=seed, device=dev, models=([model] if model is not None else []) + list(lm.files),
+                      data=data.fingerprint(), command=argv())
     write_table(df, out, "certify", config=config, prov=prov)
     if not quiet:
         cert_acc = (df["correct"] & (df["radius"] > 0)).mean()
         tag = " (ESTIMATE, not a certificate)" if cert.estimate else ""
+        what = "estimates radii of" if cert.estimate else "certifies"
+        typer.echo(f"{method}: {what} {cert.certified_model} ({CERTIFIED_MODELS[cert.certified_model]})")
         typer.echo(f"{method}{tag}: certified-correct {cert_acc:.4f}, mean radius {df['radius'].mean():.4f}")
