@@ -174,8 +174,12 @@ class VoteCounter:
 
 
 def group_size(cfg: CertifyConfig) -> int:
-    """How many examples share one round of forward passes (fills ``batch`` with the estimation sample)."""
-    per = min(cfg.N, NOISE_BLOCK)
+    """How many examples share one round of forward passes (fills ``batch`` with the larger of the two samples).
+
+    A round holds ``group x min(sample, NOISE_BLOCK)`` noisy inputs, so sizing the group by the larger
+    sample (N0 may exceed N) keeps every round's buffer at about ``batch`` inputs.
+    """
+    per = min(max(cfg.N, cfg.N0 if cfg.mode == "certify" else 0), NOISE_BLOCK)
     return max(1, cfg.batch // per)
 
 
