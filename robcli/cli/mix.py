@@ -396,8 +396,9 @@ def certify_cmd(
     smoothed = method in ("smoothing", "lipschitz-rs")
     df = certify_frame(cert, data.idx.numpy(), y.numpy(), sigma=sigma if smoothed else 0.0,
                        n0=n0 if smoothed else 0, n=n if smoothed else 0,
-                       alpha_cert=alpha_cert, alpha=a, seconds=secs)
-    df["norm"] = "L2" if method in ("smoothing", "lipschitz-rs") else nrm
+                       alpha_cert=alpha_cert, alpha=a, seconds=secs,
+                       norm="L2" if method in ("smoothing", "lipschitz-rs") else nrm,
+                       dim=math.prod(data.info.input_shape))
     config = {"model": model, "robust": robust, "mix_alpha": a, "scale_h": scale_h, "method": method, "sigma": sigma, "lipschitz": lipschitz, "eps": e,
               "norm": df["norm"].iloc[0], "N0": n0, "N": n, "alpha": alpha_cert, "dataset": dataset, "split": split,
               "n_ex": n_ex, "skip": skip}

@@ -4,6 +4,7 @@ and compose tables (the fixed-alpha sweep). Pure functions returning DataFrames;
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -52,8 +53,13 @@ def attack_frame(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, idx, 
 
 
 def certify_frame(cert, idx, labels, *, sigma: float, n0: int, n: int, alpha_cert: float, alpha: float,
-                  seconds: float):
-    """Certify-table rows (Cohen's columns + the mixture's) from a ``MixtureCertificate``."""
+                  seconds: float, norm: str | None = None, dim: int | None = None):
+    """Certify-table rows (Cohen's columns + the mixture's) from a ``MixtureCertificate``.
+
+    With ``norm`` (the norm the radii are stated in) the table gets a ``norm`` column, and with ``dim`` (the
+    input dimension d) also ``radius_linf``, the Linf radius the certificate implies: r / sqrt(d) for an L2
+    radius r (the largest Linf ball inside the L2 ball), r itself for an Linf radius.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     df = cert.frame()
     df.insert(0, "idx", np.asarray(idx, dtype=np.int64))
@@ -66,6 +72,13 @@ def certify_frame(cert, idx, labels, *, sigma: float, n0: int, n: int, alpha_cer
     df["alpha"] = float(alpha_cert)
     df["mix_alpha"] = float(alpha)
     df["pA_lower"] = df["pA_lower"].clip(0.0, 1.0)
+    if norm is not None:
+        from robcli.utils.parse import parse_norm
+
+        norm = parse_norm(norm)
+        df["norm"] = norm
+        if dim is not None:
+            df["radius_linf"] = df["radius"] / (math.sqrt(int(dim)) if norm == "L2" else 1.0)
     return df
 
 
