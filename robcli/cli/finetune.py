@@ -21,6 +21,7 @@ from robcli.cli.common import (
     argv,
     console,
     handle_errors,
+    naming_nonfinite,
     progress,
 )
 from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags as `robcli mix train`
@@ -147,7 +148,7 @@ def finetune(
     )
     from robcli.train.loop import finetune as run_finetune
 
-    with progress(quiet) as prog:
+    with naming_nonfinite(init), progress(quiet) as prog:
         result = run_finetune(cfg, ProgressCallback(prog), resume=resume, force=force, command=argv())
     con = console(stderr=False)
     if not quiet:

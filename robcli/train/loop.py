@@ -142,8 +142,12 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
     """
     from robcli.attacks.grid import MAX_DIM, grid_search
     from robcli.attacks.pgd import margin, pgd
+    from robcli.errors import NonFiniteOutput
+    from robcli.models.finite import FiniteWatch, Watched
 
     model.eval()
+    watch = FiniteWatch()
+    model = Watched(model, watch).eval()  # every validation forward pass (clean, PGD, grid, noisy)
     n = len(data)
     dim = math.prod(data.info.input_shape)
     if grid is None:
@@ -184,6 +188,10 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
                 for _ in range(VAL_NOISE_DRAWS):
                     z = model(xb + gaussian_noise(tuple(xb.shape), cfg.sigma, xb, gen))
                     noisy_hits += int((z.argmax(1) == yb).sum())
+    if watch.tripped():
+        raise NonFiniteOutput("returned non-finite logits (NaN or inf) in validation (clean inputs or the validation "
+                              "attack's points): its metrics would be meaningless; the training diverged, lower --lr",
+                              who="the model being trained")
     pred_all, y_all = torch.cat(preds), torch.cat(labels)
     recalls = [float((pred_all[y_all == c] == c).float().mean()) for c in torch.unique(y_all).tolist()]
     out = {"val_nat_acc": nat / n, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan"),
@@ -280,6 +288,11 @@ def finetune(
     info = train.info
     lm = _load_start_model(cfg, info)
     model = lm.model.to(device)
+    if cfg.init:  # before anything is written: a model to fine-tune must have finite logits on the training data
+        from robcli.models.finite import check_clean_logits
+
+        check_clean_logits(model.eval(), train, train.idx, batch=cfg.eval_batch, device=device,
+                           what="clean training inputs")
     is_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     channels_last = cfg.channels_last if cfg.channels_last is not None else (device.type == "cpu" and is_conv)
     if channels_last:
