@@ -137,7 +137,8 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
     Returns:
         ``val_nat_acc``, ``val_robust_acc``, ``val_robust_inaccuracy`` (NaN when eps is 0),
         ``val_pred_classes`` (distinct predicted classes), ``val_min_recall`` (lowest per-class recall over
-        the classes present in ``data``), ``val_majority_share`` (largest class share), and
+        the classes present in ``data``), ``val_zero_recall`` (the classes of ``data`` it never predicts
+        correctly, comma-separated indices, ``""`` for none), ``val_majority_share`` (largest class share), and
         ``val_noisy_acc`` when ``noisy``.
     """
     from robcli.attacks.grid import MAX_DIM, grid_search
@@ -193,9 +194,11 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
                               "attack's points): its metrics would be meaningless; the training diverged, lower --lr",
                               who="the model being trained")
     pred_all, y_all = torch.cat(preds), torch.cat(labels)
-    recalls = [float((pred_all[y_all == c] == c).float().mean()) for c in torch.unique(y_all).tolist()]
+    classes = torch.unique(y_all).tolist()
+    recalls = [float((pred_all[y_all == c] == c).float().mean()) for c in classes]
     out = {"val_nat_acc": nat / n, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan"),
            "val_pred_classes": int(torch.unique(pred_all).numel()), "val_min_recall": min(recalls),
+           "val_zero_recall": ",".join(str(c) for c, r in zip(classes, recalls) if r == 0.0),
            "val_majority_share": float(torch.bincount(y_all).max()) / n}
     if cfg.eps > 0:
         out["val_robust_acc"] = rob_acc / n
