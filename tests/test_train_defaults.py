@@ -108,3 +108,11 @@ def test_zero_recall_warning_for_a_robust_model_points_to_partition(capsys):
     res.log = pd.DataFrame({"epoch": [1, 2], "val_zero_recall": ["", ""]})
     _warn_zero_recall(res, "trades")
     assert capsys.readouterr().err == ""
+
+
+def test_list_datasets_shows_the_recommended_defaults(cli):
+    r = cli("list", "datasets")
+    assert r.exit_code == 0, r.output
+    g = r.stdout.split("gaussians", 1)[1].split("\n")[1]
+    assert "finetune defaults (mlp, any other architecture)" in g and "from scratch --epochs 20, --lr 0.1, --batch 10" in g
+    assert "--lr-milestones none" in g and "with --init --epochs 20, --lr 0.01" in g
