@@ -50,6 +50,9 @@ def test_fine_tuning_looks_up_the_init_run_architecture(tmp_path):
     assert c.start_arch() == "tiny_mlp"
     assert (c.lr, c.epochs, c.batch, c.lr_milestones) == (0.01, 20, 10, (0.75,))
     assert c.defaults_from["lr"].startswith("gaussians/* fine-tuning")
+    # a checkpoint file beside its card, and --arch for a bare one
+    assert FinetuneConfig(loss="std", dataset="gaussians", out="x", init=str(run / "model.safetensors")).start_arch() == "tiny_mlp"
+    assert FinetuneConfig(loss="std", dataset="gaussians", out="x", init="w.pt", arch="mlp").start_arch() == "mlp"
 
 
 def _card(out):

@@ -119,11 +119,14 @@ class FinetuneConfig:
         import json
         from pathlib import Path
 
-        card = Path(str(self.init)) / "card.json"
+        if self.arch is not None:
+            return self.arch
+        p = Path(str(self.init))
+        card = p / "card.json" if p.is_dir() else p.parent / "card.json"  # a run dir, or a checkpoint beside one
         try:
             return str(json.loads(card.read_text())["arch"])
         except (OSError, ValueError, KeyError, TypeError):
-            return self.arch
+            return None
 
     def validate(self) -> None:
         from robcli.losses import LOSSES, _ensure_registered
