@@ -62,7 +62,8 @@ def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
     from robcli.tables.io import read_table
 
     run = tmp_path / "run"
-    assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "2", "--out", run, "-q").exit_code == 0
+    assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "2", "--batch", "200", "--out", run,
+               "-q").exit_code == 0
     common = ["--model", run, "--dataset", "gaussians", "--n-ex", "24", "--steps", "5", "-q"]
     r_eps = tmp_path / "r_eps.parquet"
     r_conf = tmp_path / "r_conf.parquet"
@@ -191,7 +192,7 @@ def test_compose_refuses_a_robust_model_that_did_not_make_the_table(cli, tmp_pat
     runs = {}
     for name, seed in (("a", "0"), ("b", "1")):
         runs[name] = tmp_path / name
-        assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--seed", seed,
+        assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--batch", "200", "--seed", seed,
                    "--out", runs[name], "-q").exit_code == 0
     table = tmp_path / "a.parquet"
     assert cli("attack", "--model", runs["a"], "--dataset", "gaussians", "--n-ex", "8", "--steps", "2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,12 +118,18 @@ def test_certify_mixture_radii_table(cli, members, tmp_path):
     df = read_table(out, "certify").df
     assert len(df) == 8 and (df["radius"] >= 0).all() and (df["mix_alpha"] == 0.8).all()
     assert ((df["predict"] == -1) == (df["radius"] == 0)).all()
+    # L2 certificates carry the Linf radius they imply (r / sqrt(64) on digits), so an Linf question can be
+    # answered soundly (issue 9, item 7b)
+    assert (df["norm"] == "L2").all()
+    np.testing.assert_allclose(df["radius_linf"], df["radius"] / 8.0)
     out2 = tmp_path / "local.parquet"
     res = cli("mix", "certify", "--robust", members["h"], "-d", "digits", "--mix", "0.9", "--method", "local",
               "--eps", "0.05", "--norm", "Linf", "--n-ex", "4", "-o", out2)
     assert res.exit_code == 0, res.output
     assert "ESTIMATE" in res.output
-    assert read_table(out2, "certify").df["radius_is_estimate"].all()
+    df2 = read_table(out2, "certify").df
+    assert df2["radius_is_estimate"].all()
+    assert (df2["norm"] == "Linf").all() and (df2["radius_linf"] == df2["radius"]).all()
 
 
 @pytest.mark.parametrize("method", ["smoothing", "lipschitz-rs"])

@@ -230,16 +230,21 @@ def attack_view(table, eps: float | None = None, *, attack: str | None = None, n
 
 def certify_view(table, radius: float, *, sigma: float | None = None, norm: str = "L2",
                  allow_estimate: bool = False) -> ModelView:
-    """Per-example outcome of a smoothed classifier at a radius (eq. 13: certified radius >= ``radius``).
+    """Per-example outcome of a certified classifier at a radius (eq. 13: certified radius >= ``radius``).
 
-    ``predict == -1`` (Cohen's abstain) is neither correct nor robust. For ``norm='Linf'`` the table must carry
-    a ``radius_linf`` column (an L2 certificate converted to Linf). Tables that are not a certificate of the
-    model they name are refused (:func:`check_certificate`); ``allow_estimate`` lets radius estimates through
-    (the caller must label what it builds on them).
+    ``predict == -1`` (Cohen's abstain) is neither correct nor robust. The radius asked for is in ``norm``;
+    each row's ``radius`` is in the norm of its certificate: the table's ``norm`` column where it has one
+    (mixture certificates), else L2 (Cohen's CERTIFY). The conversion is sound in both directions: an Linf
+    ball of radius r contains the L2 ball of radius r, so an Linf radius answers an L2 question as it is; an
+    L2 ball of radius r contains only the Linf ball of radius r / sqrt(d), so an L2 radius answers an Linf
+    question through the ``radius_linf`` column (r / sqrt(d), written by certify). Tables that are not a
+    certificate of the model they name are refused (:func:`check_certificate`); ``allow_estimate`` lets
+    radius estimates through (the caller must label what it builds on them).
 
     Raises:
-        TableError: several sigmas and none chosen, no rows for ``sigma``, no Linf radius column, a
-            mixture-with-smoothed-h certificate, or estimates without ``allow_estimate``.
+        TableError: several sigmas and none chosen, no rows for ``sigma``, an unknown ``norm`` value, an Linf
+            question on L2 certificates without a ``radius_linf`` column, a mixture-with-smoothed-h
+            certificate, or estimates without ``allow_estimate``.
     """
     check_certificate(table, allow_estimate=allow_estimate)
     df = table.df
@@ -253,20 +258,34 @@ def certify_view(table, radius: float, *, sigma: float | None = None, norm: str 
         raise TableError(f"{table.path} has no rows at sigma={sigma:g} (it holds {', '.join(f'{s:g}' for s in sigmas)})")
     if df["idx"].duplicated().any():
         raise TableError(f"{table.path} has duplicate rows for one example at sigma={sigma:g}")
-    col = "radius"
-    if norm == "Linf":
-        if "radius_linf" not in df.columns:
-            raise TableError(f"{table.path} has no radius_linf column; certify tables give L2 radii (use --norm L2)")
-        col = "radius_linf"
     d = df.set_index("idx").sort_index()
     import pandas as pd
 
+    from robcli.utils.parse import parse_norm
+
+    norm = parse_norm(norm)
+    if "norm" in d.columns:  # the norm each row's certificate is stated in
+        try:
+            row_norm = d["norm"].map(lambda v: parse_norm(str(v)))
+        except UsageError:
+            raise TableError(f"{table.path} has an unknown value in its norm column "
+                             f"({', '.join(sorted(map(str, d['norm'].unique())))}); expected Linf or L2") from None
+    else:
+        row_norm = pd.Series("L2", index=d.index)  # Cohen's CERTIFY: L2 radii
+    r = d["radius"].astype(float)
+    if norm == "Linf":
+        l2 = row_norm == "L2"
+        if l2.any():
+            if "radius_linf" not in d.columns:
+                raise TableError(f"{table.path} holds L2 certificates without a radius_linf column: an L2 radius r "
+                                 "answers an Linf question only as r / sqrt(d); use --norm L2")
+            r = r.where(~l2, d["radius_linf"].astype(float))
     out = pd.DataFrame({
         "label": d["label"].astype("int64"),
         "pred": d["predict"].astype("int64"),
     })
     out["correct"] = out["pred"] == out["label"]
-    out["robust"] = (out["pred"] != -1) & (d[col].astype(float) >= float(radius))
+    out["robust"] = (out["pred"] != -1) & (r >= float(radius))
     out.index.name = "idx"
     if certified_model_name(table) is not None:  # a mixture certificate: no smoothing of the certified model
         a = table.config.get("mix_alpha")

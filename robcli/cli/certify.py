@@ -60,7 +60,15 @@ def certify(
     from pathlib import Path
 
     from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text
-    from robcli.cli.common import ProgressCallback, argv, check_out, console, image_size_for, progress
+    from robcli.cli.common import (
+        ProgressCallback,
+        argv,
+        check_out,
+        console,
+        image_size_for,
+        naming_nonfinite,
+        progress,
+    )
     from robcli.errors import UsageError
     from robcli.utils.parse import parse_float_expr, parse_shard
 
@@ -118,7 +126,7 @@ def certify(
     def checkpoint(df) -> None:
         write_table(df, part, "certify", config=config, prov=prov)
 
-    with progress(quiet) as prog:
+    with naming_nonfinite(model, part), progress(quiet) as prog:
         df = run_certify(lm.model, data, cfg, device=dev, shard=shard_t, done=done, checkpoint=checkpoint,
                          progress=ProgressCallback(prog))
     write_table(df, out_p, "certify", config=config, prov=prov)

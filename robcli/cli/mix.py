@@ -107,7 +107,7 @@ def sweep_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Natural vs attacked accuracy over a grid of fixed alpha (attacks on g, h and the mixture; 002 Fig. 2)."""
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.errors import UsageError
     from robcli.mixing.evaluate import sweep_compose_frame
     from robcli.mixing.io import load_members
@@ -128,8 +128,9 @@ def sweep_cmd(
     data = _data(dataset, split, data_dir, n_ex, skip, core)
     lg, lh = load_members(core, robust, dataset_info=data.info, device=dev)
     x, y = data.tensors()
-    df = alpha_sweep(lg.model, lh.model, x.to(dev), y.to(dev), grid, eps=e, norm=nrm, steps=steps, mix_space=mix_space,
-                     scale_g=scale_g, scale_h=scale_h, batch=batch)
+    with naming_nonfinite(None, core=core, robust=robust):
+        df = alpha_sweep(lg.model, lh.model, x.to(dev), y.to(dev), grid, eps=e, norm=nrm, steps=steps,
+                         mix_space=mix_space, scale_g=scale_g, scale_h=scale_h, batch=batch)
     table = sweep_compose_frame(df, core=core, robust=robust)
     if out is not None:
         config = {"core": core, "robust": robust, "alphas": grid, "eps": e, "norm": nrm, "steps": steps,
@@ -183,7 +184,7 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the adaptive mixing network alpha_theta(x) with both base models frozen (004 Sec. 4)."""
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.mixing.io import build_mixture, load_members, save_mixture
     from robcli.mixing.mixed import check_alpha_range, check_scale
     from robcli.mixing.train import MixnetConfig, train_mixnet
@@ -213,7 +214,8 @@ def train_cmd(
             typer.echo(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f} ce {row['ce']:.4f} bce {row['bce']:.4f} "
                        f"alpha clean {row['alpha_clean']:.3f} attacked {row['alpha_adv']:.3f}", err=True)
 
-    log = train_mixnet(m, x, y, cfg, callback=show, device=dev)
+    with naming_nonfinite(None, core=core, robust=robust):
+        log = train_mixnet(m, x, y, cfg, callback=show, device=dev)
     training = {"loss": "mixnet", "config": cfg.as_dict(), "log": log, "command": argv(), "data": data.fingerprint()}
     save_mixture(out, m, core=core, robust=robust, lg=lg, lh=lh, training=training, dataset=dataset)
     if not quiet:
@@ -247,7 +249,7 @@ def attack_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Adaptive attacks on a mixture (004 Sec. 4.2); writes alpha(x) at clean and attacked inputs per example."""
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.errors import UsageError
     from robcli.mixing.attacks import SETTINGS
     from robcli.mixing.evaluate import attack_frame
@@ -274,9 +276,10 @@ def attack_cmd(
     data = _data(dataset, split, data_dir, n_ex, skip, model)
     lm = load_mixnet(model, dataset_info=data.info, device=dev, alpha_range=rng)
     x, y = data.tensors()
-    df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm, steps=steps,
-                      n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight, n_queries=n_queries, batch=batch,
-                      generator=make_generator(seed, dev), device=dev)
+    with naming_nonfinite(model):
+        df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm,
+                          steps=steps, n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight,
+                          n_queries=n_queries, batch=batch, generator=make_generator(seed, dev), device=dev)
     config = {"model": model, "setting": setting.upper(), "eps": e, "norm": nrm, "steps": steps, "n_iter": n_iter,
               "n_targets": n_targets, "n_queries": n_queries,
               "alpha_weight": alpha_weight, "alpha_range": rng, "dataset": dataset, "split": split, "n_ex": n_ex,
@@ -327,7 +330,7 @@ def certify_cmd(
     import time
     from pathlib import Path
 
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.errors import UsageError
     from robcli.mixing.evaluate import certify_frame
     from robcli.mixing.mixed import check_alpha, check_scale
@@ -392,22 +395,24 @@ def certify_cmd(
     x, y = data.tensors()
     x = x.to(dev)
     t0 = time.perf_counter()
-    if method in ("smoothing", "lipschitz-rs"):
-        cert = certify_smoothed_mixture(lm.model, x, alpha=a, sigma=sigma, n0=n0, n=n, alpha_cert=alpha_cert,
-                                        batch=batch, seed=seed, idx=data.idx.tolist(),
-                                        method="smoothing" if method == "smoothing" else "lipschitz",
-                                        num_classes=lm.num_classes, device=dev)
-    elif method == "lipschitz":
-        cert = certify_lipschitz_mixture(lm.model, x, alpha=a, lip=lipschitz, scale_h=scale_h, batch=batch)
-    else:
-        cert = certify_local_estimate(lm.model, x, alpha=a, eps=e, norm=nrm, scale_h=scale_h,
-                                      generator=make_generator(seed, dev))
+    with naming_nonfinite(model, robust=robust):
+        if method in ("smoothing", "lipschitz-rs"):
+            cert = certify_smoothed_mixture(lm.model, x, alpha=a, sigma=sigma, n0=n0, n=n, alpha_cert=alpha_cert,
+                                            batch=batch, seed=seed, idx=data.idx.tolist(),
+                                            method="smoothing" if method == "smoothing" else "lipschitz",
+                                            num_classes=lm.num_classes, device=dev)
+        elif method == "lipschitz":
+            cert = certify_lipschitz_mixture(lm.model, x, alpha=a, lip=lipschitz, scale_h=scale_h, batch=batch)
+        else:
+            cert = certify_local_estimate(lm.model, x, alpha=a, eps=e, norm=nrm, scale_h=scale_h,
+                                          generator=make_generator(seed, dev))
     secs = time.perf_counter() - t0
     smoothed = method in ("smoothing", "lipschitz-rs")
     df = certify_frame(cert, data.idx.numpy(), y.numpy(), sigma=sigma if smoothed else 0.0,
                        n0=n0 if smoothed else 0, n=n if smoothed else 0,
-                       alpha_cert=alpha_cert, alpha=a, seconds=secs)
-    df["norm"] = "L2" if method in ("smoothing", "lipschitz-rs") else nrm
+                       alpha_cert=alpha_cert, alpha=a, seconds=secs,
+                       norm="L2" if method in ("smoothing", "lipschitz-rs") else nrm,
+                       dim=math.prod(data.info.input_shape))
     config = {"model": model, "robust": robust, "mix_alpha": a, "scale_h": scale_h, "method": method, "sigma": sigma, "lipschitz": lipschitz, "eps": e,
               "norm": df["norm"].iloc[0], "N0": n0, "N": n, "alpha": alpha_cert, "dataset": dataset, "split": split,
               "n_ex": n_ex, "skip": skip, "certified_model": cert.certified_model,

@@ -265,9 +265,16 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
         with torch.no_grad():
             K = int(base_h(x[:1]).shape[1])
     ids = list(range(x.shape[0])) if idx is None else [int(i) for i in idx]
+    from robcli.errors import NonFiniteOutput
+    from robcli.models.finite import check_clean_logits
+
+    check_clean_logits(base_h, x, ids, batch=batch, member="h")
     counter = VoteCounter(base_h, K, dev, batch, channels_last=False)
-    c0 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-select") for i in ids], n0, sigma).cpu().numpy()
-    c1 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-estimate") for i in ids], n, sigma).cpu().numpy()
+    try:
+        c0 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-select") for i in ids], n0, sigma, ids).cpu().numpy()
+        c1 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-estimate") for i in ids], n, sigma, ids).cpu().numpy()
+    except NonFiniteOutput as e:
+        raise NonFiniteOutput(e.detail, member="h") from None
     top = c0.argmax(1)
     lower, upper = simultaneous_bounds(c1, top, alpha_cert)
     if method == "smoothing":
@@ -298,7 +305,10 @@ def certify_lipschitz_mixture(h: torch.nn.Module, x: torch.Tensor, *, alpha: flo
     The constants must bound softmax(scale_h * h(x)) in the norm being certified (the user's claim: robcli
     cannot check it). ``predict`` is y = argmax h(x) where certified, else -1.
     """
+    from robcli.models.finite import check_clean_logits
+
     a = check_alpha(alpha)
+    check_clean_logits(h, x, torch.arange(x.shape[0]), batch=batch, member="h")
     probs = []
     with torch.no_grad():
         for s in range(0, x.shape[0], batch):
@@ -326,9 +336,13 @@ def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float,
     ESTIMATES, not certificates.
     """
     from robcli.attacks.pgd import pgd
+    from robcli.models.finite import FiniteWatch, Watched, check_clean_logits, raise_if_tripped
 
     if eps <= 0:
         raise UsageError("the local Lipschitz estimate needs eps > 0")
+    check_clean_logits(h, x, torch.arange(x.shape[0]), batch=max(1, x.shape[0]), member="h")
+    watch = FiniteWatch()
+    h = Watched(h, watch)  # every point PGD visits
     with torch.no_grad():
         p0 = torch.softmax(scale_h * h(x), 1)
     B, K = p0.shape
@@ -349,6 +363,8 @@ def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float,
             last = sign * torch.softmax(scale_h * h(xa), 1)[:, c]
             change = torch.maximum(best[0], last) - sign * p0[:, c]
         lip[:, c] = (change.clamp_min(0) / eps).double().cpu()
+    raise_if_tripped({"h": watch}, f"returned non-finite logits (NaN or inf) inside the {norm} eps-balls "
+                                   f"(eps {eps:.4g}) of the local Lipschitz estimate: it would be undefined")
     return p0.double().cpu().numpy(), y.cpu().numpy(), lip.numpy()
 
 
