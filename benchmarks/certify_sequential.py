@@ -50,7 +50,7 @@ def main() -> None:
     from robcli.certify.sequential import SequentialConfig, run_sequential
     from robcli.certify.smoothing import CertifyConfig, run_certify
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.train.config import FinetuneConfig
     from robcli.train.loop import finetune
 

@@ -170,7 +170,7 @@ def test_adaptive_mode_lower_bound_and_stopping():
 
 def _digits(n_ex=7):
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     data = load_split("digits", "test").select(n_ex=n_ex)
     return load_model("tiny_cnn", dataset_info=data.info, seed=1).model, data

@@ -608,3 +608,12 @@ def sample_summary(df):
                     "median_n_used": float(np.median(n)), "max_n_used": int(n.max()),
                     "at_cap": float((g["N"] >= g["cap"]).mean())})
     return pd.DataFrame(out, columns=SAMPLE_COLUMNS)
+
+
+def sample_text(df) -> str:
+    """One line per sigma for the CLI: samples drawn per example (mean, median, max) and how many hit the cap."""
+    lines = []
+    for r in sample_summary(df).to_dict("records"):
+        lines.append(f"sigma={r['sigma']:g}  samples per example: mean {r['mean_n_used']:.0f}, median "
+                     f"{r['median_n_used']:.0f}, max {r['max_n_used']}; at the cap {r['at_cap']:.3f}")
+    return "\n".join(lines)
