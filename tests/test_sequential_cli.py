@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-COMMON = ["--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "6", "--sigma", "0.25", "--N0", "20",
+COMMON = ["--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "8", "--sigma", "0.25", "--N0", "20",
           "--N", "1000", "--alpha", "0.01", "--seed", "3", "--quiet"]
 SEQ = ["--sequential", "--radius", "0.1", "--radius", "0.25"]
 
@@ -33,18 +33,25 @@ def _with(argv, flag, value):
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
-    """One fixed-N table and three sequential tables (targets, --against label, adaptive) of one model."""
+    """One fixed-N table and three sequential tables (targets, --against label, adaptive) of one model: a
+    tiny_cnn trained 2 epochs with noise, so that examples are certified at 0, 1 or 2 radii, and wrongly too
+    (an untrained model predicts one class everywhere, which would make every row alike)."""
     from typer.testing import CliRunner
 
     from robcli.cli.main import app
+    from robcli.train.config import FinetuneConfig
+    from robcli.train.loop import finetune
 
     d = tmp_path_factory.mktemp("seqcli")
+    res = finetune(FinetuneConfig(loss="noise", dataset="digits", out=str(d / "run"), model="tiny_cnn", sigma=0.25,
+                                  epochs=2, lr=0.1, seed=0, device="cpu"))
+    argv = _with(COMMON, "--model", str(res.run_dir))
     runner = CliRunner()
-    out = {}
+    out = {"argv": argv}
     for name, extra in (("fixed", []), ("seq", SEQ), ("label", [*SEQ, "--against", "label"]),
                         ("adaptive", ["--sequential", "--radius-tol", "0.02"])):
         p = d / f"{name}.parquet"
-        r = runner.invoke(app, ["certify", *COMMON, *extra, "--out", str(p)])
+        r = runner.invoke(app, ["certify", *argv, *extra, "--out", str(p)])
         assert r.exit_code == 0, r.output
         out[name] = p
     return out
@@ -98,7 +105,7 @@ def test_rows_and_columns(tables):
     for name in ("seq", "label", "adaptive"):
         t = read_table(tables[name], "certify")
         df = t.df
-        assert len(df) == len(fixed.df) == 6 and set(fixed.df.columns) <= set(df.columns)
+        assert len(df) == len(fixed.df) == 8 and set(fixed.df.columns) <= set(df.columns)
         assert (df["method"] == "sequential").all() and t.config["sequential"] is True
         assert (df["against"] == ("label" if name == "label" else "prediction")).all()
         assert t.config["against"] == df["against"].iloc[0]
@@ -119,6 +126,8 @@ def test_rows_and_columns(tables):
             assert (df.loc[cert, "predict"] == df.loc[cert, "label"]).all()
         np.testing.assert_array_equal(df["idx"], fixed.df["idx"])
     assert "method" not in fixed.df.columns  # fixed-N tables are unchanged
+    seq = read_table(tables["seq"], "certify").df
+    assert seq["radius"].nunique() >= 2 and seq["n_used"].nunique() >= 2  # the rows are not all alike
 
 
 def test_a_bad_against_value_in_a_table_is_refused(tmp_path, tables):
@@ -166,11 +175,17 @@ def test_compose_partition_report_and_recipe_summaries_read_sequential_tables(cl
     assert "samples/ex" in text and "fixed-N CERTIFY" in text
     assert "sequential(r=0.1,0.25, against prediction)" in text and "sequential(adaptive, against prediction)" in text
     assert "against label" in text
-    mean_seq = seq.df["n_used"].mean()
-    line = next(ln for ln in text.splitlines() if "sequential(r=0.1,0.25, against prediction)" in ln)
-    assert f"{mean_seq:.4g}".rstrip("0").rstrip(".") in line.replace(",", "") or str(round(mean_seq)) in line
-    fixed_line = next(ln for ln in text.splitlines() if "fixed-N CERTIFY" in ln)
-    assert "1020" in fixed_line.replace(",", "")  # N0 + N
+    lines = [ln.split("|")[1:-1] for ln in text.splitlines() if ln.startswith("| ")]
+    head = [c.strip() for c in next(ln for ln in lines if ln[0].strip() == "model" and "samples/ex" in "".join(ln))]
+    rows = {ln[head.index("method")].strip(): ln for ln in lines if len(ln) == len(head) and ln[0].strip() != "model"}
+    got = {m: float(r[head.index("samples/ex")]) for m, r in rows.items()}
+    assert got["fixed-N CERTIFY"] == 1020  # N0 + N
+    for name, method in (("seq", "sequential(r=0.1,0.25, against prediction)"),
+                         ("label", "sequential(r=0.1,0.25, against label)"),
+                         ("adaptive", "sequential(adaptive, against prediction)")):
+        want = read_table(tables[name], "certify").df["n_used"].mean()
+        assert got[method] == pytest.approx(want, rel=5e-3), (method, got)
+        assert got[method] < 1020
     # recipe summaries
     summ = summarize_certify_tables([{"label": "seq", "tables": str(tables["seq"])}], radii=[0.1, 0.25])
     for r in (0.1, 0.25):
@@ -205,14 +220,15 @@ def test_resume_after_kill_shards_and_batch_give_the_uninterrupted_table(cli, ta
     import robcli.certify.sequential as sq
     from robcli.tables.io import partial_path, read_table
 
+    A = tables["argv"]
     full = read_table(tables["seq"], "certify").df
     # another --batch (pools of other sizes, blocks split across passes) gives the same table
     b = tmp_path / "b.parquet"
-    _ok(cli("certify", *COMMON, *SEQ, "--batch", "77", "--out", b))
+    _ok(cli("certify", *A, *SEQ, "--batch", "77", "--out", b))
     pdt.assert_frame_equal(_drop_time(read_table(b, "certify").df), _drop_time(full))
     # shards with different batches read as the full table
     for i, batch in enumerate(("300", "1000")):
-        _ok(cli("certify", *COMMON, *SEQ, "--batch", batch, "--shard", f"{i}/2",
+        _ok(cli("certify", *A, *SEQ, "--batch", batch, "--shard", f"{i}/2",
                 "--out", tmp_path / "shards" / f"s{i}.parquet"))
     pdt.assert_frame_equal(_drop_time(read_table(tmp_path / "shards", "certify").df), _drop_time(full))
 
@@ -227,15 +243,15 @@ def test_resume_after_kill_shards_and_batch_give_the_uninterrupted_table(cli, ta
 
     monkeypatch.setattr(sq._Pool, "_finish", dying)
     out = tmp_path / "r.parquet"
-    r = cli("certify", *COMMON, *SEQ, "--out", out)
+    r = cli("certify", *A, *SEQ, "--out", out)
     assert r.exit_code == 130 and not out.exists() and partial_path(out).exists()
     assert len(read_table(partial_path(out), "certify").df) == 3
     monkeypatch.setattr(sq._Pool, "_finish", real)
     # a fixed-N run cannot continue a sequential partial table, nor another radius list
-    r = cli("certify", *COMMON, "--out", out, "--resume")
+    r = cli("certify", *A, "--out", out, "--resume")
     assert r.exit_code == 2 and "different configuration" in r.output
-    r = cli("certify", *_with(COMMON, "--N", "2000"), *SEQ, "--out", out, "--resume")
+    r = cli("certify", *_with(A, "--N", "2000"), *SEQ, "--out", out, "--resume")
     assert r.exit_code == 2 and "different configuration" in r.output
-    _ok(cli("certify", *COMMON, *SEQ, "--batch", "123", "--out", out, "--resume"))
+    _ok(cli("certify", *A, *SEQ, "--batch", "123", "--out", out, "--resume"))
     assert not partial_path(out).exists()
     pdt.assert_frame_equal(_drop_time(read_table(out, "certify").df), _drop_time(full))
