@@ -127,6 +127,28 @@ def check_certificate(table, *, allow_estimate: bool = False) -> None:
         )
 
 
+def tests_labels(table) -> bool:
+    """Whether a certify table tested each example's LABEL (``certify --sequential --against label``).
+
+    Such a table measures certified accuracy on a labeled set: its certificates say "the label is certified at
+    radius r", which a deployed selector could never compute (it has no labels)."""
+    if str((table.config or {}).get("against", "")).strip().lower() == "label":
+        return True
+    df = table.df
+    return "against" in df.columns and bool((df["against"].astype(str) == "label").any())
+
+
+def check_selector_table(table) -> None:
+    """Refuse a certify table as a selector's (robust model's) table when it was certified against the labels.
+
+    Raises:
+        TableError: the table was made with ``--against label``.
+    """
+    if table.kind == "certify" and tests_labels(table):
+        raise TableError(f"{table.path} was certified --against label: a selector cannot use labels; certify the "
+                         "robust model with --against prediction (the default) for compose")
+
+
 def check_certified_run(table, run: str) -> None:
     """Refuse a run directory given for a mixture certify table that does not certify it (compose --robust-model).
 

@@ -1,4 +1,5 @@
-"""`robcli certify`: randomized-smoothing CERTIFY / PREDICT (Cohen et al., 2019) per example and sigma."""
+"""`robcli certify`: randomized-smoothing CERTIFY / PREDICT (Cohen et al., 2019) per example and sigma, or the
+sequential (anytime-valid) test of target radii with ``--sequential`` (robcli.certify.sequential)."""
 
 from __future__ import annotations
 
@@ -25,16 +26,27 @@ from robcli.cli.common import (
     handle_errors,
 )
 
+SEQ_HELP = ("Sequential certification: each example draws noise samples until every --radius is decided "
+            "(certified, or out of reach), at most --N estimation samples (the cap); the probability that any of an "
+            "example's certified claims is false is <= --alpha, simultaneously over its radii, whatever the stop. "
+            "Without --radius: each example's certified radius (a 1 - alpha lower bound), stopping when more samples "
+            "cannot raise it by more than --radius-tol. Not with --mode predict.")
+AGAINST_HELP = ("With --sequential: the class tested. prediction (default): N0 selection samples pick the class, then "
+                "fresh samples test it (Cohen's semantics; certifies unlabeled inputs). label: the label's probability "
+                "is tested directly, no selection samples: the table then measures CERTIFIED ACCURACY on a labeled "
+                "set and does not certify unlabeled inputs (compose refuses it as a selector).")
+
 
 @handle_errors
 def certify(
+    ctx: typer.Context,
     model: ModelOpt,
     dataset: DatasetOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Output certify table (.parquet); one row per example x sigma.")],
     sigma: Annotated[Optional[list[str]], typer.Option("--sigma", help="Gaussian noise std in [0,1] pixel units; repeatable. Default 0.12.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="certify (CERTIFY: radius + abstain) or predict (PREDICT: smoothed prediction).")] = "certify",
     n0: Annotated[int, typer.Option("--N0", "--n0", help="Selection samples for the top class (CERTIFY).")] = 100,
-    n: Annotated[int, typer.Option("--N", "--n", help="Estimation samples (CERTIFY) / votes (PREDICT).")] = 100_000,
+    n: Annotated[int, typer.Option("--N", "--n", help="Estimation samples (CERTIFY) / votes (PREDICT); with --sequential the cap on estimation samples per example.")] = 100_000,
     alpha: Annotated[float, typer.Option("--alpha", help="Failure probability of each certificate, in (0, 1).")] = 0.001,
     batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Noisy inputs per forward pass (does not change results).")] = 1000,
     split: SplitOpt = "test",
@@ -49,13 +61,20 @@ def certify(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off for long runs).")] = False,
+    sequential: Annotated[bool, typer.Option("--sequential", help=SEQ_HELP)] = False,
+    radius: Annotated[Optional[list[str]], typer.Option("--radius", help="With --sequential: a target L2 radius (> 0) to certify; repeatable. None: the adaptive mode.")] = None,
+    against: Annotated[Optional[str], typer.Option("--against", help=AGAINST_HELP)] = None,
+    radius_tol: Annotated[Optional[float], typer.Option("--radius-tol", help="With --sequential and no --radius: stop when more samples cannot raise the certified radius by more than this (L2, > 0; default 0.02 * sigma).")] = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Certify each example with Cohen et al.'s CERTIFY (N0, N, alpha) at every --sigma.
 
-    Noise is added in [0,1] pixel space before the model's own normalization and is not clipped.
+    Noise is added in [0,1] pixel space before the model's own normalization and is not clipped. With
+    --sequential the anytime-valid test decides each --radius after as few samples as the votes allow (same
+    table columns, plus certified_radii, n_used and against); --against label measures certified accuracy and
+    does not certify unlabeled inputs.
     """
     from pathlib import Path
 
@@ -68,23 +87,34 @@ def certify(
         image_size_for,
         naming_nonfinite,
         progress,
+        refuse_given,
     )
     from robcli.errors import UsageError
+    from robcli.utils.device import resolve_device
     from robcli.utils.parse import parse_float_expr, parse_shard
 
+    if not sequential:
+        refuse_given(ctx, ("radius", "radius_tol", "against"), "without --sequential (fixed-N CERTIFY certifies "
+                     "its own prediction and reports each example's radius)")
     sigmas = tuple(parse_float_expr(s, "--sigma") for s in (sigma or ["0.12"]))
     shard_t = parse_shard(shard)
-    from robcli.utils.device import resolve_device
-
     dev = resolve_device(device)
-    cfg = CertifyConfig(
-        sigmas=sigmas, N0=n0, N=n, alpha=alpha, batch=batch, mode=mode.strip().lower(), seed=seed,
-        compile=compile_,
-        # the device type is part of the configuration: CPU and CUDA generators draw different noise, so
-        # resuming or merging shards across device types would mix two noise streams
-        extra={"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
-               "shard": shard, "device_type": dev.type},
-    )
+    # the device type is part of the configuration: CPU and CUDA generators draw different noise, so
+    # resuming or merging shards across device types would mix two noise streams
+    extra = {"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
+             "shard": shard, "device_type": dev.type}
+    if sequential:
+        from robcli.certify.sequential import SequentialConfig, run_sequential, sample_text
+
+        cfg = SequentialConfig(
+            sigmas=sigmas, radii=tuple(parse_float_expr(r, "--radius") for r in (radius or [])),
+            against=against or "prediction", radius_tol=radius_tol, N0=n0, N=n, alpha=alpha, batch=batch,
+            mode=mode, seed=seed, compile=compile_, extra=extra)
+        runner = run_sequential
+    else:
+        cfg = CertifyConfig(sigmas=sigmas, N0=n0, N=n, alpha=alpha, batch=batch, mode=mode.strip().lower(),
+                            seed=seed, compile=compile_, extra=extra)
+        runner = run_certify
     out_p = Path(out)
     if out_p.suffix != ".parquet":
         raise UsageError(f"--out {out}: give a file name ending in .parquet")
@@ -127,10 +157,11 @@ def certify(
         write_table(df, part, "certify", config=config, prov=prov)
 
     with naming_nonfinite(model, part), progress(quiet) as prog:
-        df = run_certify(lm.model, data, cfg, device=dev, shard=shard_t, done=done, checkpoint=checkpoint,
-                         progress=ProgressCallback(prog))
+        df = runner(lm.model, data, cfg, device=dev, shard=shard_t, done=done, checkpoint=checkpoint,
+                    progress=ProgressCallback(prog))
     write_table(df, out_p, "certify", config=config, prov=prov)
     if part.exists():
         part.unlink()
     if not quiet:
-        console().print(summary_text(df) + f"\nwrote {out_p} ({len(df)} rows)", highlight=False, soft_wrap=True)
+        more = ("\n" + sample_text(df)) if sequential and len(df) else ""
+        console().print(summary_text(df) + more + f"\nwrote {out_p} ({len(df)} rows)", highlight=False, soft_wrap=True)

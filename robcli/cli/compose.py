@@ -191,7 +191,7 @@ def compose(
         steps = 50
     import pandas as pd
 
-    from robcli.analysis.metrics import check_same_examples, view_from_table
+    from robcli.analysis.metrics import check_same_examples, check_selector_table, view_from_table
     from robcli.compose.evaluate import evaluate_composition, sweep
     from robcli.compose.selectors import SR_NAME, parse_selector, ri_member, sr_member, sr_pointwise_member
     from robcli.errors import TableError
@@ -245,6 +245,8 @@ def compose(
     core_t = _read_many(core)
     core_v = view_from_table(core_t, e, norm=nrm, sigma=sigma)
     rob_ts = [_read_many(r) for r in robust]
+    for t in rob_ts:
+        check_selector_table(t)
     for run, t in [*zip(robust_model or [], rob_ts), *([(core_model, core_t)] if core_model else [])]:
         _check_run_matches_table(run, t)
     e_check = 2 * e if check == "2eps" else e

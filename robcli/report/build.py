@@ -90,6 +90,27 @@ def _eps_round(e) -> float:
     return float(f"{float(e):.6g}")
 
 
+def _certify_method(t, g) -> tuple[str, float]:
+    """How a certify table's rows were computed, and the mean noise samples drawn per example (``g``: one sigma).
+
+    Sequential tables (``certify --sequential``) record ``n_used`` (selection + estimation samples) per row;
+    for the others every example draws N0 + N (as recorded; mixture certificates without smoothing record 0).
+    """
+    if "method" in g.columns and (g["method"].astype(str) == "sequential").all() and "n_used" in g.columns:
+        against = str(g["against"].iloc[0]) if "against" in g.columns and len(g) else "prediction"
+        radii = (t.config or {}).get("radii")
+        what = f"sequential({'adaptive' if not radii else 'r=' + ','.join(f'{float(r):g}' for r in radii)}, " \
+               f"against {against})"
+        return what, float(g["n_used"].mean()) if len(g) else float("nan")
+    if "mode" in g.columns and len(g) and (g["mode"].astype(str) == "predict").all():
+        what = "fixed-N PREDICT"
+    elif "certified_model" in g.columns:
+        what = "mixture certificate"
+    else:
+        what = "fixed-N CERTIFY"
+    return what, float((g["N0"] + g["N"]).mean()) if len(g) else float("nan")
+
+
 def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = None) -> Report:
     """Paper-style sections from the tables; ``pareto=(X, Y)`` adds a Pareto-front section on those metrics."""
     import pandas as pd
@@ -128,6 +149,7 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                 g = t.df[t.df["sigma"] == sg]
                 row = {"model": _model_label(t), "dataset": ds, "sigma": float(sg), "n": len(g)}
                 srow = dict(row)
+                row["method"], row["samples/ex"] = _certify_method(t, g)
                 for r in radii:
                     # refuses mixture-with-smoothed-h tables; estimates pass, labelled [ESTIMATE] by _model_label
                     v = certify_view(t, r, sigma=float(sg), allow_estimate=True)
@@ -159,10 +181,13 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                                     "Sound rule: see `robcli compose --help`; deltas are against the core model; "
                                     "pareto: non-dominated on (nat_acc, robust_acc) within one data set and threat model."))
     if cert:
+        seq_note = (" samples/ex: mean noise samples drawn per example (fixed-N: N0 + N; sequential: the selection "
+                    "and estimation samples it used, n_used). With --against label the table measures certified "
+                    "accuracy; inacc@r is then 0 by construction (wrong predictions are never tested).")
         est_note = (" Rows marked [ESTIMATE] are built on radius estimates (mix certify --method local, 004 App. C.3), "
                     "not certificates: their numbers are estimates." if estimates else "")
         rep.sections.append(Section("Certified accuracy (acc@r) and certified robust inaccuracy (inacc@r) at L2 radii (Tables 2/3)",
-                                    pd.DataFrame(cert), est_note.strip()))
+                                    pd.DataFrame(cert), (est_note + seq_note).strip()))
         rep.sections.append(Section(
             "Certified robustness-indicator selector: robust selection (sel@r) and selected robust accuracy (selacc@r) (Table 3)",
             pd.DataFrame(cert_sel),

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from robcli.errors import TableError, UsageError
-from robcli.tables.schema import FRACTIONS, NULLABLE, PARTITION_SPLITS, SCHEMA_VERSION, SCHEMAS
+from robcli.tables.schema import (
+    AGAINST_VALUES,
+    FRACTIONS,
+    NULLABLE,
+    OPTIONAL,
+    PARTITION_SPLITS,
+    SCHEMA_VERSION,
+    SCHEMAS,
+)
 from robcli.utils.fsio import atomic_target
 
 META_PREFIX = "robcli."
@@ -95,6 +103,18 @@ def _coerce_column(s, typ: str, nullable: bool):
     import numpy as np
     from pandas.api import types as pt
 
+    if typ == "list<float64>":
+        out = []
+        for v in s.tolist():
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+                raise ValueError("values that are not lists")
+            a = np.asarray(v, dtype=float).reshape(-1)
+            if not np.isfinite(a).all():
+                raise ValueError("non-finite list entries")
+            out.append([float(x) for x in a])
+        import pandas as pd
+
+        return pd.Series(out, index=s.index, dtype=object)
     if typ == "string":
         if s.isna().any():
             raise ValueError("missing values")
@@ -148,6 +168,17 @@ def _coerce(df, kind: str, where: str = ""):
             df[col] = _coerce_column(df[col], typ, col in NULLABLE.get(kind, ()))
         except (ValueError, TypeError, OverflowError) as e:
             raise TableError(f"{pre}{kind} table column {col!r} cannot be {typ}: {e}") from None
+    for col, typ in OPTIONAL.get(kind, {}).items():
+        if col not in df.columns:
+            continue
+        try:
+            df[col] = _coerce_column(df[col], typ, False)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise TableError(f"{pre}{kind} table column {col!r} cannot be {typ}: {e}") from None
+    if "against" in df.columns and kind == "certify":
+        bad = sorted(set(df["against"]) - set(AGAINST_VALUES))
+        if bad:
+            raise TableError(f"{pre}certify table column 'against' holds {bad[0]!r}; expected prediction or label")
     for col in FRACTIONS.get(kind, ()):
         v = df[col].to_numpy(dtype=float)
         v = v[~np.isnan(v)]

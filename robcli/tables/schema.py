@@ -65,6 +65,21 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
 }
 
+# Optional columns: absent in older tables and in other writers' tables; checked (and typed) where present.
+# "list<float64>": each value a list of finite floats. Sequential certification (certify --sequential) writes
+# these; every consumer of a certify table reads the required columns above and ignores them.
+OPTIONAL: dict[str, dict[str, str]] = {
+    "certify": {
+        "method": "string",  # "sequential" (certify --sequential); absent: fixed-N CERTIFY / PREDICT
+        "against": "string",  # "prediction" (Cohen's selection) or "label" (certified accuracy of the labels)
+        "cap": "int64",  # the cap on estimation samples (--N)
+        "n_used": "int64",  # selection + estimation samples drawn for the row
+        "certified_radii": "list<float64>",  # the target radii certified (the adaptive mode: [radius] or [])
+        "stop": "string",  # why the example stopped (decided, cap, unreachable, tolerance, hopeless)
+    },
+}
+AGAINST_VALUES = ("prediction", "label")
+
 FRACTIONS: dict[str, tuple[str, ...]] = {
     "compose": ("nat_acc", "robust_acc", "robust_selection", "selected_robust_acc", "robust_inaccuracy"),
     "train_log": ("train_nat_acc", "val_nat_acc", "val_robust_acc", "val_robust_inaccuracy"),
