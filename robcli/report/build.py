@@ -15,16 +15,38 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from robcli.analysis.certified import DEFAULT_RHO
 from robcli.errors import TableError
 from robcli.report.render import Report, Section
 
 DEFAULT_RADII = (0.0, 0.12, 0.25, 0.5, 0.75, 1.0)
 
 
-def collect(paths) -> list:
-    """Read every table named (a run dir contributes every robcli table inside it)."""
+def confidence_note(rho: float) -> str:
+    """What the acc_lb@r columns claim (one sentence per point, for the report)."""
+    return (f"With probability at least 1 - rho = {1 - rho:g} over the certification noise, the smoothed classifier is "
+            "right and certified-robust at r on at least a fraction acc_lb@r of these n examples, at every r of the "
+            "row at once: acc@r - k/n, where k is the (1 - rho) quantile of Binomial(n, alpha), because each of the "
+            "n certificates is false with probability at most alpha, independently (Cohen et al. 2019, App.; exact "
+            "binomial instead of their Bernstein-style formula, which can overstate the bound when n*alpha is "
+            "large). About these n test examples, per table and sigma; clipped at 0.")
+
+
+def collect(paths, logs: dict | None = None) -> list:
+    """Read every table named (a run dir contributes every robcli table inside it).
+
+    Cohen-format certification logs (:mod:`robcli.tables.cohen`) are read as certify tables with the parameters
+    ``logs[path]`` declares (the keyword arguments of :func:`robcli.tables.cohen.read_cohen_log`).
+
+    Raises:
+        TableError: a missing or unreadable table.
+        UsageError: a Cohen-format log without declared parameters.
+    """
+    from robcli.errors import UsageError
+    from robcli.tables.cohen import cohen_table, is_cohen_log
     from robcli.tables.io import read_table
 
+    logs = {str(k): v for k, v in (logs or {}).items()}
     tables = []
     for p in map(Path, paths):
         if not p.exists():
@@ -34,16 +56,38 @@ def collect(paths) -> list:
             if not files:
                 raise TableError(f"run dir {p} holds no tables")
             tables += [read_table(f) for f in files if not f.name.startswith(".")]
+        elif p.is_file() and is_cohen_log(p):
+            if str(p) not in logs:
+                raise UsageError(f"{p} is a Cohen-format log, which does not record its parameters: give --sigma "
+                                 "(and --N, --N0, --alpha when not 100000, 100, 0.001)")
+            tables.append(cohen_table(p, **logs[str(p)]))
         else:
             tables.append(read_table(p))
     return tables
+
+
+def cohen_log_inputs(paths) -> list[str]:
+    """The inputs among ``paths`` that are Cohen-format logs (to pair them with declared parameters)."""
+    from robcli.tables.cohen import is_cohen_log
+
+    return [str(p) for p in paths if Path(p).is_file() and is_cohen_log(p)]
+
+
+def _imported(t) -> bool:
+    return bool(isinstance(t.config, dict) and t.config.get("imported_from"))
 
 
 def _model_label(t) -> str:
     models = t.meta.get("models") or []
     if models and isinstance(models[0], dict) and models[0].get("path"):
         return model_display_name(str(models[0]["path"]))
-    return Path(t.path).stem
+    name = Path(t.path).name
+    for suffix in (".parquet", ".tsv", ".txt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    # an imported Cohen-format log (a .tsv read directly, or its imported table) says so
+    return f"{name} (imported)" if _imported(t) else name
 
 
 def model_display_name(path: str) -> str:
@@ -85,15 +129,27 @@ def _eps_round(e) -> float:
     return float(f"{float(e):.6g}")
 
 
-def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = None) -> Report:
-    """Paper-style sections from the tables; ``pareto=(X, Y)`` adds a Pareto-front section on those metrics."""
+def certify_alpha(g) -> float:
+    """The alpha of a (table, sigma) group's certificates: the largest when rows differ (the conservative one)."""
+    return float(g["alpha"].max())
+
+
+def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = None,
+                 rho: float = DEFAULT_RHO) -> Report:
+    """Paper-style sections from the tables; ``pareto=(X, Y)`` adds a Pareto-front section on those metrics.
+
+    Certify tables also get a section with the ``1 - rho`` lower confidence bound on each certified accuracy
+    (:mod:`robcli.analysis.certified`, the exact binomial bound).
+    """
     import pandas as pd
 
+    from robcli.analysis.certified import certified_accuracy_lower, check_rho
     from robcli.analysis.metrics import attack_view, available_eps, certify_view, summarize
     from robcli.analysis.partition import split_summary
 
+    rho = check_rho(rho)
     rep = Report()
-    att, part, comp, cert, cert_sel, logs = [], [], [], [], [], []
+    att, part, comp, cert, cert_sel, cert_lb, logs = [], [], [], [], [], [], []
     for t in tables:
         ds = _dataset(t)
         if t.kind == "attack":
@@ -121,16 +177,21 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                 g = t.df[t.df["sigma"] == sg]
                 row = {"model": _model_label(t), "dataset": ds, "sigma": float(sg), "n": len(g)}
                 srow = dict(row)
+                alpha = certify_alpha(g)
+                lrow = {**row, "alpha": alpha}
                 for r in radii:
                     v = certify_view(t, r, sigma=float(sg))
                     s = summarize(v)
                     row[f"acc@{r:g}"] = s["robust_acc"]
                     row[f"inacc@{r:g}"] = s["robust_inaccuracy"]
+                    lrow[f"acc@{r:g}"] = s["robust_acc"]
+                    lrow[f"acc_lb@{r:g}"] = certified_accuracy_lower(s["robust_acc"], len(g), alpha, rho)
                     sel = v.df["robust"]  # not abstained and certified radius >= r: the selector selects
                     srow[f"sel@{r:g}"] = float(sel.mean()) if len(g) else float("nan")
                     srow[f"selacc@{r:g}"] = float(v.df["correct"][sel].mean()) if sel.any() else float("nan")
                 cert.append(row)
                 cert_sel.append(srow)
+                cert_lb.append(lrow)
         elif t.kind == "train_log":
             last = t.df.iloc[-1].to_dict()
             last = {"run": Path(t.path).parent.name, **last}
@@ -159,6 +220,10 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
             "sel@r: fraction of examples with certified radius >= r (not abstained); selacc@r: accuracy among them. "
             "For a composition at threat radius eps the sound robust selection is sel@(2*eps) (compose's default "
             "--selection-check 2eps); the paper's criterion is sel@eps."))
+        rep.sections.append(Section(
+            f"Certified accuracy with a confidence statement (rho = {rho:g}): acc_lb@r <= true certified accuracy "
+            f"with probability >= {1 - rho:g}",
+            pd.DataFrame(cert_lb), confidence_note(rho)))
     if logs:
         rep.sections.append(Section("Training runs (last epoch)", pd.DataFrame(logs)))
     front = None
