@@ -111,6 +111,13 @@ def test_report_on_a_log_needs_its_sigma(cli, log, tmp_path):
     assert r.exit_code == 2 and "none of the inputs" in r.output
 
 
+def test_a_log_given_where_a_table_is_expected_says_what_it_is(cli, log, tmp_path):
+    with pytest.raises(TableError, match="is a Cohen-format certification log, not a robcli table"):
+        read_table(log)
+    r = cli("partition", log, "--radius", "0.5")
+    assert r.exit_code == 2 and "Cohen-format certification log" in r.output
+
+
 def test_is_cohen_log(log, tmp_path):
     assert is_cohen_log(log)
     pq = import_cohen_log(log, tmp_path / "c.parquet", sigma=SIGMA)

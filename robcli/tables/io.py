@@ -245,6 +245,12 @@ def _read_one(path: Path) -> Table:
     try:
         t = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
+        from robcli.tables.cohen import is_cohen_log
+
+        if is_cohen_log(path):
+            raise TableError(f"{path} is a Cohen-format certification log, not a robcli table: import it with its "
+                             "sigma, N and alpha first (robcli.tables.cohen.import_cohen_log), or give it to report "
+                             "with --sigma") from None
         raise TableError(f"{path} is not a readable Parquet table ({type(e).__name__})") from None
     meta = _decode_meta(t.schema.metadata)
     kind = meta.get("table")
