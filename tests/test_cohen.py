@@ -282,6 +282,8 @@ def test_export_file_naming(tmp_path, log):
         "a_sigma_0.5.tsv", "b_sigma_0.25.tsv", "b_sigma_0.5.tsv"]
     with pytest.raises(UsageError, match="must be a folder"):
         plan_cohen_export([two], tmp_path / "x.tsv")
+    assert [p.name for p, _ in plan_cohen_export([tab(tmp_path / "sigma_0.50", [0.5])], tmp_path / "o")] == [
+        "sigma_0.50_sigma_0.5.tsv"]
     with pytest.raises(UsageError, match="give --out"):
         plan_cohen_export([one], None)
     with pytest.raises(UsageError, match="would both write"):

@@ -338,7 +338,7 @@ def plan_cohen_export(tables, out: str | Path | None) -> list[tuple[Path, str]]:
 
     One (table, sigma) and ``OUT`` ending in ``.tsv``: that file. Otherwise ``OUT`` is a folder and each file is
     named ``<table name>_sigma_<sigma>.tsv`` (the table name is its file or shard folder name without
-    ``.parquet``). Nothing is written here.
+    ``.parquet``, ``.tsv`` or ``.txt``). Nothing is written here.
 
     Raises:
         UsageError: no ``out``; a table that is not a certify table; ``OUT.tsv`` for several files; two tables
@@ -352,7 +352,10 @@ def plan_cohen_export(tables, out: str | Path | None) -> list[tuple[Path, str]]:
         if t.kind != "certify":
             raise UsageError(f"--format cohen-tsv writes certify tables; {t.path} is a {t.kind} table")
         stem = Path(t.path).name
-        stem = stem[: -len(".parquet")] if stem.endswith(".parquet") else Path(stem).stem or stem
+        for suffix in (".parquet", ".tsv", ".txt"):  # Cohen's own names (sigma_0.25) keep their dots
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
         for sg in sorted({float(s) for s in t.df["sigma"]}):
             g = t.df[t.df["sigma"] == sg]
             parts.append((stem, sg, g, t.path))
