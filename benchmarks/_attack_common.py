@@ -8,7 +8,7 @@ import torch
 def trained_digits_cnn(epochs: int = 2, seed: int = 0):
     """small_cnn trained inside the benchmark (plain SGD, lr 0.05, momentum 0.9, batch 64), eval mode."""
     from robcli.data.registry import load_split
-    from robcli.models.io import build
+    from robcli.models import build
 
     tr = load_split("digits", "train")
     info = tr.info

@@ -40,7 +40,7 @@ def main() -> None:
     import tempfile
     from pathlib import Path
 
-    from robcli.models.io import make_card, save_run
+    from robcli.models import make_card, save_run
 
     info = data.info
     with tempfile.TemporaryDirectory() as tmp:

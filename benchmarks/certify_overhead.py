@@ -33,7 +33,7 @@ def main() -> None:
 
     from robcli.certify.smoothing import CertifyConfig, VoteCounter, group_size, run_certify
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     dev = torch.device(a.device)
     data = load_split("digits", "test").select(n_ex=a.n_images)

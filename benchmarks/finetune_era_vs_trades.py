@@ -34,8 +34,8 @@ def main() -> None:
     from robcli.losses import LossConfig, get_loss
     from robcli.losses.era import DEFAULT_ERA_STEPS, descent_adversary, other_logprob
     from robcli.losses.trades import trades_adversary
-    from robcli.models.io import load_model
-    from robcli.train.bn import eval_mode
+    from robcli.models import load_model
+    from robcli.models.bn import eval_mode
 
     data = load_split("digits", "train")
     x_all, y_all = data.tensors()

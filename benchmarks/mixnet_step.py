@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from robcli.mixing.attacks import make_loss, pgd_mix
     from robcli.mixing.mixed import MixedClassifier
     from robcli.mixing.train import MixnetConfig, mixnet_step
-    from robcli.models.io import build
+    from robcli.models import build
     from robcli.utils.device import resolve_device
 
     if a.threads:

@@ -25,3 +25,22 @@ class TableError(RobcliError):
 
 class TrainingCollapse(RobcliError):
     """Training ended with natural accuracy near chance."""
+
+
+class NonFiniteOutput(ModelError):
+    """A model returned NaN or infinite logits: predictions, margins and votes made from them mean nothing.
+
+    ``who`` names the model (the CLI puts the ``--model`` it was given there); ``detail`` says where;
+    ``member`` is ``"g"`` or ``"h"`` when the model is one member of a mixture (core g, robust h).
+    """
+
+    def __init__(self, detail: str, who: str | None = None, member: str | None = None):
+        self.detail = str(detail)
+        self.member = member
+        self.who = str(who) if who is not None else {"g": "the core model g", "h": "the robust model h"}.get(
+            member or "", "the model")
+        super().__init__(f"{self.who} {self.detail}")
+
+    def named(self, name: str) -> "NonFiniteOutput":
+        """The same error, naming the model ``name``."""
+        return NonFiniteOutput(self.detail, f"model {name}", self.member)

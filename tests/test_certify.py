@@ -80,11 +80,45 @@ def test_predict_from_counts_binomial_test():
 @pytest.mark.parametrize(
     "kw, word",
     [({"sigma": 0.0}, "sigma"), ({"sigma": -1.0}, "sigma"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
-     ({"n0": 200, "n": 100}, "N0"), ({"alpha": 0.001, "n": 9}, "log2"), ({"n0": 0, "n": 10}, "N0")],
+     ({"alpha": 0.001, "n": 9}, "log2"), ({"n0": 0, "n": 10}, "N0")],
 )
 def test_check_params_refuses(kw, word):
     with pytest.raises(UsageError, match=word):
         check_params(**kw)
+
+
+def test_n0_may_exceed_n():
+    # nothing in CERTIFY ties the selection sample to the estimation sample (issue 9, item 7c)
+    check_params(alpha=0.01, n0=5000, n=100, mode="certify")
+    check_params(alpha=0.01, n0=5000, n=100, mode="predict")
+
+
+def test_group_size_bounds_the_round_by_the_larger_sample():
+    from robcli.certify.smoothing import NOISE_BLOCK, group_size
+
+    # N0 <= N: as before, the estimation sample fills the batch
+    assert group_size(CertifyConfig(N0=100, N=200, alpha=0.01, batch=1000)) == 5
+    # N0 > N: the selection round holds group x min(N0, NOISE_BLOCK) inputs, so the group shrinks to keep
+    # it at about --batch (grouping does not change results: each example has its own noise generator)
+    cfg = CertifyConfig(N0=1000, N=20, alpha=0.01, batch=1000)
+    assert group_size(cfg) * min(cfg.N0, NOISE_BLOCK) <= cfg.batch
+    # predict mode has no selection sample
+    assert group_size(CertifyConfig(N0=1000, N=20, alpha=0.1, batch=1000, mode="predict")) == 50
+
+
+def test_certify_with_n0_above_n_keeps_its_error_rate():
+    # N0 = 400 selection samples, N = 100 estimation samples: the certificates still hold at level alpha
+    n, sigma, alpha = 1000, 0.5, 0.05
+    model, data, margin, _ = _linear_problem(n)
+    cfg = CertifyConfig(sigmas=(sigma,), N0=400, N=100, alpha=alpha, batch=40_000, seed=5)
+    df = run_certify(model, data, cfg, device="cpu")
+    assert (df["N0"] == 400).all() and (df["counts"].apply(sum) == 100).all()
+    true_cls = (margin <= 0).astype(int)
+    d = df.sort_values("idx")
+    cert = d["predict"].to_numpy() != ABSTAIN
+    wrong = cert & ((d["predict"].to_numpy() != true_cls) | (d["radius"].to_numpy() > np.abs(margin) + 1e-12))
+    assert cert.sum() > n / 3  # not trivially abstaining
+    _assert_few_wrong(int(wrong.sum()), n, alpha, 1e-4)
 
 
 def test_noise_seed_depends_on_every_key():
@@ -239,7 +273,7 @@ def test_points_on_the_boundary_mostly_abstain():
 
 def _digits_setup(n_ex=7):
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     data = load_split("digits", "test").select(n_ex=n_ex)
     lm = load_model("tiny_cnn", dataset_info=data.info, seed=1)
@@ -375,6 +409,16 @@ def test_cli_certify_writes_table_with_provenance(cli, tmp_path):
     assert "already complete" in r.output
 
 
+def test_cli_certify_accepts_n0_above_n(cli, tmp_path):
+    from robcli.tables.io import read_table
+
+    out = tmp_path / "c.parquet"
+    _ok(cli("certify", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "2", "--N0", "500", "--N", "100",
+            "--alpha", "0.01", "--out", out, "--quiet"))
+    df = read_table(out, "certify").df
+    assert (df["N0"] == 500).all() and (df["N"] == 100).all()
+
+
 def _with_flag(argv, flag, value):
     out = list(argv)
     out[out.index(flag) + 1] = value
@@ -458,7 +502,7 @@ def test_cli_empty_shard_and_folder_reads_as_full_table(cli, tmp_path):
 
 @pytest.fixture
 def gaussians_run(tmp_path):
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     m = build("tiny_mlp", 3, (2,))
     return save_run(tmp_path / "g_run", m, make_card("tiny_mlp", 3, (2,), dataset="gaussians"))
@@ -471,7 +515,7 @@ def gaussians_run(tmp_path):
         (["--sigma", "-0.1"], "sigma"),
         (["--alpha", "0"], "alpha"),
         (["--alpha", "1.5"], "alpha"),
-        (["--N0", "500", "--N", "100"], "N0"),
+        (["--N0", "0"], "N0"),
         (["--N", "5", "--N0", "5", "--alpha", "0.001"], "log2"),
         (["--mode", "predict", "--N", "10", "--alpha", "0.001"], "log2(2/alpha)"),
         (["--mode", "vote"], "mode"),

@@ -11,7 +11,7 @@ from robcli.tables.io import partial_path, read_table
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     torch.manual_seed(0)
     m = build("tiny_mlp", 3, (2,))

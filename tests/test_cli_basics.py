@@ -17,3 +17,28 @@ def test_help_does_not_import_torch():
 def test_version(cli):
     r = cli("--version")
     assert r.exit_code == 0 and "robcli" in r.output
+
+
+def test_given_is_decided_by_parameter_source_not_by_value():
+    """An explicit flag equal to its default counts as given; an omitted one does not."""
+    from typing import Annotated
+
+    import typer
+    from typer.testing import CliRunner
+
+    from robcli.cli.common import given, handle_errors, refuse_given
+
+    app = typer.Typer()
+    seen = {}
+
+    @app.command()
+    @handle_errors
+    def cmd(ctx: typer.Context, batch: Annotated[int, typer.Option("--batch", "--batch-size")] = 256,
+            steps: Annotated[int, typer.Option("--steps")] = 10) -> None:
+        seen["given"] = given(ctx, "batch", "steps")
+        refuse_given(ctx, ["steps"], "here (a test)")
+
+    r = CliRunner().invoke(app, ["--batch-size", "256"])
+    assert r.exit_code == 0 and seen["given"] == ["--batch"]
+    r = CliRunner().invoke(app, ["--steps", "10"])
+    assert r.exit_code == 2 and "--steps does not apply here (a test)" in r.output

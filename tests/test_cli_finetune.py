@@ -49,7 +49,8 @@ def test_finetune_cli_errors(cli, tmp_path, args, needle):
 
 def test_init_that_does_not_fit(cli, tmp_path):
     src = tmp_path / "gauss"
-    r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--model", "tiny_mlp", "--epochs", "1", "--out", src, "--quiet")
+    r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--model", "tiny_mlp", "--epochs", "1", "--batch", "200",
+            "--out", src, "--quiet")
     assert r.exit_code == 0, r.output
     out = tmp_path / "digits_run"
     r = cli("finetune", "--loss", "std", "--dataset", "digits", "--init", src, "--epochs", "1", "--out", out, "--quiet")
@@ -150,7 +151,7 @@ def mix_members(tmp_path_factory):
     import torch.nn.functional as F
 
     from robcli.data.registry import load_split
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     d = tmp_path_factory.mktemp("mixm")
     tr = load_split("digits", "train")

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from robcli.models.io import build, make_card, save_run
+from robcli.models import build, make_card, save_run
 
 
 def _tree(root, size=20):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from robcli.models.io import build, make_card, save_run
+from robcli.models import build, make_card, save_run
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_compose_mix_exports_the_same_mixture_as_mix_build(cli, models, tmp_path
     from safetensors.torch import load_file
 
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     a, b = tmp_path / "a", tmp_path / "b"
     res = cli("compose", "--mix", "0.3", "--core", models["g"], "--robust", models["h"], "--export", a,
@@ -77,7 +77,7 @@ def test_compose_mix_sweep_matches_mix_sweep(cli, models, tmp_path):
     assert ta.meta["command"][:2] == ["compose", "--mix-sweep"]
     # alpha = 0 is g alone, alpha = 1 is h alone: their natural accuracies
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     x, y = load_split("digits", "test").select(n_ex=32).tensors()
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 import torch
 
-from robcli.models.io import build
+from robcli.models import build
 
 
 def _traced(tmp_path):

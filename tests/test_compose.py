@@ -115,6 +115,8 @@ def test_softmax_response_from_table_confidences(tmp_path, cli):
     lab = [0, 0, 0, 0]
     pred = [0, 0, 1, 0]
     frames = [rows(lab, pred, [1, 1, 1, 0], E),
+              rows(lab, pred, [1, 1, 1, 0], E, attack="apgd-conf",
+                   clean_conf=[0.9, 0.9, 0.95, 0.6], adv_conf=[0.88, 0.85, 0.92, 0.4]),
               rows(lab, pred, [1, 1, 1, 0], 2 * E, attack="apgd-conf",
                    clean_conf=[0.9, 0.9, 0.95, 0.6], adv_conf=[0.85, 0.5, 0.9, 0.3])]
     r = write(tmp_path / "r.parquet", frames)
@@ -125,8 +127,9 @@ def test_softmax_response_from_table_confidences(tmp_path, cli):
     df = read_table(out).df
     assert len(df) == 21  # 0.8 is on the sweep grid
     row = df[np.isclose(df["threshold"], 0.8)].iloc[0]
-    # tau=.8: selected at x: 0,1,2; robustly selected: 0 (.85), 2 (.9); ok: 0 (R robust+right)
-    # ex1: not robustly selected, R ok, C robust+right -> counts; ex2: robustly selected, R wrong; ex3: R not ok
+    # tau=.8 (eq. 16): lowest confidence on B_eps .88, .85, .92, .4 -> selected: 0,1,2; on B_2eps .85, .5, .9, .3
+    # -> robustly selected: 0, 2. ex1: not robustly selected, R right at x, C robust+right -> counts; ex2:
+    # robustly selected, R wrong; ex3: R right at x but C not robust -> not counted
     assert row["robust_selection"] == pytest.approx(2 / 4)
     assert row["robust_acc"] == pytest.approx(2 / 4)
     assert row["selected_robust_acc"] == pytest.approx(1 / 2)
@@ -158,13 +161,16 @@ def test_softmax_response_flipped_points_are_not_robustly_selected(tmp_path, cli
                 adv_conf_other=[0.04, 0.9, 0.04])
     conf["adv_margin"] = [3.0, -1.0, 3.0]
     ce2 = rows(lab, pred, [0, 0, 1], 2 * E)  # apgd-ce at 2*eps flips example 0
-    r = write(tmp_path / "r.parquet", [rows(lab, pred, [1, 1, 1], E), conf, ce2])
+    conf_eps = rows(lab, pred, [1, 1, 1], E, attack="apgd-conf", clean_conf=0.9, adv_conf_other=0.04)
+    conf_eps["adv_margin"] = 3.0  # max softmax 0.04 * e^3 = 0.80 on B_eps: all three selected at tau 0.6
+    r = write(tmp_path / "r.parquet", [rows(lab, pred, [1, 1, 1], E), conf_eps, conf, ce2])
     c = write(tmp_path / "c.parquet", [rows(lab, [0, 0, 0], [1, 1, 1], E)])
     out = tmp_path / "sr.parquet"
     res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.6", "--out", out)
     assert res.exit_code == 0, res.output
     row = read_table(out).df.iloc[0]
     # before the cap: 0 (0.80 from apgd-conf) and 1 (0.9 of the other class) counted as robustly selected
+    assert row["selection_rate"] == pytest.approx(1.0)
     assert row["robust_selection"] == pytest.approx(1 / 3)
     assert row["selected_robust_acc"] == pytest.approx(1.0)
 
@@ -224,7 +230,7 @@ def test_bad_input(cli, bad, tmp_path, args, needle):
 def _run_dir(path, seed, train=False):
     import torch
 
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     torch.manual_seed(seed)
     m = build("tiny_mlp", 3, (2,))
@@ -258,14 +264,16 @@ def _export_setup(tmp_path, n=16, train=False):
     return sd, r, c, rrun, crun
 
 
-def test_export_softmax_response_composite_routes_by_threshold(tmp_path, cli):
+def test_export_pointwise_softmax_response_composite_routes_by_threshold(tmp_path, cli):
+    import json
+
     import torch
 
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     sd, r, c, rrun, crun = _export_setup(tmp_path, 8)
     exp = tmp_path / "composite"
-    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.5",
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr-pointwise", "--threshold", "0.5",
               "--robust-model", rrun, "--core-model", crun, "--export", exp, "--export-threshold", "0.4", "-q")
     assert res.exit_code == 0, res.output
     lm = load_model(str(exp))
@@ -276,7 +284,14 @@ def test_export_softmax_response_composite_routes_by_threshold(tmp_path, cli):
         pr = torch.softmax(robust(x), 1)
         want = torch.where((pr.amax(1) >= 0.4).view(-1, 1), torch.log_softmax(robust(x), 1), torch.log_softmax(core(x), 1))
     assert torch.allclose(out, want, atol=1e-6)
-    assert len(lm.files) == 2 and lm.card["composite"]["selector"] == "softmax-response"
+    assert len(lm.files) == 2 and lm.card["composite"]["selector"] == "softmax-response-pointwise"
+    assert "inner_attack" not in lm.card["composite"]
+    # a card written before eq. 16 (selector softmax-response, no inner attack) computed this rule and still does
+    card = json.loads((exp / "card.json").read_text())
+    card["composite"]["selector"] = "softmax-response"
+    (exp / "card.json").write_text(json.dumps(card))
+    with torch.no_grad():
+        assert torch.allclose(load_model(str(exp)).model(x), want, atol=1e-6)
 
 
 def _independent_indicator(model, x, eps, steps):
@@ -304,7 +319,7 @@ def test_export_robustness_indicator_runs_an_inner_attack(tmp_path, cli):
 
     import torch
 
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     sd, r, c, rrun, crun = _export_setup(tmp_path, 64, train=True)
     exp = tmp_path / "composite"
@@ -361,7 +376,7 @@ def test_export_robustness_indicator_runs_an_inner_attack(tmp_path, cli):
 def test_export_failure_writes_nothing(tmp_path, cli):
     import torch
 
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     sd, r, c, rrun, crun = _export_setup(tmp_path, 8)
     torch.manual_seed(0)
@@ -388,7 +403,7 @@ def test_composite_indicator_extremes_and_determinism(tmp_path, inner):
 
     from robcli.compose.export import CompositeModel
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     rm = load_model(_run_dir(tmp_path / "r", 1, train=True)).model
     cm = load_model(_run_dir(tmp_path / "c", 2, train=True)).model
@@ -421,3 +436,275 @@ def test_indicator_composite_runs_under_inference_mode():
     with torch.inference_mode():
         got = model(x.clone())
     assert torch.equal(expected, got)
+
+
+def test_softmax_response_is_eq16_the_ball_decides_selection(tmp_path, cli):
+    """Issue 9's example: tau 0.8, clean confidence 0.9, lowest confidence on B_eps 0.7. Eq. 16 abstains, so the
+    core model answers; the pointwise rule (clean confidence >= tau) would route x to the robust model."""
+    lab = [0, 0]
+    r_pred = [1, 0]  # the robust model is wrong on example 0, right on example 1
+    conf_eps = rows(lab, r_pred, [1, 1], E, attack="apgd-conf", clean_conf=[0.9, 0.95], adv_conf=[0.7, 0.9])
+    conf_2eps = rows(lab, r_pred, [1, 1], 2 * E, attack="apgd-conf", clean_conf=[0.9, 0.95], adv_conf=[0.6, 0.85])
+    r = write(tmp_path / "r.parquet", [conf_eps, conf_2eps])
+    c = write(tmp_path / "c.parquet", [rows(lab, [0, 0], [1, 1], E)])
+    out = tmp_path / "sr.parquet"
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.8", "--out", out)
+    assert res.exit_code == 0, res.output
+    row = read_table(out).df.iloc[0]
+    assert row["selector"] == "softmax-response"
+    assert row["selection_rate"] == pytest.approx(1 / 2)  # only example 1 (0.9 >= 0.8 on B_eps); 0 goes to the core
+    assert row["nat_acc"] == pytest.approx(1.0)           # the core answers example 0 correctly
+    assert row["robust_selection"] == pytest.approx(1 / 2)  # example 1: 0.85 on B_2eps
+    # example 0: not robustly selected, and the robust model may select somewhere in B_eps(x), where (tau > 1/2)
+    # it outputs R(x) = 1, wrong: not counted although the core model is robust and accurate
+    assert row["robust_acc"] == pytest.approx(1 / 2)
+
+
+def _issue_example_tables(tmp_path):
+    """Two examples; lowest confidence on B_eps 0.7 / 0.9, on B_2eps 0.6 / 0.85 (example 0 is issue 9's)."""
+    lab, r_pred = [0, 0], [1, 0]
+    conf_eps = rows(lab, r_pred, [1, 1], E, attack="apgd-conf", clean_conf=[0.9, 0.95], adv_conf=[0.7, 0.9])
+    conf_2eps = rows(lab, r_pred, [1, 1], 2 * E, attack="apgd-conf", clean_conf=[0.9, 0.95], adv_conf=[0.6, 0.85])
+    r = write(tmp_path / "r.parquet", [conf_eps, conf_2eps])
+    c = write(tmp_path / "c.parquet", [rows(lab, [0, 0], [1, 1], E)])
+    return r, c
+
+
+def test_softmax_response_sweep_uses_the_eq16_rule(tmp_path, cli):
+    r, c = _issue_example_tables(tmp_path)
+    out, one = tmp_path / "sweep.parquet", tmp_path / "one.parquet"
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--sweep", "--out", out).exit_code == 0
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.8", "--out", one).exit_code == 0
+    df = read_table(out).df
+    low_eps, low_2eps = np.array([0.7, 0.9]), np.array([0.6, 0.85])
+    for _, row in df.iterrows():
+        t = row["threshold"]
+        assert row["selection_rate"] == pytest.approx(float((low_eps >= t).mean())), t
+        assert row["robust_selection"] == pytest.approx(float((low_2eps >= t).mean())), t
+        # example 0 goes to the (right) core model exactly where eq. 16 abstains at x
+        assert row["nat_acc"] == pytest.approx(0.5 if t <= 0.7 else 1.0), t
+    swept = df[np.isclose(df["threshold"], 0.8)].iloc[0]
+    single = read_table(one).df.iloc[0]
+    for k in ("nat_acc", "robust_acc", "robust_selection", "selection_rate", "robust_inaccuracy"):
+        assert swept[k] == pytest.approx(single[k]), k
+
+
+def test_softmax_response_pointwise_is_its_own_selector(tmp_path, cli):
+    """sr-pointwise selects on the clean confidence and robustly selects on B_eps (not B_2eps)."""
+    r, c = _issue_example_tables(tmp_path)
+    out = tmp_path / "pw.parquet"
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr-pointwise", "--threshold", "0.8", "--out", out)
+    assert res.exit_code == 0, res.output
+    row = read_table(out).df.iloc[0]
+    assert row["selector"] == "softmax-response-pointwise" and row["selection_check"] == "eps"
+    assert row["selection_rate"] == pytest.approx(1.0)   # 0.9 and 0.95 at x
+    assert row["nat_acc"] == pytest.approx(0.5)          # example 0 is routed to the (wrong) robust model
+    assert row["robust_selection"] == pytest.approx(1 / 2)  # B_eps: 0.7 < 0.8, 0.9 >= 0.8
+    # at 0.86 B_2eps (0.85) would refuse example 1, B_eps (0.9) does not: the pointwise rule is B_eps
+    res = cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr-pointwise", "--threshold", "0.86",
+              "--out", out, "--force")
+    assert res.exit_code == 0 and read_table(out).df.iloc[0]["robust_selection"] == pytest.approx(1 / 2)
+    # it needs only the eps confidences
+    r_eps = write(tmp_path / "r_eps.parquet", [read_table(r).df.query("eps < 0.01")])
+    assert cli("compose", "-r", r_eps, "-c", c, "--eps", "2/255", "--selector", "sr-pointwise", "--threshold", "0.8",
+               "-q").exit_code == 0
+    res = cli("compose", "-r", r_eps, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", "0.8", "-q")
+    assert res.exit_code == 2 and "confidences at 0.0156863" in res.stderr
+
+
+@pytest.mark.parametrize("tau,counted", [(0.8, True), (0.5, False)])
+def test_softmax_response_ok_rule_depends_on_threshold_above_half(tmp_path, cli, tau, counted):
+    """R right at x but flipped inside B_eps (lowest confidence capped at 0.5: never selected at x, never robustly),
+    core robust and right. tau > 1/2: wherever eq. 16 selects inside the ball R outputs R(x) = y, so the example
+    counts; tau <= 1/2: that argument fails, R must be robust and accurate, and it is not."""
+    lab, pred = [0], [0]
+    conf_eps = rows(lab, pred, [0], E, attack="apgd-conf", clean_conf=[0.95], adv_conf_other=[0.6])
+    conf_2eps = rows(lab, pred, [0], 2 * E, attack="apgd-conf", clean_conf=[0.95], adv_conf_other=[0.7])
+    r = write(tmp_path / "r.parquet", [conf_eps, conf_2eps])
+    c = write(tmp_path / "c.parquet", [rows(lab, [0], [1], E)])
+    out = tmp_path / "o.parquet"
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--selector", "sr", "--threshold", str(tau),
+               "--out", out).exit_code == 0
+    row = read_table(out).df.iloc[0]
+    assert row["robust_acc"] == pytest.approx(1.0 if counted else 0.0)
+    assert row["selection_rate"] == pytest.approx(1.0 if tau <= 0.5 else 0.0)
+
+
+def _hand_tables(tmp_path, model, x, y, idx, eps):
+    """Attack tables that carry the models' clean predictions and nothing about confidences (robust everywhere)."""
+    import torch
+
+    with torch.no_grad():
+        pred = model(x).argmax(1).tolist()
+    frames = [rows(y, pred, [1] * len(y), e) for e in (eps, 2 * eps)]
+    for f in frames:
+        f["idx"] = idx
+    return frames
+
+
+def test_export_softmax_response_runs_eq16_and_agrees_with_the_table(tmp_path, cli):
+    """The exported sr composite selects when the lowest confidence its inner attack finds on B_eps(x) is >= tau
+    (not the clean confidence), and routes exactly as the compose table's selector does (same attack, seed)."""
+    import json
+
+    import torch
+
+    from robcli.compose.confidence import softmax_confidences
+    from robcli.data.registry import load_split
+    from robcli.models import load_model
+
+    eps, tau = 0.1, 0.9
+    rrun, crun = _run_dir(tmp_path / "robust", 1, train=True), _run_dir(tmp_path / "core", 2, train=True)
+    robust, core = load_model(rrun).model, load_model(crun).model
+    sd = load_split("gaussians", "test").select(n_ex=64)
+    x, y = sd.tensors()
+    yl, idx = y.tolist(), sd.idx.tolist()
+    r = write(tmp_path / "r.parquet", _hand_tables(tmp_path, robust, x, yl, idx, eps))
+    c = write(tmp_path / "c.parquet", _hand_tables(tmp_path, core, x, yl, idx, eps)[:1])
+    exp, out = tmp_path / "composite", tmp_path / "sr.parquet"
+    res = cli("compose", "-r", r, "-c", c, "--eps", str(eps), "--selector", "sr", "--threshold", str(tau),
+              "--robust-model", rrun, "--core-model", crun, "--steps", "10", "--export", exp,
+              "--export-inner-steps", "10", "--export-inner-restarts", "2", "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    card = json.loads((exp / "card.json").read_text())["composite"]
+    assert card["selector"] == "softmax-response" and card["members"][0]["threshold"] == tau
+    assert card["inner_attack"]["steps"] == 10 and card["inner_attack"]["restarts"] == 2
+    assert card["inner_attack"]["eps"] == eps and card["inner_attack"]["seed"] == 0 and "eq. 16" in card["rule"]
+    h = load_model(str(exp)).model
+    hx = h(x)
+    with torch.no_grad():
+        lr, lc = torch.log_softmax(robust(x), 1), torch.log_softmax(core(x), 1)
+    routed = (hx - lr).abs().amax(1) < 1e-5
+    assert torch.allclose(hx[~routed], lc[~routed], atol=1e-5)
+    clean, low = softmax_confidences(robust, x, eps=eps, norm="Linf", steps=10, restarts=2)
+    assert np.array_equal(routed.numpy(), low >= tau)
+    assert ((clean >= tau) & ~routed.numpy()).mean() > 0.1  # the pointwise rule would have selected these
+    row = read_table(out).df.iloc[0]
+    assert row["selection_rate"] == pytest.approx(float(routed.float().mean()))
+    assert row["nat_acc"] == pytest.approx(float((hx.argmax(1) == y).float().mean()))
+    # batch-independent and deterministic
+    assert torch.allclose(h(x[7:30]), hx[7:30], atol=1e-6) and torch.equal(h(x), hx)
+    # the inner attack is pgd only: apgd-ce is the indicator's margin attack
+    res = cli("compose", "-r", r, "-c", c, "--eps", str(eps), "--selector", "sr", "--threshold", str(tau),
+              "--robust-model", rrun, "--core-model", crun, "--export", tmp_path / "e2", "--export-inner-attack", "apgd-ce")
+    assert res.exit_code == 2 and "minimises the max softmax with pgd" in res.stderr and not (tmp_path / "e2").exists()
+
+
+def test_composite_softmax_response_extremes(tmp_path):
+    """eps -> 0: eq. 16 is the pointwise rule; eps = 1 (the whole box holds a decision boundary): no selection
+    at any threshold above 1/2; threshold 0: always the robust model."""
+    import torch
+
+    from robcli.compose.export import CompositeModel
+    from robcli.data.registry import load_split
+    from robcli.models import load_model
+
+    rm = load_model(_run_dir(tmp_path / "r", 1, train=True)).model
+    cm = load_model(_run_dir(tmp_path / "c", 2, train=True)).model
+    x, _ = load_split("gaussians", "test").select(n_ex=32).tensors()
+    with torch.no_grad():
+        lr, lc = torch.log_softmax(rm(x), 1), torch.log_softmax(cm(x), 1)
+        assert len(set(rm(x).argmax(1).tolist())) > 1  # the box holds a decision boundary
+    tau = float(lr.exp().amax(1).median())
+    pw = CompositeModel([rm], cm, selector="softmax-response-pointwise", thresholds=[tau])(x)
+    assert not torch.allclose(pw, lr) and not torch.allclose(pw, lc)  # both branches
+    tiny = CompositeModel([rm], cm, selector="softmax-response", thresholds=[tau], eps=1e-7, inner_steps=5)(x)
+    assert torch.allclose(tiny, pw, atol=1e-6)
+    big = CompositeModel([rm], cm, selector="softmax-response", thresholds=[0.51], eps=1.0, inner_steps=20,
+                         inner_restarts=3)(x)
+    assert torch.allclose(big, lc, atol=1e-6)
+    zero = CompositeModel([rm], cm, selector="softmax-response", thresholds=[0.0], eps=1.0)(x)
+    assert torch.allclose(zero, lr, atol=1e-6)
+    with pytest.raises(Exception, match="eps > 0"):
+        CompositeModel([rm], cm, selector="softmax-response", thresholds=[0.5])
+
+
+class _TwoClass:
+    """Logits (g(x), 0): the max softmax is sigmoid(|g(x)|); the prediction flips where g changes sign."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def __call__(self, x):
+        import torch
+
+        z = self.g(x)
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def test_ball_min_confidence_known_answers():
+    import torch
+
+    from robcli.compose.confidence import ball_min_confidence
+
+    x = torch.tensor([[0.5, 0.5]])
+    lin = _TwoClass(lambda v: 2 * v[:, 0] - v[:, 1] + 0.5)  # g(x) = 1 at x; |grad|_1 = 3
+    c, low = ball_min_confidence(lin, x, eps=0.2, norm="Linf", steps=20)
+    assert c.item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=1e-6)
+    assert low.item() == pytest.approx(torch.sigmoid(torch.tensor(1.0 - 0.2 * 3)).item(), abs=1e-5)  # the corner
+    # one step jumps across the boundary to (0.05, 0.95), where the other class has 0.587: capped at 0.5
+    _, low = ball_min_confidence(lin, x, eps=0.45, norm="Linf", steps=1)
+    assert low.item() == pytest.approx(0.5)
+    # every iterate counts: from 0.6, PGD (step 0.125) visits 0.5 (g = 1.2) and ends at 0.625 (g = 2.05)
+    vee = _TwoClass(lambda v: 1 + 10 * (v[:, 0] - 0.52).abs())
+    _, low = ball_min_confidence(vee, torch.tensor([[0.6, 0.5]]), eps=0.1, norm="Linf", steps=2)
+    assert low.item() == pytest.approx(torch.sigmoid(torch.tensor(1.2)).item(), abs=1e-5)
+
+
+def _cert(path, label, predict, radius, alpha, sigma=0.25, n=1000):
+    k = len(label)
+    df = pd.DataFrame({"idx": np.arange(k), "label": label, "predict": predict, "radius": radius,
+                       "correct": np.asarray(predict) == np.asarray(label), "time": 0.0, "sigma": sigma, "N0": 100,
+                       "N": n, "alpha": alpha, "nA": n, "pA_lower": 0.9})
+    write_table(df, path, "certify", config={"alpha": alpha}, prov={"data": DATA, "models": [{"path": str(path)}]})
+    return str(path)
+
+
+def test_certified_composition_records_the_union_bound_of_its_alphas(tmp_path, cli):
+    """m robust members + the core: one example's claim can rest on m + 1 certificates, each at its own alpha."""
+    lab = [0, 0, 0]
+    r1 = _cert(tmp_path / "r1.parquet", lab, [0, 0, 1], [0.6, 0.3, 0.6], 0.001)
+    r2 = _cert(tmp_path / "r2.parquet", lab, [0, 0, 0], [0.6, 0.6, 0.0], 0.0005)
+    c = _cert(tmp_path / "c.parquet", lab, [0, 0, 0], [0.3, 0.3, 0.3], 0.002)
+    out = tmp_path / "o.parquet"
+    res = cli("compose", "-r", r1, "-r", r2, "-c", c, "--eps", "0.25", "--out", out)
+    assert res.exit_code == 0, res.output
+    t = read_table(out)
+    assert t.df["composition_alpha"].tolist() == [pytest.approx(0.0035)]
+    assert t.config["composition_alpha"] == pytest.approx(0.0035)
+    assert [(x["role"], x["alpha"]) for x in t.config["certificates"]] == [("robust", 0.001), ("robust", 0.0005),
+                                                                            ("core", 0.002)]
+    assert "up to 3 certificates" in res.stderr and "A/3" in res.stderr
+    # certified at alpha / (m + 1) each, the composition holds at alpha
+    for name, lab_, pr, rad in (("r1", lab, [0, 0, 1], [0.6, 0.3, 0.6]), ("r2", lab, [0, 0, 0], [0.6, 0.6, 0.0]),
+                                ("c", lab, [0, 0, 0], [0.3, 0.3, 0.3])):
+        _cert(tmp_path / f"{name}s.parquet", lab_, pr, rad, 0.001 / 3)
+    res = cli("compose", "-r", tmp_path / "r1s.parquet", "-r", tmp_path / "r2s.parquet", "-c", tmp_path / "cs.parquet",
+              "--eps", "0.25", "--out", out, "--force", "-q")
+    assert res.exit_code == 0 and read_table(out).df["composition_alpha"].iloc[0] == pytest.approx(0.001)
+    assert res.stderr == ""  # -q
+    # a deterministic certificate (no Monte-Carlo samples, N = 0) adds nothing; attack tables carry none
+    det = _cert(tmp_path / "det.parquet", lab, [0, 0, 0], [0.3, 0.3, 0.3], 0.001, n=0)
+    assert cli("compose", "-r", r1, "-c", det, "--eps", "0.25", "--out", out, "--force", "-q").exit_code == 0
+    assert read_table(out).df["composition_alpha"].iloc[0] == pytest.approx(0.001)
+    # only the chosen sigma's certificates count
+    two = tmp_path / "two.parquet"
+    d = pd.concat([read_table(r1).df, read_table(r1).df.assign(sigma=0.5, alpha=0.01)], ignore_index=True)
+    write_table(d, two, "certify", prov={"data": DATA, "models": [{"path": "runs/two"}]})
+    assert cli("compose", "-r", two, "-c", c, "--eps", "0.25", "--sigma", "0.25", "--out", out, "--force", "-q").exit_code == 0
+    assert read_table(out).df["composition_alpha"].iloc[0] == pytest.approx(0.003)
+
+
+def test_attack_compositions_have_no_composition_alpha(cli, tables, tmp_path):
+    r, c = tables
+    out = tmp_path / "o.parquet"
+    assert cli("compose", "-r", r, "-c", c, "--eps", "2/255", "--out", out).exit_code == 0
+    t = read_table(out)
+    assert np.isnan(t.df["composition_alpha"].iloc[0])
+    assert t.config["composition_alpha"] is None and t.config["certificates"] == []
+
+
+def test_help_states_the_composition_alpha(cli):
+    flat = "".join(ch for ch in cli("compose", "--help").stdout if ch not in "│╭╮╰╯─ \n")
+    for part in ("upto m+1", "composition_alpha", "certifyeachtableatA/(m+1)", "sr-pointwise", "eq.16"):
+        assert part.replace(" ", "") in flat, part

@@ -35,7 +35,7 @@ def attack_table(tmp_path_factory):
     from typer.testing import CliRunner
 
     from robcli.cli.main import app
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("duck")

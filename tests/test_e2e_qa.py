@@ -24,14 +24,14 @@ def test_atomic_writers_give_ordinary_file_modes(tmp_path):
     """mkstemp files are 0600; tables, weights, cards and reports must get the umask's mode (0644 usually)."""
     import torch
 
-    from robcli.models.io import _atomic_write_bytes
     from robcli.tables.io import write_table
     from robcli.train.loop import _atomic_torch_save
+    from robcli.utils.fsio import atomic_write_bytes
 
     want = 0o666 & ~_umask()
     df = pd.DataFrame({"idx": [0], "label": [1], "split": ["robust_accurate"]})
     paths = [write_table(df, tmp_path / "p.parquet", "partition", config={}, prov={})]
-    _atomic_write_bytes(tmp_path / "card.json", b"{}")
+    atomic_write_bytes(tmp_path / "card.json", b"{}")
     _atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "state.pt")
     paths += [tmp_path / "card.json", tmp_path / "state.pt"]
     for p in paths:
@@ -62,13 +62,15 @@ def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
     from robcli.tables.io import read_table
 
     run = tmp_path / "run"
-    assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "2", "--out", run, "-q").exit_code == 0
+    assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "2", "--batch", "200", "--out", run,
+               "-q").exit_code == 0
     common = ["--model", run, "--dataset", "gaussians", "--n-ex", "24", "--steps", "5", "-q"]
     r_eps = tmp_path / "r_eps.parquet"
     r_conf = tmp_path / "r_conf.parquet"
     core = tmp_path / "core.parquet"
     assert cli("attack", *common, "--eps", "0.05", "--out", r_eps).exit_code == 0
-    assert cli("attack", *common, "--attack", "apgd-conf", "--eps", "0.1", "--out", r_conf).exit_code == 0
+    # eq. 16: the confidences on B_eps decide the selection, on B_2eps the robust selection
+    assert cli("attack", *common, "--attack", "apgd-conf", "--eps", "0.05", "--eps", "0.1", "--out", r_conf).exit_code == 0
     assert cli("attack", *common, "--eps", "0.05", "--seed", "1", "--out", core).exit_code == 0
     conf = read_table(r_conf).df
     assert "adv_conf" not in conf.columns  # the attack table carries adv_conf_other + adv_margin only
@@ -141,7 +143,7 @@ def test_certify_progress_is_per_sigma():
     """Each sigma's progress bar ends full (it stopped at 1/K of its length with K sigmas)."""
     from robcli.certify.smoothing import CertifyConfig, run_certify
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     data = load_split("gaussians", "test").select(n_ex=6)
     lm = load_model("tiny_mlp", dataset_info=data.info, seed=0)
@@ -190,7 +192,7 @@ def test_compose_refuses_a_robust_model_that_did_not_make_the_table(cli, tmp_pat
     runs = {}
     for name, seed in (("a", "0"), ("b", "1")):
         runs[name] = tmp_path / name
-        assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--seed", seed,
+        assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--batch", "200", "--seed", seed,
                    "--out", runs[name], "-q").exit_code == 0
     table = tmp_path / "a.parquet"
     assert cli("attack", "--model", runs["a"], "--dataset", "gaussians", "--n-ex", "8", "--steps", "2",

@@ -13,7 +13,7 @@ from robcli.losses import LossConfig, get_loss
 from robcli.losses.dga import dga_term
 from robcli.losses.era import descent_adversary, other_class, other_logprob
 from robcli.losses.trades import kl_per_example, trades_adversary
-from robcli.train.bn import frozen_bn_stats
+from robcli.models.bn import frozen_bn_stats
 
 
 class Linear(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from robcli.errors import ModelError, UsageError
 from robcli.mixing.alphanet import DEFAULT_LAYERS, build_alpha_net, default_layers
 from robcli.mixing.mixed import MixedClassifier, check_alpha_range, mix_log_probs
-from robcli.models.io import build, make_card, save_run
+from robcli.models import build, make_card, save_run
 
 DIGITS = (10, (1, 8, 8))
 GAUSS = (3, (2,))
@@ -90,6 +90,27 @@ def test_mixture_gradients_are_finite_at_the_endpoints():
     assert torch.isfinite(out).all()
 
 
+def test_tensor_alpha_endpoints_are_exactly_one_member():
+    """Per-example alpha 0 is exactly g's log-probabilities and 1 exactly h's (no 1e-7 / 1e-12 of the other
+    member leaks in), as with a float alpha; gradients w.r.t. alpha and the inputs stay finite there."""
+    zg = torch.tensor([[8.0, 0.0, -30.0], [8.0, 0.0, -30.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    zh = torch.tensor([[-30.0, 0.0, 8.0], [-30.0, 0.0, 8.0], [3.0, 2.0, 1.0]], dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        g, h = zg.to(dtype), zh.to(dtype)
+        a = torch.tensor([0.0, 1.0, 0.25], dtype=dtype, requires_grad=True)
+        out = mix_log_probs(g, h, a)
+        assert torch.equal(out[0], F.log_softmax(g[0], 0)) and torch.equal(out[1], F.log_softmax(h[1], 0))
+        assert torch.equal(out[0], mix_log_probs(g[:1], h[:1], 0.0)[0])  # same as the float path
+        assert torch.equal(out[1], mix_log_probs(g[1:2], h[1:2], 1.0)[0])
+        want = torch.log(0.75 * torch.softmax(g[2], 0) + 0.25 * torch.softmax(h[2], 0))
+        assert torch.allclose(out[2], want, atol=1e-6)
+        out.sum().backward()
+        assert torch.isfinite(a.grad).all()
+    # scaled members: the endpoint is the scaled member exactly
+    out = mix_log_probs(zg, zh, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64), scale_g=3.0, scale_h=0.5)
+    assert torch.equal(out[1], F.log_softmax(3.0 * zg[1], 0)) and torch.equal(out[2], F.log_softmax(0.5 * zh[2], 0))
+
+
 @pytest.mark.parametrize("alpha", [-0.1, 1.01, float("nan"), "x"])
 def test_alpha_outside_unit_interval_is_refused(alpha):
     with pytest.raises(UsageError, match=r"\[0, 1\]|not a number"):
@@ -100,7 +121,7 @@ def test_members_with_different_classes_or_shapes_are_refused():
     with pytest.raises(ModelError, match="class counts"):
         MixedClassifier(tiny(spec=DIGITS), tiny(spec=(7, (1, 8, 8))), 0.5, input_shape=(1, 8, 8))
     from robcli.mixing.io import build_mixture
-    from robcli.models.io import LoadedModel
+    from robcli.models import LoadedModel
 
     lg = LoadedModel(tiny("tiny_mlp", GAUSS), make_card("tiny_mlp", 3, (2,)))
     lh = LoadedModel(tiny("tiny_mlp", (3, (4,))), make_card("tiny_mlp", 3, (4,)))
@@ -344,7 +365,7 @@ def test_changed_member_is_refused(tmp_path):
 
 def test_bad_members_write_nothing(tmp_path):
     from robcli.mixing.io import load_members, save_mixture
-    from robcli.models.io import LoadedModel
+    from robcli.models import LoadedModel
 
     core = _save_member(tmp_path / "g", "tiny_cnn", DIGITS, 0)
     other = _save_member(tmp_path / "k", "tiny_cnn", (7, (1, 8, 8)), 1)

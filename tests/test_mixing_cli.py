@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from robcli.models.io import build, make_card, save_run
+from robcli.models import build, make_card, save_run
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +50,14 @@ def _one_line_error(res, *words):
 
 
 def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import read_table
 
     run = tmp_path / "mix"
     res = cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.7", "--export", run, "-q")
     assert res.exit_code == 0, res.output
     assert json.loads((run / "card.json").read_text())["arch"] == "mixnet"
-    lm = load_model(str(run))  # the hook in robcli.models.io: every command that takes --model loads a mixture
+    lm = load_model(str(run))  # the run-kind hook of robcli.models.load: every command that takes --model loads a mixture
     assert lm.kind == "mixnet" and float(lm.model.alpha_fixed) == pytest.approx(0.7)
     # the card keeps the Python float (not float32's 0.699999988) and the loaded mixture applies exactly it
     assert json.loads((run / "card.json").read_text())["mixnet"]["alpha"] == 0.7
@@ -117,12 +118,31 @@ def test_certify_mixture_radii_table(cli, members, tmp_path):
     df = read_table(out, "certify").df
     assert len(df) == 8 and (df["radius"] >= 0).all() and (df["mix_alpha"] == 0.8).all()
     assert ((df["predict"] == -1) == (df["radius"] == 0)).all()
+    # L2 certificates carry the Linf radius they imply (r / sqrt(64) on digits), so an Linf question can be
+    # answered soundly (issue 9, item 7b)
+    assert (df["norm"] == "L2").all()
+    np.testing.assert_allclose(df["radius_linf"], df["radius"] / 8.0)
     out2 = tmp_path / "local.parquet"
     res = cli("mix", "certify", "--robust", members["h"], "-d", "digits", "--mix", "0.9", "--method", "local",
               "--eps", "0.05", "--norm", "Linf", "--n-ex", "4", "-o", out2)
     assert res.exit_code == 0, res.output
     assert "ESTIMATE" in res.output
-    assert read_table(out2, "certify").df["radius_is_estimate"].all()
+    df2 = read_table(out2, "certify").df
+    assert df2["radius_is_estimate"].all()
+    assert (df2["norm"] == "Linf").all() and (df2["radius_linf"] == df2["radius"]).all()
+
+
+@pytest.mark.parametrize("method", ["smoothing", "lipschitz-rs"])
+def test_certify_refuses_an_estimation_sample_below_the_mixture_floor(cli, members, tmp_path, method):
+    """At weight 0.8 and alpha 0.001 the floor is 17 (not CERTIFY's ceil(log2(1/alpha)) = 10): N = 16 would let
+    every input abstain, so it is refused in one line naming the floor; N = 17 runs."""
+    out = tmp_path / "cert.parquet"
+    common = ["--robust", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25", "--method", method,
+              "--N0", "10", "--alpha", "0.001", "--n-ex", "2"]
+    _one_line_error(cli("mix", "certify", *common, "--N", "16", "-o", out), "--N 16 is too small", "N >= 17")
+    assert not out.exists()
+    res = cli("mix", "certify", *common, "--N", "17", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
 
 
 def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, members, tmp_path):
@@ -204,3 +224,140 @@ def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, members, tmp_path
     _one_line_error(cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "A", "-o", out),
                     "fixed alpha")
     assert not out.exists()
+
+
+# ---- which classifier a mixture certify table certifies, and who may read it as a certificate ----------------
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from robcli.cli.common import CURRENT_ARGV
+    from robcli.cli.main import app
+
+    argv = [str(a) for a in args]
+    token = CURRENT_ARGV.set(argv)
+    try:
+        return CliRunner().invoke(app, argv)
+    finally:
+        CURRENT_ARGV.reset(token)
+
+
+@pytest.fixture(scope="module")
+def mixcerts(members, tmp_path_factory):
+    """One table per mix certify method on the same 16 digits (L2), and the mixture run dir they refer to."""
+    d = tmp_path_factory.mktemp("mixcerts")
+    run = d / "mix"
+    assert _invoke("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.95", "--scale-h", "10",
+                   "--export", run, "-q").exit_code == 0
+    common = ["-d", "digits", "--n-ex", "16", "--norm", "L2"]
+    smoothed = ["--sigma", "0.25", "--N0", "20", "--N", "200", "--alpha", "0.01"]
+    specs = {
+        "smoothing": ["--model", run, "--method", "smoothing", *smoothed],
+        "lipschitz-rs": ["--robust", members["h"], "--mix", "0.95", "--method", "lipschitz-rs", *smoothed],
+        "lipschitz": ["--model", run, "--method", "lipschitz", "--lipschitz", "0.3"],
+        "lipschitz-h": ["--robust", members["h"], "--mix", "0.95", "--scale-h", "10", "--method", "lipschitz",
+                        "--lipschitz", "0.3"],
+        "local": ["--model", run, "--method", "local", "--eps", "0.05"],
+    }
+    out = {"run": str(run)}
+    for name, args in specs.items():
+        p = d / f"{name}.parquet"
+        res = _invoke("mix", "certify", *args, *common, "-o", p)
+        assert res.exit_code == 0, res.output
+        out[name] = str(p)
+        out[name + ":output"] = res.output
+    return out
+
+
+def test_certify_tables_record_and_print_which_classifier_they_certify(mixcerts):
+    from robcli.tables.io import read_table
+
+    want = {"smoothing": ("mixture-with-smoothed-h", False), "lipschitz-rs": ("mixture-with-smoothed-h", False),
+            "lipschitz": ("mixture", False), "lipschitz-h": ("mixture", False), "local": ("mixture", True)}
+    for name, (cm, est) in want.items():
+        t = read_table(mixcerts[name], "certify")
+        assert (t.df["certified_model"] == cm).all() and t.config["certified_model"] == cm, name
+        assert t.config["radius_is_estimate"] is est and (t.df["radius_is_estimate"] == est).all(), name
+        assert f"{'estimates radii of' if est else 'certifies'} {cm} (" in mixcerts[name + ":output"], name
+    assert "not what a mixture run directory computes" in mixcerts["smoothing:output"]
+    # --model: the certified run directory is the first model of the provenance, then the robust member
+    t = read_table(mixcerts["lipschitz"], "certify")
+    assert t.meta["models"][0]["path"] == mixcerts["run"] and len(t.meta["models"]) >= 2
+
+
+def test_smoothed_h_certificates_are_refused_as_certificates_of_a_model(cli, mixcerts, tmp_path):
+    out = tmp_path / "x.parquet"
+    for name in ("smoothing", "lipschitz-rs"):
+        t = mixcerts[name]
+        words = (t, "certifies mixture-with-smoothed-h", "Gaussian-smoothed")
+        _one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz"], "--eps", "0.01", "-o", out), *words)
+        _one_line_error(cli("compose", "-r", mixcerts["lipschitz"], "-c", t, "--eps", "0.01", "-o", out), *words)
+        _one_line_error(cli("partition", t, "--radius", "0.01", "-o", out), *words)
+        _one_line_error(cli("report", t, "-o", tmp_path / "r.md"), *words)
+        assert not out.exists() and not (tmp_path / "r.md").exists()
+
+
+def test_tables_written_before_the_column_are_read_from_radius_kind(cli, mixcerts, tmp_path):
+    """A smoothed-h table written by an older robcli (no certified_model column) is refused all the same."""
+    import pyarrow.parquet as pq
+
+    old = tmp_path / "old.parquet"
+    tab = pq.read_table(mixcerts["smoothing"])
+    tab = tab.drop([c for c in ("certified_model",) if c in tab.column_names])
+    meta = dict(tab.schema.metadata)
+    cfg = json.loads(meta[b"robcli.config"])
+    for k in ("certified_model", "certified_model_is", "radius_is_estimate"):
+        cfg.pop(k, None)
+    meta[b"robcli.config"] = json.dumps(cfg).encode()
+    pq.write_table(tab.replace_schema_metadata(meta), old)
+    _one_line_error(cli("partition", old, "--radius", "0.01"), str(old), "certifies mixture-with-smoothed-h")
+
+
+def test_local_estimates_are_refused_by_compose_and_partition_and_labelled_in_reports(cli, mixcerts, tmp_path):
+    from robcli.analysis.metrics import check_certificate
+    from robcli.errors import TableError
+    from robcli.tables.io import read_table
+
+    t = mixcerts["local"]
+    out = tmp_path / "x.parquet"
+    for args in (("compose", "-r", t, "-c", mixcerts["lipschitz"], "--eps", "0.01"),
+                 ("compose", "-r", mixcerts["lipschitz"], "-c", t, "--eps", "0.01"),
+                 ("partition", t, "--radius", "0.01")):
+        _one_line_error(cli(*args, "-o", out), t, "radius ESTIMATES", "not certificates")
+        assert not out.exists()
+    # negative control: the same table with the flag off is accepted (the refusal is the flag's doing)
+    tab = read_table(t, "certify")
+    tab.df["radius_is_estimate"] = False
+    tab.meta["config"]["radius_is_estimate"] = False
+    check_certificate(tab)
+    tab.df["radius_is_estimate"] = True
+    with pytest.raises(TableError, match="ESTIMATES"):
+        check_certificate(tab)
+    rep = tmp_path / "r.md"
+    res = cli("report", t, mixcerts["lipschitz"], "-o", rep, "--format", "markdown")
+    assert res.exit_code == 0, res.output
+    text = rep.read_text()
+    assert "are estimates" in text
+    rows = [ln.split("|")[1].strip() for ln in text.splitlines() if ln.startswith("| mix")]
+    assert rows == ["mix [ESTIMATE]", "mix"] * 2  # both sections: the estimate labelled, the certificate not
+
+
+def test_lipschitz_mixture_certificates_stay_usable_and_name_the_mixture(cli, mixcerts, members, tmp_path):
+    from robcli.tables.io import read_table
+
+    run, t = mixcerts["run"], mixcerts["lipschitz"]
+    res = cli("partition", t, "--radius", "0.01")
+    assert res.exit_code == 0, res.output
+    assert run in res.output and "lipschitz-given(mix_alpha=0.95)" in res.output
+    out = tmp_path / "c.parquet"
+    res = cli("compose", "-r", t, "-c", mixcerts["lipschitz-h"], "--eps", "0.01", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    df = read_table(out, "compose").df
+    assert df["robust_models"].iloc[0] == run  # the mixture, not its robust member h
+    assert df["core_model"].iloc[0] == f"mixture(h={members['h']}, alpha=0.95)"
+    # the run directory given for the table must be the mixture it certifies, not its robust member
+    _one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz-h"], "--eps", "0.01", "--robust-model", members["h"],
+                        "-o", out, "--force"), t, f"certifies the mixture run {run}, not {members['h']}")
+    _one_line_error(cli("compose", "-r", mixcerts["lipschitz-h"], "-c", t, "--eps", "0.01", "--robust-model", run,
+                        "-o", out, "--force"), "for any core model", "mix certify --model RUN")

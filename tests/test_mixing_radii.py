@@ -11,12 +11,14 @@ from scipy.stats import binom, norm
 
 from robcli.errors import UsageError
 from robcli.mixing.radii import (
+    bonferroni_levels,
     certify_lipschitz_mixture,
     certify_local_estimate,
     certify_smoothed_mixture,
     cp_upper,
     estimate_local_lipschitz,
     lipschitz_radius,
+    min_estimation_samples,
     rs_lipschitz,
     simultaneous_bounds,
     smoothing_radius,
@@ -188,6 +190,56 @@ def test_mc_noise_is_independent_of_global_rng_and_batch():
     torch.manual_seed(123)
     b = certify_smoothed_mixture(Thresholds(), point(0.5), batch=37, **kw)
     assert a.radius[0] == b.radius[0] and a.n_top[0] == b.n_top[0]
+
+
+class Constant(torch.nn.Module):
+    """K-class classifier that votes for class 0 at every (noisy) input: the best case, all N votes on one class."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        z = torch.zeros(x.shape[0], self.k, dtype=x.dtype)
+        z[:, 0] = 1.0
+        return z
+
+
+def test_min_estimation_samples_is_the_strict_floor_of_the_bonferroni_lower_bound():
+    """The smallest N with (alpha/2)^(1/N) > 1/(2a): 17 at a = 0.8, alpha 0.001 (not ceil(log2(1/alpha)) = 10);
+    log2(2/alpha) + 1 where that is an integer at a = 1 (strict inequality); no floor at a <= 1/2."""
+    assert min_estimation_samples(0.001, 0.8) == 17
+    assert min_estimation_samples(0.001, 1.0) == 11 == math.ceil(math.log2(2 / 0.001))
+    assert min_estimation_samples(2.0 ** -10, 1.0) == 12  # (2^-11)^(1/11) = 1/2 exactly: not > 1/2
+    assert min_estimation_samples(0.001, 0.5) is None and min_estimation_samples(0.001, 0.3) is None
+    assert bonferroni_levels(0.001, 10) == (0.0005, 0.0005 / 9)
+    for alpha_cert in (0.2, 0.05, 0.001, 1e-6):
+        for a in (0.55, 0.6, 0.75, 0.8, 0.9, 0.99, 1.0):
+            top, _ = bonferroni_levels(alpha_cert, 3)
+            want = next(n for n in range(1, 10_000) if top ** (1 / n) > 1 / (2 * a))
+            assert min_estimation_samples(alpha_cert, a) == want, (alpha_cert, a)
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("alpha_cert,a", [(0.001, 0.8), (0.01, 0.95), (0.001, 1.0), (0.05, 0.6)])
+def test_estimation_sample_floor_boundary(k, alpha_cert, a):
+    """N = floor certifies an input whose N votes all go to one class (both methods, any K); N = floor - 1 is
+    refused in one line naming the floor, and there even the best case would have certified nothing."""
+    floor = min_estimation_samples(alpha_cert, a)
+    x = torch.zeros(2, 2)
+    for method in ("smoothing", "lipschitz"):
+        cert = certify_smoothed_mixture(Constant(k), x, alpha=a, sigma=0.5, n0=1, n=floor, alpha_cert=alpha_cert,
+                                        method=method, num_classes=k)
+        assert (cert.predict == 0).all() and (cert.radius > 0).all() and (cert.n_top == floor).all()
+        with pytest.raises(UsageError, match=rf"--N {floor - 1} is too small .* N >= {floor};"):
+            certify_smoothed_mixture(Constant(k), x, alpha=a, sigma=0.5, n0=1, n=floor - 1, alpha_cert=alpha_cert,
+                                     method=method, num_classes=k)
+    # negative control: the refusal is not over-strict; below the floor the bounds certify nothing
+    counts = np.zeros((1, k), dtype=np.int64)
+    counts[0, 0] = floor - 1
+    lo, up = simultaneous_bounds(counts, np.array([0]), alpha_cert)
+    assert smoothing_radius(lo, up, a, 0.5)[0] == 0.0
+    assert lipschitz_radius(np.array([[lo[0], up[0]]]), a, rs_lipschitz(0.5), y=np.array([0]))[0] == 0.0
 
 
 def test_smoothed_certify_validates_parameters():

@@ -13,8 +13,20 @@ import torch.nn as nn
 from robcli.data import get_info
 from robcli.data.registry import DataInfo
 from robcli.errors import ModelError, UsageError
-from robcli.models import LoadedModel, Normalized, build, list_models, load_model, save_run
-from robcli.models.io import CARD, WEIGHTS, check_compatible, make_card, parse_shape, read_card
+from robcli.models import (
+    CARD,
+    WEIGHTS,
+    LoadedModel,
+    Normalized,
+    build,
+    check_compatible,
+    list_models,
+    load_model,
+    make_card,
+    parse_shape,
+    read_card,
+    save_run,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 

@@ -93,6 +93,62 @@ def test_certify_partition(cli, tmp_path):
     assert s == {0: "robust_accurate", 1: "nonrobust_accurate", 2: "nonrobust_inaccurate", 3: "robust_inaccurate"}
 
 
+def _cert_table(tmp_path, name, radius, norm=None, radius_linf=None):
+    df = pd.DataFrame({
+        "idx": [0, 1, 2, 3], "label": [0, 1, 2, 3], "predict": [0, 1, 2, 3], "radius": radius,
+        "time": 0.1, "sigma": 0.25, "N0": 100, "N": 1000, "alpha": 0.001, "nA": 900, "pA_lower": 0.9,
+    })
+    df["correct"] = df["predict"] == df["label"]
+    if norm is not None:
+        df["norm"] = norm
+    if radius_linf is not None:
+        df["radius_linf"] = radius_linf
+    return read_table(write_table(df, tmp_path / f"{name}.parquet", "certify", prov={"data": DATA}), "certify")
+
+
+def test_certify_view_reads_the_norm_column_and_converts_soundly(tmp_path):
+    """Item 7b of issue 9: each row's radius is in its table's norm; L2 -> Linf divides by sqrt(d) (the
+    radius_linf column), Linf -> L2 keeps the radius (the Linf ball contains the L2 ball of the same radius)."""
+    from robcli.analysis.metrics import certify_view
+    from robcli.errors import TableError
+
+    def robust(t, r, norm):
+        return certify_view(t, r, norm=norm).df["robust"].tolist()
+
+    d = 64  # digits: an L2 radius r implies an Linf radius r / 8
+    r = [0.8, 0.4, 0.1, 0.0]
+    # Cohen's tables (no norm column): L2 radii, radius_linf = r / sqrt(d)
+    cohen = _cert_table(tmp_path, "cohen", r, radius_linf=[v / np.sqrt(d) for v in r])
+    assert robust(cohen, 0.3, "L2") == [True, True, False, False]
+    assert robust(cohen, 0.06, "Linf") == [True, False, False, False]  # 0.8 / 8 = 0.1 >= 0.06; 0.4 / 8 < 0.06
+    # Linf certificates (e.g. mix certify --method lipschitz --norm Linf): valid for Linf as they are ...
+    linf = _cert_table(tmp_path, "linf", r, norm="Linf")
+    assert robust(linf, 0.3, "Linf") == [True, True, False, False]
+    # ... and for L2 as they are (an L2 question is never answered with a larger radius than certified)
+    assert robust(linf, 0.3, "L2") == [True, True, False, False]
+    # an Linf table that also carries radius_linf (= radius) reads the same; a wrongly L2-style radius_linf
+    # in an Linf table is not used, the norm column decides
+    linf2 = _cert_table(tmp_path, "linf2", r, norm="Linf", radius_linf=[v / np.sqrt(d) for v in r])
+    assert robust(linf2, 0.3, "Linf") == [True, True, False, False]
+    # L2 certificates with a norm column: an Linf question goes through radius_linf, never the raw radius
+    l2 = _cert_table(tmp_path, "l2", r, norm="L2", radius_linf=[v / np.sqrt(d) for v in r])
+    assert robust(l2, 0.3, "Linf") == [False, False, False, False]
+    assert robust(l2, 0.3, "L2") == [True, True, False, False]
+    with pytest.raises(TableError, match="radius_linf"):
+        certify_view(_cert_table(tmp_path, "l2bare", r, norm="L2"), 0.05, norm="Linf")
+    with pytest.raises(TableError, match="norm column"):
+        certify_view(_cert_table(tmp_path, "bad", r, norm="L1"), 0.05, norm="L2")
+
+
+def test_partition_of_linf_certificates_at_an_linf_radius(cli, tmp_path):
+    t = _cert_table(tmp_path, "linf", [0.5, 0.1, 0.0, 0.3], norm="Linf")
+    out = tmp_path / "p.parquet"
+    r = cli("partition", t.path, "--radius", "0.25", "--norm", "Linf", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    s = dict(zip(read_table(out).df["idx"], read_table(out).df["split"]))
+    assert s == {0: "robust_accurate", 1: "nonrobust_accurate", 2: "nonrobust_accurate", 3: "robust_accurate"}
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--eps", "3/255"], "no rows at eps"),
     ([], "several eps"),

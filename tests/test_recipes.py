@@ -194,3 +194,47 @@ def test_cli_run_prints_certify_summary(cli, tmp_path):
     assert "0.999" in r.output and "lower confidence bound" in " ".join(r.output.split())
     lower = f"{100 * first['certified_acc_lower']:.1f} ± {100 * first['certified_acc_lower_std']:.1f}"
     assert lower in r.output
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.toml")),
+                         ids=lambda p: p.name)
+def test_recipe_finetune_steps_pin_every_defaulted_flag(recipe, monkeypatch):
+    """Issue 9, item 6: data sets recommend training defaults; a recipe's numbers must not move with them, so
+    every finetune step gives each flag that has a data-set default (and the resolved config records no
+    default taken from anywhere)."""
+    from robcli.cli.finetune import TRAIN_FLAGS
+    from robcli.train.config import FinetuneConfig
+
+    rec = load_recipe(recipe)
+    steps = [s for s in rec.steps if s.argv and s.argv[0] == "finetune"]
+    assert steps
+    seen = []
+
+    def fake_finetune(cfg, *a, **k):  # stop at the resolved configuration: nothing is trained
+        seen.append(cfg)
+        raise KeyboardInterrupt
+
+    import robcli.train.loop as loop
+
+    monkeypatch.setattr(loop, "finetune", fake_finetune)
+    from robcli.cli.main import invoke
+
+    tried = set()
+    for st in steps:
+        flags = {a[2:].replace("-", "_") for a in st.argv if a.startswith("--")}
+        # one resolution per distinct step shape (the matrix only varies seed, beta, out, init)
+        shape = tuple(v for i, v in enumerate(st.argv)
+                      if v not in ("--seed", "--beta", "--out", "--init")
+                      and st.argv[i - 1] not in ("--seed", "--beta", "--out", "--init"))
+        if shape in tried:
+            continue
+        tried.add(shape)
+        mixnet = "mixnet" in st.argv
+        need = ("epochs", "lr", "batch") if mixnet else TRAIN_FLAGS  # mixnet: AdamW, no momentum/decay/schedule
+        missing = [f for f in need if f not in flags]
+        assert not missing, f"{recipe.name} step {st.name} leaves {missing} to the defaults"
+        if not mixnet:
+            seen.clear()
+            invoke([*st.argv, "--force"])
+            assert len(seen) == 1 and isinstance(seen[0], FinetuneConfig), st.name
+            assert seen[0].defaults_from == {}, (st.name, seen[0].defaults_from)

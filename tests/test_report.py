@@ -73,7 +73,7 @@ def test_regions_plot_on_gaussians(cli, tmp_path):
     import torch
 
     from robcli.data.registry import load_split
-    from robcli.models.io import build, make_card, save_run
+    from robcli.models import build, make_card, save_run
 
     torch.manual_seed(0)
     save_run(tmp_path / "m", build("tiny_mlp", 3, (2,)), make_card("tiny_mlp", 3, (2,), dataset="gaussians"))

@@ -10,6 +10,11 @@ Natural accuracy (eq. 1), robust accuracy (eq. 2) and robust inaccuracy (eq. 3) 
 From an attack table, "constant on the ball" means no attack at that eps changed the prediction (an upper
 bound on the truth: attacks can miss). From a certify table it means the smoothed classifier did not abstain
 and its certified radius is at least the radius asked for (Cohen et al.: g is constant inside that radius).
+
+A certify table is read as the certificate of the model it names only when it is one: a mixture table whose
+``certified_model`` is ``mixture-with-smoothed-h`` certifies a classifier no run directory computes, and a
+table of radius ESTIMATES (``radius_is_estimate``) certifies nothing; :func:`certify_view` refuses both
+(estimates only unless ``allow_estimate``, for reports that label them).
 """
 
 from __future__ import annotations
@@ -54,7 +59,97 @@ def same_eps(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
 
 
+def certificate_of(table) -> tuple[str | None, bool]:
+    """(certified_model, radii are estimates) of a certify table.
+
+    ``certified_model`` comes from the column (or the config), for tables written before it from
+    ``radius_kind`` (mixture certificates); None for Cohen's CERTIFY tables (the smoothed model of their run).
+
+    Raises:
+        TableError: one table holding certificates of different classifiers.
+    """
+    from robcli.tables.schema import CERTIFIED_MIXTURE, RADIUS_KIND_CERTIFIES
+
+    df = table.df
+    found: set[str] = set()
+    if "certified_model" in df.columns:
+        found = {str(v) for v in df["certified_model"].unique()}
+    elif "radius_kind" in df.columns:
+        for k in map(str, df["radius_kind"].unique()):
+            cm = RADIUS_KIND_CERTIFIES.get(k, CERTIFIED_MIXTURE if k.startswith("lipschitz-local-estimate") else None)
+            if cm is not None:
+                found.add(cm)
+    elif table.config.get("certified_model"):
+        found = {str(table.config["certified_model"])}
+    if len(found) > 1:
+        raise TableError(f"{table.path} holds certificates of different classifiers ({', '.join(sorted(found))})")
+    est = bool(df["radius_is_estimate"].astype(bool).any()) if "radius_is_estimate" in df.columns else \
+        bool(table.config.get("radius_is_estimate", False))
+    return (found.pop() if found else None), est
+
+
+def certified_model_name(table, display=str) -> str | None:
+    """What a mixture certify table certifies, as a name: the mixture run directory (``mix certify --model``),
+    else ``mixture(h=ROBUST, alpha=A)`` (any mixture of that h at that weight); None for other tables.
+    ``display`` formats the paths (e.g. a short display name)."""
+    from robcli.tables.schema import CERTIFIED_MIXTURE
+
+    if table.kind != "certify" or certificate_of(table)[0] != CERTIFIED_MIXTURE:
+        return None
+    cfg = table.config
+    if cfg.get("model"):
+        return display(str(cfg["model"]))
+    a = cfg.get("mix_alpha")
+    return f"mixture(h={display(str(cfg.get('robust')))}" + (f", alpha={float(a):g})" if a is not None else ")")
+
+
+def check_certificate(table, *, allow_estimate: bool = False) -> None:
+    """Refuse a certify table that is not a certificate of the model it would stand for.
+
+    Raises:
+        TableError: ``certified_model`` is ``mixture-with-smoothed-h`` (always), or the radii are estimates
+            (unless ``allow_estimate``).
+    """
+    from robcli.tables.schema import CERTIFIED_MIXTURE_SMOOTHED_H
+
+    cm, est = certificate_of(table)
+    if cm == CERTIFIED_MIXTURE_SMOOTHED_H:
+        robust = table.config.get("robust") or "h"
+        raise TableError(
+            f"{table.path} certifies {cm} (mix certify --method smoothing/lipschitz-rs: the mixture whose robust member "
+            f"is the Gaussian-smoothed hard classifier of {robust}), not a mixture run directory or any model robcli "
+            "loads; for the run directory's own classifier certify with --method lipschitz"
+        )
+    if est and not allow_estimate:
+        raise TableError(
+            f"{table.path} holds radius ESTIMATES of {cm or 'a model'} (radius_is_estimate; mix certify --method local, "
+            "004 App. C.3), not certificates: it cannot certify anything here; use an attack table or a certificate"
+        )
+
+
+def check_certified_run(table, run: str) -> None:
+    """Refuse a run directory given for a mixture certify table that does not certify it (compose --robust-model).
+
+    Raises:
+        TableError: the table certifies a mixture and ``run`` is not the mixture run directory it names.
+    """
+    from pathlib import Path
+
+    name = certified_model_name(table)
+    if name is None:
+        return
+    model = table.config.get("model")
+    if not model:
+        raise TableError(f"{table.path} certifies {name} for any core model, not the run {run}: certify the mixture "
+                         "run directory itself (mix certify --model RUN)")
+    if Path(run).expanduser().resolve() != Path(str(model)).expanduser().resolve():
+        raise TableError(f"{table.path} certifies the mixture run {model}, not {run}")
+
+
 def _model_name(table) -> str:
+    mixture = certified_model_name(table) if table.kind == "certify" else None
+    if mixture is not None:
+        return mixture
     models = table.meta.get("models") or []
     if isinstance(models, list) and models and isinstance(models[0], dict) and models[0].get("path"):
         from pathlib import Path
@@ -133,15 +228,25 @@ def attack_view(table, eps: float | None = None, *, attack: str | None = None, n
                      _model_name(table), attacks)
 
 
-def certify_view(table, radius: float, *, sigma: float | None = None, norm: str = "L2") -> ModelView:
-    """Per-example outcome of a smoothed classifier at a radius (eq. 13: certified radius >= ``radius``).
+def certify_view(table, radius: float, *, sigma: float | None = None, norm: str = "L2",
+                 allow_estimate: bool = False) -> ModelView:
+    """Per-example outcome of a certified classifier at a radius (eq. 13: certified radius >= ``radius``).
 
-    ``predict == -1`` (Cohen's abstain) is neither correct nor robust. For ``norm='Linf'`` the table must carry
-    a ``radius_linf`` column (an L2 certificate converted to Linf).
+    ``predict == -1`` (Cohen's abstain) is neither correct nor robust. The radius asked for is in ``norm``;
+    each row's ``radius`` is in the norm of its certificate: the table's ``norm`` column where it has one
+    (mixture certificates), else L2 (Cohen's CERTIFY). The conversion is sound in both directions: an Linf
+    ball of radius r contains the L2 ball of radius r, so an Linf radius answers an L2 question as it is; an
+    L2 ball of radius r contains only the Linf ball of radius r / sqrt(d), so an L2 radius answers an Linf
+    question through the ``radius_linf`` column (r / sqrt(d), written by certify). Tables that are not a
+    certificate of the model they name are refused (:func:`check_certificate`); ``allow_estimate`` lets
+    radius estimates through (the caller must label what it builds on them).
 
     Raises:
-        TableError: several sigmas and none chosen, no rows for ``sigma``, or no Linf radius column.
+        TableError: several sigmas and none chosen, no rows for ``sigma``, an unknown ``norm`` value, an Linf
+            question on L2 certificates without a ``radius_linf`` column, a mixture-with-smoothed-h
+            certificate, or estimates without ``allow_estimate``.
     """
+    check_certificate(table, allow_estimate=allow_estimate)
     df = table.df
     sigmas = sorted(df["sigma"].unique())
     if sigma is None:
@@ -153,23 +258,43 @@ def certify_view(table, radius: float, *, sigma: float | None = None, norm: str 
         raise TableError(f"{table.path} has no rows at sigma={sigma:g} (it holds {', '.join(f'{s:g}' for s in sigmas)})")
     if df["idx"].duplicated().any():
         raise TableError(f"{table.path} has duplicate rows for one example at sigma={sigma:g}")
-    col = "radius"
-    if norm == "Linf":
-        if "radius_linf" not in df.columns:
-            raise TableError(f"{table.path} has no radius_linf column; certify tables give L2 radii (use --norm L2)")
-        col = "radius_linf"
     d = df.set_index("idx").sort_index()
     import pandas as pd
 
+    from robcli.utils.parse import parse_norm
+
+    norm = parse_norm(norm)
+    if "norm" in d.columns:  # the norm each row's certificate is stated in
+        try:
+            row_norm = d["norm"].map(lambda v: parse_norm(str(v)))
+        except UsageError:
+            raise TableError(f"{table.path} has an unknown value in its norm column "
+                             f"({', '.join(sorted(map(str, d['norm'].unique())))}); expected Linf or L2") from None
+    else:
+        row_norm = pd.Series("L2", index=d.index)  # Cohen's CERTIFY: L2 radii
+    r = d["radius"].astype(float)
+    if norm == "Linf":
+        l2 = row_norm == "L2"
+        if l2.any():
+            if "radius_linf" not in d.columns:
+                raise TableError(f"{table.path} holds L2 certificates without a radius_linf column: an L2 radius r "
+                                 "answers an Linf question only as r / sqrt(d); use --norm L2")
+            r = r.where(~l2, d["radius_linf"].astype(float))
     out = pd.DataFrame({
         "label": d["label"].astype("int64"),
         "pred": d["predict"].astype("int64"),
     })
     out["correct"] = out["pred"] == out["label"]
-    out["robust"] = (out["pred"] != -1) & (d[col].astype(float) >= float(radius))
+    out["robust"] = (out["pred"] != -1) & (r >= float(radius))
     out.index.name = "idx"
+    if certified_model_name(table) is not None:  # a mixture certificate: no smoothing of the certified model
+        a = table.config.get("mix_alpha")
+        what = (f"{d['radius_kind'].iloc[0]}(mix_alpha={float(a):g})" if "radius_kind" in d.columns and len(d)
+                and a is not None else "mixture-certificate")
+    else:
+        what = f"smoothing(sigma={sigma:g})"
     return ModelView(out, float(radius), norm, str(table.path), "certify", dict(table.meta.get("data") or {}),
-                     _model_name(table), (f"smoothing(sigma={sigma:g})",))
+                     _model_name(table), (what,))
 
 
 def view_from_table(table, eps: float | None, *, attack: str | None = None, norm: str | None = None,

@@ -165,9 +165,15 @@ def margins(logits, cls):
 
 
 def _prepare(model, device, four_d: bool):
-    """Eval mode on ``device``; channels_last for conv nets on 4-D inputs; a forward that converts inputs."""
+    """Eval mode on ``device``; channels_last for conv nets on 4-D inputs; a forward that converts inputs.
+
+    The forward shows every output to its ``watch`` (:class:`robcli.models.finite.FiniteWatch`), so the
+    non-finite logits an attack meets anywhere in its iterations are noticed without a host sync per call.
+    """
     import torch
     import torch.nn as nn
+
+    from robcli.models.finite import FiniteWatch
 
     model = model.to(device).eval()
     if four_d:
@@ -180,11 +186,12 @@ def _prepare(model, device, four_d: bool):
         def __init__(self, net):
             super().__init__()
             self.net = net
+            self.watch = FiniteWatch()
 
         def forward(self, x):
             if four_d and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.net(x)
+            return self.watch.see(self.net(x))
 
     return _Forward(model).eval()
 
@@ -306,9 +313,16 @@ def run_attack(
     Returns:
         pandas DataFrame with :data:`COLUMNS`, sorted by (idx, eps).
 
+    Non-finite logits: the clean logits of every example are checked before anything is attacked (one
+    forward pass each), and every forward pass of every attack is watched on the device; a non-finite
+    logit at a point of the ball makes that example's robustness undefined (it is neither robust nor a
+    flip, and ``robust`` is a bool), so the run stops with :class:`~robcli.errors.NonFiniteOutput` naming
+    the examples and eps, instead of writing rows that would count it as either.
+
     Raises:
         UsageError: grid on inputs of dimension > 3, or too few classes for a DLR attack.
         ModelError: the model's output is not (batch, num_classes) logits.
+        NonFiniteOutput: NaN/inf logits on a clean input, or met by the attack inside a ball.
         AttackInternalError: an attack returned an invalid point.
     """
     import pandas as pd
@@ -326,6 +340,7 @@ def run_attack(
     check_classes(cfg.attack, K, cfg.version, cfg.aa_attacks)
     check_inputs(cfg.attack, shape, cfg.version, cfg.aa_attacks)
     fwd = _prepare(model, device, len(shape) == 3)
+    watch = fwd.watch
     saved = [(p, p.requires_grad) for p in fwd.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
@@ -341,6 +356,9 @@ def run_attack(
     all_idx = data.idx.numpy().astype(np.int64)
     counts = {e: 0 for e in cfg.eps}
     try:
+        from robcli.models.finite import check_clean_logits
+
+        check_clean_logits(fwd, data, data.idx, batch=cfg.batch, device=device)  # before anything is attacked
         for bi in range(n_batches):
             lo, hi = bi * cfg.batch, min(n, (bi + 1) * cfg.batch)
             idx = all_idx[lo:hi]
@@ -379,13 +397,23 @@ def run_attack(
                     if todo.size:
                         t = torch.as_tensor(todo, device=device)
                         xs, ys = xb[t], cp_t[t]
-                        if eps > 0:
-                            xa = _run_one(cfg, fwd, xs, ys, eps, attack_seed(cfg.seed, bi, eps), K, notes)
-                            xa = verify_points(xa.detach().to(device), xs, eps, cfg.norm, cfg.attack)
-                        else:
-                            xa = xs.clone()
+                        watch.reset()
+                        try:
+                            if eps > 0:
+                                xa = _run_one(cfg, fwd, xs, ys, eps, attack_seed(cfg.seed, bi, eps), K, notes)
+                                xa = verify_points(xa.detach().to(device), xs, eps, cfg.norm, cfg.attack)
+                            else:
+                                xa = xs.clone()
+                        except Exception:
+                            if watch.tripped():  # an attack that choked on NaN logits (e.g. NaN gradients)
+                                _raise_nonfinite(cfg, eps, idx[todo], None)
+                            raise
                         with torch.no_grad():
                             la = fwd(xa)
+                            if watch.tripped():  # one sync per (batch, eps) block, which syncs below anyway
+                                from robcli.models.finite import nonfinite_rows
+
+                                _raise_nonfinite(cfg, eps, idx[todo], nonfinite_rows(la).cpu().numpy())
                             same = (xa == xs).flatten(1).all(1)
                             la[same] = logits[t][same]  # the clean point itself: identical outputs by definition
                             pa = la.argmax(1)
@@ -414,6 +442,23 @@ def run_attack(
         for p, rg in saved:
             p.requires_grad_(rg)
     return _frame(blocks)
+
+
+def _raise_nonfinite(cfg: AttackConfig, eps: float, ids, at_points) -> None:
+    """Stop the attack: the model's logits were non-finite somewhere in the eps-ball of these examples."""
+    from robcli.errors import NonFiniteOutput
+    from robcli.models.finite import describe
+
+    ids = np.asarray(ids)
+    if at_points is not None and at_points.any():
+        where = f"at the adversarial points of {describe(ids[at_points])}"
+    else:
+        where = f"inside the eps-balls of examples {describe(ids)} (met during the attack's iterations)"
+    raise NonFiniteOutput(
+        f"returned non-finite logits (NaN or inf) {where}, {cfg.attack} at {cfg.norm} eps {eps:.4g}: robustness "
+        "there is undefined (neither robust nor a flip), so the attack stops and writes nothing; fix the model's "
+        "numerics or leave those examples out (--subset)"
+    )
 
 
 def _frame(blocks):

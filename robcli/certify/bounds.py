@@ -39,8 +39,12 @@ def check_params(*, sigma: float | None = None, alpha: float | None = None, n0: 
     """Validate CERTIFY/PREDICT hyperparameters.
 
     Raises:
-        UsageError: sigma <= 0, alpha outside (0, 1), N0 < 1 or N0 > N (certify mode), N too small for alpha
+        UsageError: sigma <= 0, alpha outside (0, 1), N0 < 1 (certify mode), N too small for alpha
             (``ceil(log2(1/alpha))`` for CERTIFY, ``ceil(log2(2/alpha))`` for PREDICT).
+
+    N0 > N is allowed: the selection sample only picks the class whose probability the N fresh estimation
+    samples then bound; the bound's level holds whatever that choice was, so nothing ties N0 to N (a large N0
+    with a small N is a sensible way to pick the class reliably when estimation samples are costly).
     """
     if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
         raise UsageError(f"--sigma {sigma:g} must be > 0 (the std of the Gaussian noise)")
@@ -51,8 +55,6 @@ def check_params(*, sigma: float | None = None, alpha: float | None = None, n0: 
     if mode == "certify":
         if n0 is not None and n0 < 1:
             raise UsageError(f"--N0 {n0} must be >= 1 (selection samples)")
-        if n0 is not None and n is not None and n0 > n:
-            raise UsageError(f"--N0 {n0} > --N {n}: the selection sample must not exceed the estimation sample")
         if alpha is not None and n is not None and n < min_samples(alpha):
             raise UsageError(
                 f"--N {n} is too small for --alpha {alpha:g}: with N < ceil(log2(1/alpha)) = {min_samples(alpha)} "

@@ -122,6 +122,14 @@ class VoteCounter:
             return self.model(torch.cat([x, pad]))[:n]
         return self.model(x)
 
+    def clean_forward(self, x):
+        """The uncompiled model on ``x`` (channels_last when configured), for one-off passes."""
+        import torch
+
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.base(x.to(self.device))
+
     def check_output(self, x) -> None:
         """Refuse a model whose output is not (B, K) logits of the data set's classes.
 
@@ -135,20 +143,28 @@ class VoteCounter:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(f"model output has shape {shape}; expected (batch, {self.K}) logits of the data set's classes")
 
-    def counts(self, x, seeds: list[int], num: int, sigma: float):
+    def counts(self, x, seeds: list[int], num: int, sigma: float, ids=None):
         """Votes of ``num`` noisy copies of each example.
+
+        Every forward pass's logits are checked for NaN/inf on the device (a flag, no host sync per batch);
+        the flag is read once, at the end (where the caller synchronizes anyway to read the counts).
 
         Args:
             x: (G, *shape) float inputs in [0, 1], on ``device``.
             seeds: G generator seeds (see :func:`noise_seed`).
             num: noisy samples per example.
             sigma: noise std.
+            ids: the G examples' ids, for the error message.
 
         Returns:
             int64 tensor (G, K) on ``device``.
+
+        Raises:
+            NonFiniteOutput: a noisy copy got a non-finite logit (its vote would be an artefact of argmax).
         """
         import torch
 
+        from robcli.models.finite import FiniteWatch
         from robcli.utils.seeding import make_generator
 
         G = x.shape[0]
@@ -157,6 +173,7 @@ class VoteCounter:
         gens = [make_generator(s, self.device) for s in seeds]
         counts = torch.zeros(G * K, dtype=torch.long, device=self.device)
         owner_base = torch.arange(G, device=self.device) * K
+        watch = FiniteWatch()
         done = 0
         with torch.inference_mode():
             while done < num:
@@ -166,16 +183,30 @@ class VoteCounter:
                     buf[i].normal_(0.0, sigma, generator=g)
                 buf += x.unsqueeze(1)
                 flat = buf.view(G * b, *shape)
-                preds = torch.cat([self._forward(flat[s:s + self.batch]).argmax(1)
+                preds = torch.cat([watch.see(self._forward(flat[s:s + self.batch])).argmax(1)
                                    for s in range(0, G * b, self.batch)])
                 counts += torch.bincount(owner_base.repeat_interleave(b) + preds, minlength=G * K)
                 done += b
+        if watch.tripped():
+            from robcli.errors import NonFiniteOutput
+            from robcli.models.finite import describe
+
+            who = describe(ids) if ids is not None else f"{G} example(s)"
+            raise NonFiniteOutput(
+                f"returned non-finite logits (NaN or inf) on Gaussian-noisy copies (sigma {sigma:g}) of {who}: "
+                "their votes would be artefacts of argmax over NaN, so certification stops and writes nothing; "
+                "fix the model's numerics far from the data (noise takes inputs outside [0, 1])"
+            )
         return counts.view(G, K)
 
 
 def group_size(cfg: CertifyConfig) -> int:
-    """How many examples share one round of forward passes (fills ``batch`` with the estimation sample)."""
-    per = min(cfg.N, NOISE_BLOCK)
+    """How many examples share one round of forward passes (fills ``batch`` with the larger of the two samples).
+
+    A round holds ``group x min(sample, NOISE_BLOCK)`` noisy inputs, so sizing the group by the larger
+    sample (N0 may exceed N) keeps every round's buffer at about ``batch`` inputs.
+    """
+    per = min(max(cfg.N, cfg.N0 if cfg.mode == "certify" else 0), NOISE_BLOCK)
     return max(1, cfg.batch // per)
 
 
@@ -193,9 +224,9 @@ def certify_group(counter: VoteCounter, x, idxs: list[int], labels: list[int], s
     G = len(idxs)
     d = int(np.prod(x.shape[1:]))
     if cfg.mode == "certify":
-        c0 = counter.counts(x, [noise_seed(cfg.seed, i, sigma, "select") for i in idxs], cfg.N0, sigma)
+        c0 = counter.counts(x, [noise_seed(cfg.seed, i, sigma, "select") for i in idxs], cfg.N0, sigma, idxs)
         c_a = c0.argmax(1)
-        c = counter.counts(x, [noise_seed(cfg.seed, i, sigma, "estimate") for i in idxs], cfg.N, sigma)
+        c = counter.counts(x, [noise_seed(cfg.seed, i, sigma, "estimate") for i in idxs], cfg.N, sigma, idxs)
         n_a = c.gather(1, c_a[:, None])[:, 0].cpu().numpy()
         c_a = c_a.cpu().numpy()
         counts = c.cpu().numpy()
@@ -204,7 +235,7 @@ def certify_group(counter: VoteCounter, x, idxs: list[int], labels: list[int], s
         pred = np.where(abstain, ABSTAIN, c_a)
         n0 = cfg.N0
     else:
-        c = counter.counts(x, [noise_seed(cfg.seed, i, sigma, "predict") for i in idxs], cfg.N, sigma)
+        c = counter.counts(x, [noise_seed(cfg.seed, i, sigma, "predict") for i in idxs], cfg.N, sigma, idxs)
         counts = c.cpu().numpy()
         pred, c_a, n_a, _ = predict_from_counts(counts, cfg.alpha)
         p_low = np.full(G, np.nan)
@@ -242,7 +273,9 @@ def run_certify(
     """Certify (or predict) every selected example at every sigma.
 
     Args:
-        model: [0,1] inputs -> logits; moved to ``device`` and put in eval mode here.
+        model: [0,1] inputs -> logits; moved to ``device`` and put in eval mode here. Its logits must be
+            finite, on every clean input (checked first) and on every noisy copy (checked once per group):
+            :class:`~robcli.errors.NonFiniteOutput` otherwise, with no checkpoint written for it.
         data: a :class:`robcli.data.SplitData` (already selected with n_ex/skip).
         cfg: the configuration.
         device: torch device.
@@ -268,6 +301,12 @@ def run_certify(
     # check on the data set's first examples, not the shard's: a shard may be empty (K > number of examples)
     x_all, _ = data.get(torch.arange(min(2, len(data)), dtype=torch.long))
     counter.check_output(x_all)
+    from robcli.models.finite import check_clean_logits
+
+    # one clean forward pass per example (vs N0 + N noisy ones): a model with NaN/inf logits is refused
+    # before anything is certified or written
+    check_clean_logits(counter.clean_forward, data, data.idx[torch.as_tensor(pos, dtype=torch.long)],
+                       batch=cfg.batch, rows=pos)
     rows: list[dict] = [] if done is None or len(done) == 0 else done[COLUMNS].to_dict("records")
     have = {(int(r["idx"]), float(r["sigma"])) for r in rows}
     idx_all = data.idx.numpy()
@@ -287,8 +326,10 @@ def run_certify(
                 if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
                     checkpoint(_frame(rows))
                     last = time.monotonic()
-    except BaseException:
-        if checkpoint is not None and rows:
+    except BaseException as e:
+        from robcli.errors import NonFiniteOutput
+
+        if checkpoint is not None and rows and not isinstance(e, NonFiniteOutput):  # that run cannot resume
             checkpoint(_frame(rows))
         raise
     return _frame(rows)

@@ -109,7 +109,15 @@ def attack(
     from pathlib import Path
 
     from robcli.attacks.engine import AttackConfig, run_attack, same_config, summary_text
-    from robcli.cli.common import ProgressCallback, argv, check_out, console, image_size_for, progress
+    from robcli.cli.common import (
+        ProgressCallback,
+        argv,
+        check_out,
+        console,
+        image_size_for,
+        naming_nonfinite,
+        progress,
+    )
     from robcli.errors import UsageError
 
     mix_only = {"--alpha-weight": alpha_weight, "--n-targets": n_targets, "--n-queries": n_queries,
@@ -161,7 +169,7 @@ def attack(
     check_out(out_p, force, resume)
 
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import partial_path, provenance, read_table, write_table
     from robcli.utils.device import resolve_device
 
@@ -194,7 +202,7 @@ def attack(
         write_table(df, part, "attack", config=config, prov=prov)
 
     notes: list[str] = []
-    with progress(quiet) as prog:
+    with naming_nonfinite(model, part), progress(quiet) as prog:
         df = run_attack(lm.model, data, cfg, device=dev, done=done, checkpoint=checkpoint,
                         progress=ProgressCallback(prog), notes=notes)
     write_table(df, out_p, "attack", config=config, prov=prov)

@@ -60,7 +60,15 @@ def certify(
     from pathlib import Path
 
     from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text
-    from robcli.cli.common import ProgressCallback, argv, check_out, console, image_size_for, progress
+    from robcli.cli.common import (
+        ProgressCallback,
+        argv,
+        check_out,
+        console,
+        image_size_for,
+        naming_nonfinite,
+        progress,
+    )
     from robcli.errors import UsageError
     from robcli.utils.parse import parse_float_expr, parse_shard
 
@@ -83,7 +91,7 @@ def certify(
     check_out(out_p, force, resume)
 
     from robcli.data.registry import load_split
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import device_type, partial_path, provenance, read_table, write_table
 
     def check_resumable(t, path, hint: str) -> None:
@@ -118,7 +126,7 @@ def certify(
     def checkpoint(df) -> None:
         write_table(df, part, "certify", config=config, prov=prov)
 
-    with progress(quiet) as prog:
+    with naming_nonfinite(model, part), progress(quiet) as prog:
         df = run_certify(lm.model, data, cfg, device=dev, shard=shard_t, done=done, checkpoint=checkpoint,
                          progress=ProgressCallback(prog))
     write_table(df, out_p, "certify", config=config, prov=prov)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import sys
@@ -61,6 +62,70 @@ def handle_errors(fn):
     return wrapper
 
 
+def _flag(ctx, name: str) -> str:
+    for p in ctx.command.params:
+        if p.name == name:
+            longs = [o for o in p.opts if o.startswith("--")]
+            return (longs or p.opts)[0]
+    raise KeyError(name)  # a bug: no such parameter
+
+
+def given(ctx, *names: str) -> list[str]:
+    """The flags (``--name``) among the parameters ``names`` that the user gave (command line or recipe).
+
+    Decided by click's parameter source, never by comparing a value with a copied default: an explicit
+    ``--batch 256`` counts as given even when 256 is the default.
+    """
+    from typer._click.core import ParameterSource  # typer vendors click
+
+    out = []
+    for n in names:
+        src = ctx.get_parameter_source(n)
+        if src is not None and src not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            out.append(_flag(ctx, n))
+    return out
+
+
+def refuse_given(ctx, names, why: str) -> None:
+    """Raise a one-line UsageError when the user gave any of the parameters ``names``: ``--a, --b <why>``."""
+    from robcli.errors import UsageError
+
+    flags = given(ctx, *names)
+    if flags:
+        verb = "does" if len(flags) == 1 else "do"
+        raise UsageError(f"{', '.join(flags)} {verb} not apply {why}")
+
+
+@contextlib.contextmanager
+def naming_nonfinite(model_name: str | None, partial=None, *, core: str | None = None, robust: str | None = None):
+    """Name the model in a :class:`~robcli.errors.NonFiniteOutput` raised in the block, and leave no partial
+    table behind: ``partial`` (a resume file this run writes) is removed when this run created it (a partial
+    table that existed before, from a run being resumed, is the user's and stays).
+
+    ``core``/``robust``: the paths of a mixture's members, named when the error is about member g or h
+    (``model_name``, the mixture itself, is then mentioned too when given).
+    """
+    from pathlib import Path
+
+    from robcli.errors import NonFiniteOutput
+
+    existed = partial is not None and Path(partial).exists()
+    try:
+        yield
+    except NonFiniteOutput as e:
+        if partial is not None and not existed and Path(partial).exists():
+            Path(partial).unlink()
+        member = {"g": ("core", core), "h": ("robust", robust)}.get(e.member or "")
+        of = f" of the mixture {model_name}" if model_name else ""
+        if member is not None and member[1] is not None:
+            raise NonFiniteOutput(e.detail, f"{member[0]} model {member[1]} (member {e.member}{of})", e.member) from None
+        if member is not None and model_name is not None:
+            raise NonFiniteOutput(e.detail, f"the {member[0]} model {e.member}{of}", e.member) from None
+        if model_name is not None and e.who == "the model":
+            raise e.named(model_name) from None
+        raise
+
+
 def argv() -> list[str]:
     a = CURRENT_ARGV.get()
     return list(a) if a is not None else list(sys.argv[1:])
@@ -100,6 +165,13 @@ def progress(quiet: bool = False):
         def stop(self) -> None:
             if self.live.is_started:
                 super().stop()
+
+        def __exit__(self, exc_type, exc, tb):
+            # a user error found mid-way (e.g. NaN logits met by an attack) ends in ONE line on stderr:
+            # the bar is cleared instead of left above it (an interrupt keeps it: it shows how far it got)
+            if exc_type is not None and issubclass(exc_type, RobcliError):
+                self.live.transient = True
+            return super().__exit__(exc_type, exc, tb)
 
     return _LazyProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

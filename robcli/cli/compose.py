@@ -24,14 +24,24 @@ from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt
 SWEEP = [round(0.05 * i, 2) for i in range(21)]
 
 SELECTOR_HELP = (
-    "ri (robustness indicator, eq. 12/13) or sr (softmax response, eq. 16). Soundness rule: an example counts as "
-    "robust and accurate for H only if the selector's decision cannot flip inside B_eps(x) and the model it routes "
-    "to is robust and accurate there. Robust selection uses the 2*eps rule (eq. 14): the robust model robust on "
-    "B_2eps(x) (-r EPS_TABLE,2EPS_TABLE of one model); sr: lowest max-softmax on B_2eps(x) (APGD-conf and every "
-    "2*eps attack row, capped at 0.5 where the prediction flipped) >= threshold. Abstain case (not robustly "
-    "selected): the robust model must still be right at x (ri) or robust and accurate (sr) wherever it might be "
-    "selected, and the core model robust and accurate at eps; robust abstention is never claimed. Certified "
-    "selector: radius >= 2*eps by default, --selection-check eps for the paper's radius >= eps."
+    "ri (robustness indicator, eq. 12/13), sr (softmax response as eq. 16 states it: select x when the max-softmax "
+    "stays >= threshold on all of B_eps(x)) or sr-pointwise (select when the max-softmax at x >= threshold; not "
+    "eq. 16). Soundness rule: an example counts as robust and accurate for H only if the selector's decision cannot "
+    "flip inside B_eps(x) and the model it routes to is robust and accurate there. Robust selection uses the 2*eps "
+    "rule (eq. 14): the robust model robust on B_2eps(x) (-r EPS_TABLE,2EPS_TABLE of one model); sr: lowest "
+    "max-softmax on B_eps(x) >= threshold decides the selection, on B_2eps(x) the robust selection (APGD-conf and "
+    "every attack row at that radius, capped at 0.5 where the prediction flipped); sr-pointwise: lowest max-softmax "
+    "on B_eps(x) >= threshold is its robust selection. Abstain case (not robustly selected): the robust model must "
+    "still be right at x (ri; sr with threshold > 0.5) or robust and accurate (sr-pointwise; sr with threshold <= "
+    "0.5) wherever it might be selected, and the core model robust and accurate at eps; robust abstention is never "
+    "claimed. Certified selector: radius >= 2*eps by default, --selection-check eps for the paper's radius >= eps."
+)
+
+
+CERT_HELP = (
+    "Certify tables (-r/-c): one example's claim can rest on up to m + 1 certificates (m robust members and the "
+    "core), each failing with probability up to its alpha, so the table records composition_alpha = the sum of "
+    "their alphas (union bound); for a composition-level alpha A, certify each table at A/(m+1)."
 )
 
 
@@ -94,7 +104,7 @@ def _check_same_model(parts) -> None:
 
 @handle_errors
 def compose(
-    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order). With --mix/--mix-sweep: the robust MODEL h (run dir or checkpoint).")],
+    robust: Annotated[list[str], typer.Option("--robust", "-r", help="Robust model's attack (or certify) table(s), comma-joined when eps and 2*eps sit in separate files; repeat for a cascade (tried in order). " + CERT_HELP + " With --mix/--mix-sweep: the robust MODEL h (run dir or checkpoint).")],
     core: Annotated[str, typer.Option("--core", "-c", help="Core model's attack (or certify) table at eps. With --mix/--mix-sweep: the core MODEL g.")],
     eps: Annotated[Optional[str], typer.Option("--eps", help="Threat radius of the composition, e.g. 1/255 (certified: the L2 radius); --mix-sweep: the attack radius.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Compose table (Parquet).")] = None,
@@ -109,11 +119,11 @@ def compose(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set, when the tables do not record it.")] = None,
     data_dir: DataDirOpt = None,
     export: Annotated[Optional[str], typer.Option("--export", help="Write the composite as a model run dir that robcli attack can load.")] = None,
-    export_threshold: Annotated[Optional[list[str]], typer.Option("--export-threshold", help="Softmax-response export (--selector sr): threshold(s) of the exported selector (default: the --threshold).")] = None,
-    export_inner_attack: Annotated[str, typer.Option("--export-inner-attack", help="Robustness-indicator export: the attack run inside every forward to decide robustness at the input (pgd: from x, batch-independent; apgd-ce).")] = "pgd",
-    export_inner_steps: Annotated[int, typer.Option("--export-inner-steps", help="Robustness-indicator export: steps of the inner attack.")] = 20,
-    export_inner_restarts: Annotated[int, typer.Option("--export-inner-restarts", help="Robustness-indicator export: starts/restarts of the inner attack.")] = 1,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="PGD steps for confidences computed from --robust-model (default 50); --mix-sweep: of the STD/ROB/MIX attacks (default 20).")] = None,
+    export_threshold: Annotated[Optional[list[str]], typer.Option("--export-threshold", help="Softmax-response export (--selector sr or sr-pointwise): threshold(s) of the exported selector (default: the --threshold).")] = None,
+    export_inner_attack: Annotated[str, typer.Option("--export-inner-attack", help="Robustness-indicator and softmax-response (sr, eq. 16) export: the attack run inside every forward (ri: robustness at the input, pgd from x, batch-independent, or apgd-ce; sr: pgd minimising the max softmax).")] = "pgd",
+    export_inner_steps: Annotated[int, typer.Option("--export-inner-steps", help="Robustness-indicator and sr export: steps of the inner attack.")] = 20,
+    export_inner_restarts: Annotated[int, typer.Option("--export-inner-restarts", help="Robustness-indicator and sr export: starts of the inner attack (the first from x).")] = 1,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="PGD steps for confidences computed from --robust-model (default 50; 2 starts, the first from x); --mix-sweep: of the STD/ROB/MIX attacks (default 20).")] = None,
     mix: Annotated[Optional[str], typer.Option("--mix", help="Fixed-alpha mixture log((1-a) softmax(g) + a softmax(h)) (paper 002) of the MODELS --core g and --robust h, a in [0, 1]; written with --export RUN.")] = None,
     mix_sweep: Annotated[bool, typer.Option("--mix-sweep", help="Natural vs STD/ROB/MIX-attacked accuracy of fixed-alpha mixtures of the MODELS --core/--robust over an --alpha grid (002 Fig. 2/4).")] = False,
     alpha: Annotated[Optional[list[str]], typer.Option("--alpha", help="--mix-sweep grid values; repeatable (default 0, 0.1, ..., 1).")] = None,
@@ -135,12 +145,22 @@ def compose(
     flip inside B_eps(x) and the model it routes to is robust and accurate there. Robust selection needs the
     2*eps rule (eq. 14): S(x') = 1 on all of B_eps(x) iff the robust model is robust on B_2eps(x), so pass its
     eps and 2*eps tables (-r EPS_TABLE,2EPS_TABLE, one model). Where the selector may select somewhere in the
-    ball without robustly selecting, the robust model must be right at x (robustness indicator) or robust
-    and accurate (softmax response), and the core model must be robust and accurate at eps (the abstain case;
-    robust abstention is never claimed). Softmax response: lowest max-softmax on B_2eps(x) from APGD-conf
-    (and every other 2*eps attack row), capped at 0.5 where an attack flipped the prediction. Certified
-    selector: robust selection is radius >= 2*eps by default; --selection-check eps gives the paper's
-    radius >= eps (not sound for the selector).
+    ball without robustly selecting, the robust model must be right at x (robustness indicator; softmax
+    response with threshold > 0.5) or robust and accurate (sr-pointwise; sr with threshold <= 0.5), and the
+    core model must be robust and accurate at eps (the abstain case; robust abstention is never claimed).
+    Softmax response (--selector sr, eq. 16): x is selected when the lowest max-softmax on B_eps(x) is >= the
+    threshold and robustly selected when it is on B_2eps(x); the lowest max-softmax comes from APGD-conf and
+    every other attack row at that radius (and --robust-model), capped at 0.5 where an attack flipped the
+    prediction. --selector sr-pointwise selects on the max-softmax at x alone (not eq. 16) and robustly
+    selects when the lowest max-softmax on B_eps(x) is >= the threshold. Certified selector: robust selection
+    is radius >= 2*eps by default; --selection-check eps gives the paper's radius >= eps (not sound for the
+    selector).
+
+    Certify tables (-r/-c CERT.parquet): each certificate fails with probability up to its alpha, and one
+    example's claim can rest on up to m + 1 of them (m robust members and the core), so the composition's
+    failure probability per example is up to the sum of their alphas (union bound), recorded as
+    composition_alpha (column and config). For a composition-level alpha A, certify each table at
+    A / (m + 1).
 
     With --mix or --mix-sweep, --core/--robust are models and the fixed-alpha mixture of paper 002 is built
     (same code as `robcli mix build`) or swept over alpha (same code as `robcli mix sweep`).
@@ -169,12 +189,11 @@ def compose(
         raise UsageError("missing --eps (the threat radius of the composition)")
     if steps is None:
         steps = 50
-    import numpy as np
     import pandas as pd
 
     from robcli.analysis.metrics import check_same_examples, view_from_table
-    from robcli.compose.evaluate import evaluate_composition
-    from robcli.compose.selectors import parse_selector, ri_member, sr_member
+    from robcli.compose.evaluate import evaluate_composition, sweep
+    from robcli.compose.selectors import SR_NAME, parse_selector, ri_member, sr_member, sr_pointwise_member
     from robcli.errors import TableError
     from robcli.report.render import markdown_table
     from robcli.tables.io import provenance, write_table
@@ -190,7 +209,7 @@ def compose(
         taus = sorted(set(taus) | set(SWEEP))
     if sel == "ri" and taus:
         raise UsageError("--threshold/--sweep belong to the softmax-response selector (--selector sr)")
-    if sel == "sr" and not taus:
+    if sel != "ri" and not taus:
         raise UsageError("the softmax-response selector needs --threshold T or --sweep")
     if robust_model and len(robust_model) != len(robust):
         raise UsageError(f"{len(robust_model)} --robust-model for {len(robust)} --robust tables: give one per robust model, in order")
@@ -203,13 +222,19 @@ def compose(
         if sel == "ri" and exp_taus:
             raise UsageError("--export-threshold belongs to softmax-response exports (--selector sr); a robustness-indicator "
                              "export runs an inner attack (--export-inner-attack/--export-inner-steps)")
-        from robcli.compose.export import INNER_ATTACKS
+        from robcli.compose.export import INNER_ATTACKS, SR_INNER_ATTACKS
 
         if export_inner_attack not in INNER_ATTACKS:
             raise UsageError(f"--export-inner-attack {export_inner_attack!r}: choose {' or '.join(INNER_ATTACKS)}")
+        if sel == "sr" and export_inner_attack not in SR_INNER_ATTACKS:
+            raise UsageError(f"--export-inner-attack {export_inner_attack} is a margin attack for the robustness indicator; "
+                             f"the softmax-response (eq. 16) export minimises the max softmax with {' or '.join(SR_INNER_ATTACKS)}")
+        if sel == "sr-pointwise" and (export_inner_attack != "pgd" or export_inner_steps != 20 or export_inner_restarts != 1):
+            raise UsageError("--export-inner-* belong to exports that run an inner attack (--selector ri or sr); "
+                             "sr-pointwise selects on the clean confidence")
         if export_inner_steps < 1 or export_inner_restarts < 1:
             raise UsageError("--export-inner-steps and --export-inner-restarts must be >= 1")
-        if sel == "sr" and not exp_taus and len(taus) != 1:
+        if sel != "ri" and not exp_taus and len(taus) != 1:
             raise UsageError("--export with a threshold sweep: choose the exported threshold with --export-threshold")
     for p in (out,):
         if p is not None:
@@ -244,9 +269,8 @@ def compose(
     n_models = len(rob_ts)
     rows: list[dict] = []
     names = [v.model for v in views_eps]
-    confs: list[tuple[np.ndarray, np.ndarray]] = []
-    if sel == "sr":
-        confs = _confidences(rob_ts, views_eps, robust, robust_model, e_check, steps, device, seed, data_dir, dataset)
+    if sel == "sr-pointwise":
+        check = "eps"  # its sound robust-selection rule: the selector looks at x' alone, so B_eps(x)
     if sel == "ri":
         members = [ri_member(v, vc, name) for v, vc, name in zip(views_eps, views_chk, names)]
         m, _ = evaluate_composition(members, core_v)
@@ -254,16 +278,25 @@ def compose(
         m["selector"] = members[0].selector
         rows.append(m)
     else:
-        for tau in taus:
-            members = [sr_member(v, cc, mc, tau, name) for v, (cc, mc), name in zip(views_eps, confs, names)]
-            m, _ = evaluate_composition(members, core_v)
-            m["threshold"] = tau
-            m["selector"] = "softmax-response"
-            rows.append(m)
+        radii = [e, e_check] if sel == "sr" and e_check != e else [e]
+        confs = _confidences(rob_ts, views_eps, robust, robust_model, radii, steps, device, seed, data_dir, dataset)
+
+        def make_members(tau: float):
+            if sel == "sr":  # eq. 16: B_eps decides the selection, the check ball (B_2eps) robust selection
+                return [sr_member(v, cc, lows[0], lows[-1], tau, name) for v, (cc, lows), name in zip(views_eps, confs, names)]
+            return [sr_pointwise_member(v, cc, lows[0], tau, name) for v, (cc, lows), name in zip(views_eps, confs, names)]
+
+        rows = sweep(make_members, taus, core_v)
+        for m in rows:
+            m["selector"] = SR_NAME[sel]
     df = pd.DataFrame(rows)
     df["eps"] = e
     df["norm"] = core_v.norm
     df["selection_check"] = check
+    certs = _certificates([*(("robust", spec, t, v) for spec, t, v in zip(robust, rob_ts, views_eps)),
+                           ("core", core, core_t, core_v)], sigma)
+    comp_alpha = float(sum(c["alpha"] for c in certs)) if certs else float("nan")
+    df["composition_alpha"] = comp_alpha
     df["robust_models"] = ";".join(names)
     df["core_model"] = core_v.model
     df["robust_tables"] = ";".join(robust)
@@ -278,13 +311,22 @@ def compose(
 
     config = {"robust": list(robust), "core": core, "eps": e, "norm": core_v.norm, "selector": sel, "thresholds": taus,
               "selection_check": check, "sigma": sigma, "robust_model": robust_model, "core_model": core_model,
-              "export": export}
+              "export": export, "certificates": certs, "composition_alpha": None if not certs else comp_alpha}
+    if certs:
+        config["composition_alpha_rule"] = (
+            f"union bound: one example's claim can rest on up to {len(certs)} certificates (the robust members and "
+            f"the core), so it fails with probability <= {comp_alpha:g}; for a composition-level alpha A, certify "
+            f"each table at A/{len(certs)}")
     card = None
     if export is not None:  # load and check the models before anything is written
         from robcli.compose.export import prepare_composite
 
         if sel == "sr":
-            kw = {"selector": "softmax-response", "thresholds": exp_taus or [taus[0]] * n_models}
+            kw = {"selector": "softmax-response", "thresholds": exp_taus or [taus[0]] * n_models, "eps": e,
+                  "norm": core_v.norm, "inner_attack": export_inner_attack, "inner_steps": export_inner_steps,
+                  "inner_restarts": export_inner_restarts, "seed": seed}
+        elif sel == "sr-pointwise":
+            kw = {"selector": "softmax-response-pointwise", "thresholds": exp_taus or [taus[0]] * n_models}
         else:
             kw = {"selector": "robustness-indicator", "eps": e, "norm": core_v.norm, "inner_attack": export_inner_attack,
                   "inner_steps": export_inner_steps, "inner_restarts": export_inner_restarts, "seed": seed}
@@ -309,9 +351,16 @@ def compose(
                 Path(out).unlink(missing_ok=True)  # nothing written on error
             raise
         if not quiet:
-            what = (f"softmax-response thresholds {card['composite']['members'][0].get('threshold')}" if sel == "sr" else
-                    f"robustness indicator by {export_inner_attack} ({export_inner_steps} steps) at eps={e:g}")
+            taus_txt = ", ".join(f"{m_['threshold']:g}" for m_ in card["composite"]["members"]) if sel != "ri" else ""
+            what = {"sr": f"softmax response (eq. 16) at thresholds {taus_txt}, lowest confidence on B_eps by "
+                          f"{export_inner_attack} ({export_inner_steps} steps) at eps={e:g}",
+                    "sr-pointwise": f"pointwise softmax response at thresholds {taus_txt}",
+                    "ri": f"robustness indicator by {export_inner_attack} ({export_inner_steps} steps) at eps={e:g}"}[sel]
             typer.echo(f"wrote composite model {export} ({what})", err=True)
+    if not quiet and certs:
+        typer.echo(f"composition_alpha {comp_alpha:g}: one example's claim rests on up to {len(certs)} certificates "
+                   f"(union bound of their alphas); certify each table at A/{len(certs)} for a composition-level alpha A",
+                   err=True)
     if not quiet:
         show = df[lead + ["core_nat_acc", "core_robust_acc"]]
         typer.echo(markdown_table(show))
@@ -372,11 +421,15 @@ def _compose_mix(*, mix, mix_sweep, robust, core, eps, out, export, dataset, dat
 
 
 def _check_run_matches_table(run: str, table) -> None:
-    """Refuse a --robust-model/--core-model whose weights are not the model the table was made with."""
+    """Refuse a --robust-model/--core-model whose weights are not the model the table was made with (for a
+    mixture certificate: that is not the mixture run directory it certifies)."""
     from pathlib import Path
 
+    from robcli.analysis.metrics import check_certified_run
     from robcli.errors import TableError
     from robcli.tables.io import provenance
+
+    check_certified_run(table, run)
 
     want = {m.get("sha256") for m in table.meta.get("models") or [] if isinstance(m, dict) and m.get("sha256")}
     if not want or not Path(run).exists():
@@ -387,47 +440,90 @@ def _check_run_matches_table(run: str, table) -> None:
                          "give the run dirs in the same order as the tables")
 
 
-def _confidences(tables, views, specs, runs, e2, steps, device, seed, data_dir, dataset):
-    """Per robust model: (clean max-softmax, lowest max-softmax on B_{e2}) from table columns or the model."""
+def _certificates(entries, sigma) -> list[dict]:
+    """The certificates a composition's claims rest on: one per certify table (member or core) per example.
+
+    Each ``entries`` item is ``(role, spec, table, view)``; attack tables carry no certificate. A table's
+    alpha is the largest alpha of its rows at the chosen sigma over the composed examples; rows without
+    Monte-Carlo samples (``N == 0``: the deterministic Lipschitz mixture certificate) fail with probability 0.
+    """
     import numpy as np
 
     from robcli.analysis.metrics import same_eps
     from robcli.errors import TableError
 
     out = []
+    for role, spec, t, v in entries:
+        if t.kind != "certify":
+            continue
+        d = t.df
+        if sigma is not None and "sigma" in d.columns:
+            d = d[d["sigma"].map(lambda s_: same_eps(s_, sigma))]
+        d = d[d["idx"].isin(v.df.index)]
+        if "alpha" in d.columns:
+            alphas = d["alpha"].to_numpy(float)
+        elif t.config.get("alpha") is not None:
+            alphas = np.full(len(d), float(t.config["alpha"]))
+        else:
+            raise TableError(f"{spec} does not record the alpha of its certificates")
+        sampled = d["N"].to_numpy(float) > 0 if "N" in d.columns else np.ones(len(d), dtype=bool)
+        a = float(alphas[sampled].max()) if sampled.any() else 0.0
+        if not np.isfinite(a):
+            raise TableError(f"{spec} does not record the alpha of its certificates")
+        out.append({"role": role, "table": spec, "alpha": a})
+    return out
+
+
+def _confidences(tables, views, specs, runs, radii, steps, device, seed, data_dir, dataset):
+    """Per robust model: (clean max-softmax, [lowest max-softmax found on B_r(x) for r in radii]).
+
+    At each radius: every attack row there (APGD-conf and any other attack: a flipped point caps at 0.5), and,
+    with --robust-model, our confidence-minimising PGD. Without the model, APGD-conf rows (they carry the
+    confidences) are required at every radius.
+    """
+    import numpy as np
+
+    from robcli.analysis.metrics import same_eps
+    from robcli.compose.confidence import min_conf_over_rows
+    from robcli.errors import TableError
+
+    out = []
     for i, (t, v, spec) in enumerate(zip(tables, views, specs)):
         df = t.df
-        at_e2 = df[df["eps"].map(lambda x: same_eps(x, e2))] if t.kind == "attack" else df.iloc[:0]
-        if "norm" in at_e2.columns:
-            at_e2 = at_e2[at_e2["norm"] == v.norm]
-        rows = at_e2[at_e2["attack"] == "apgd-conf"]
-        have_cols = "clean_conf" in df.columns and ("adv_conf" in df.columns or {"adv_conf_other", "adv_margin"} <= set(df.columns)) and len(rows)
-        cc = mc = None
-        if have_cols:
-            r = rows.drop_duplicates("idx").set_index("idx").reindex(v.df.index)
-            if r["clean_conf"].isna().any():
-                raise TableError(f"{spec}: the apgd-conf rows at {e2:g} do not cover every example")
-            cc = r["clean_conf"].to_numpy(float)
-            from robcli.compose.confidence import min_conf_over_rows
-
-            # every 2*eps row of the example (APGD-conf and any other attack) bounds the ball's lowest max-softmax
-            mc = np.minimum(min_conf_over_rows(at_e2, v.df.index), cc)
+        has_cols = "clean_conf" in df.columns and ("adv_conf" in df.columns or {"adv_conf_other", "adv_margin"} <= set(df.columns))
+        cc = None
+        lows, missing = [], []
+        for r in radii:
+            at_r = df[df["eps"].map(lambda x, r=r: same_eps(x, r))] if t.kind == "attack" else df.iloc[:0]
+            if "norm" in at_r.columns:
+                at_r = at_r[at_r["norm"] == v.norm]
+            conf_rows = at_r[at_r["attack"] == "apgd-conf"] if has_cols else at_r.iloc[:0]
+            if len(conf_rows):
+                rr = conf_rows.drop_duplicates("idx").set_index("idx").reindex(v.df.index)
+                if rr["clean_conf"].isna().any():
+                    raise TableError(f"{spec}: the apgd-conf rows at {r:g} do not cover every example")
+                cc = rr["clean_conf"].to_numpy(float) if cc is None else cc
+            else:
+                missing.append(r)
+            lows.append(min_conf_over_rows(at_r, v.df.index))  # 1.0 where the radius has no rows
         if runs:
             from robcli.compose.confidence import load_view_examples, softmax_confidences
-            from robcli.models.io import load_model
+            from robcli.models import load_model
             from robcli.utils.device import resolve_device
 
             x, _, info = load_view_examples(v, data_dir, dataset)
             lm = load_model(runs[i], dataset_info=info)
             dev = resolve_device(device)
-            c2, m2 = softmax_confidences(lm.model, x, eps=e2, norm=v.norm, steps=steps, seed=seed, device=dev)
-            cc = c2 if cc is None else cc
-            mc = m2 if mc is None else np.minimum(mc, m2)
-        if cc is None:
+            for k, r in enumerate(radii):
+                c2, m2 = softmax_confidences(lm.model, x, eps=r, norm=v.norm, steps=steps, seed=seed, device=dev)
+                cc = c2 if cc is None else cc
+                lows[k] = np.minimum(lows[k], m2)
+        elif missing:
+            need = " ".join(f"--eps {r:g}" for r in radii)
             raise TableError(
-                f"{spec}: the softmax-response selector needs the robust model's confidences at 2*eps={e2:g}: run "
-                f"`robcli attack --model ROBUST_MODEL --attack apgd-conf --eps {e2:g}` (its table carries clean_conf, adv_conf_other, adv_margin) "
-                "or pass --robust-model RUN"
+                f"{spec}: the softmax-response selector needs the robust model's confidences at "
+                f"{', '.join(f'{r:g}' for r in missing)}: run `robcli attack --model ROBUST_MODEL --attack apgd-conf {need}` "
+                "(its table carries clean_conf, adv_conf_other, adv_margin) and add it to -r, or pass --robust-model RUN"
             )
-        out.append((cc, mc))
+        out.append((cc, [np.minimum(lo, cc) for lo in lows]))
     return out

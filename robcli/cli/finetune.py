@@ -21,6 +21,7 @@ from robcli.cli.common import (
     argv,
     console,
     handle_errors,
+    naming_nonfinite,
     progress,
 )
 from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags as `robcli mix train`
@@ -28,8 +29,16 @@ from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags a
 HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA term."
 
 
+# the flags a data set may recommend values for (robcli.data.registry.TrainDefaults): when the user does not
+# give one (decided by click's parameter source, not by comparing with the default), FinetuneConfig takes the
+# data set's recommended value for the architecture, else robcli's generic one; the card records which
+TRAIN_FLAGS = ("epochs", "lr", "batch", "momentum", "weight_decay", "lr_milestones")
+REC = "Default: the data set's recommended value (robcli list datasets; gaussians and digits carry them), else"
+
+
 @handle_errors
 def finetune(
+    ctx: typer.Context,
     loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra, or mixnet (the adaptive mixing network on --core/--robust; same code as `robcli mix train`).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory to create.")],
     dataset: DatasetOpt = "gaussians",
@@ -46,14 +55,14 @@ def finetune(
     era_adv: Annotated[str, typer.Option("--era-adv", help="ERA/DGA adversarial point: descent (inner targeted descent) or single (reference: one CE-ascent point).")] = "descent",
     era_steps: Annotated[Optional[int], typer.Option("--era-steps", help="ERA/DGA inner targeted descent steps (default 2; why: see --attack-steps and robcli/losses/era.py).")] = None,
     detach_weight: Annotated[bool, typer.Option("--detach-weight/--no-detach-weight", help="Stop gradients through ERA's weight 1 - p_y(x).")] = True,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default 50 with --init, 20 from scratch (App. A.2).")] = None,
-    lr: Annotated[Optional[str], typer.Option("--lr", help="Default 1e-3 with --init, 0.1 from scratch (App. A.2).")] = None,
-    lr_milestones: Annotated[str, typer.Option("--lr-milestones", help="Fractions of epochs where lr x0.1, e.g. 0.75,0.9; 'none' = constant.")] = "0.75",
-    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Batch size.")] = 200,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help=f"{REC} 50 with --init, 20 from scratch (App. A.2).")] = None,
+    lr: Annotated[Optional[str], typer.Option("--lr", help=f"{REC} 1e-3 with --init, 0.1 from scratch (App. A.2).")] = None,
+    lr_milestones: Annotated[str, typer.Option("--lr-milestones", help=f"Fractions of epochs where lr x0.1, e.g. 0.75,0.9; 'none' = constant. {REC} 0.75.", show_default=False)] = "0.75",
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help=f"Batch size. {REC} 200 (gaussians: 10, App. A.2).", show_default=False)] = 200,
     augment: Annotated[str, typer.Option("--augment", help="none, standard (crop+flip) or autoaugment; images only.")] = "none",
     attack_steps: Annotated[int, typer.Option("--attack-steps", help="Training-time PGD steps of the TRADES KL point (trades, era, dga) and of --era-adv single's CE ascent. ERA/DGA's inner targeted descent has its own count, --era-steps (default 2: measured on digits at eps 0.1, 2 steps flip 29% of predictions vs 33% with 10, and keep an ERA step near 1.3x a TRADES step instead of ~2x).")] = 10,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 2e-4,
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help=f"SGD weight decay. {REC} 2e-4.", show_default=False)] = 2e-4,
+    momentum: Annotated[float, typer.Option("--momentum", help=f"SGD momentum. {REC} 0.9.", show_default=False)] = 0.9,
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian noise std (noise/cra).")] = 0.12,
     num_noise: Annotated[int, typer.Option("--num-noise", help="Noise samples k (cra).")] = 16,
     temperature: Annotated[float, typer.Option("--temperature", help="Inverse softmax temperature (cra).")] = 4.0,
@@ -125,6 +134,10 @@ def finetune(
     milestones: tuple[float, ...] = ()
     if lr_milestones.strip().lower() not in ("", "none"):
         milestones = tuple(parse_float_expr(m, "--lr-milestones entry") for m in lr_milestones.split(","))
+
+    def given(name: str) -> bool:
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name != "DEFAULT"
     subset = None
     if train_subset is not None:
         from robcli.data.indices import check_origin, read_index_list
@@ -141,29 +154,44 @@ def finetune(
         loss=loss, dataset=dataset, out=out, data_dir=data_dir, image_size=image_size, download=download,
         train_subset=subset, init=init, arch=arch, model=model, eps=parse_eps(eps, nrm), norm=nrm, beta=beta,
         trades_beta=trades_beta, era_adv=era_adv, era_steps=era_steps, detach_weight=detach_weight,
-        attack_steps=attack_steps, epochs=epochs, lr=None if lr is None else parse_float_expr(lr, "--lr"),
-        lr_milestones=milestones, batch=batch, momentum=momentum, weight_decay=weight_decay, augment=augment,
-        sigma=sigma, num_noise=num_noise, temperature=temperature, seed=seed, device=device,
+        attack_steps=attack_steps, epochs=epochs if given("epochs") else None,
+        lr=parse_float_expr(lr, "--lr") if given("lr") and lr is not None else None,
+        lr_milestones=milestones if given("lr_milestones") else None, batch=batch if given("batch") else None,
+        momentum=momentum if given("momentum") else None, weight_decay=weight_decay if given("weight_decay") else None,
+        augment=augment, sigma=sigma, num_noise=num_noise, temperature=temperature, seed=seed, device=device,
     )
     from robcli.train.loop import finetune as run_finetune
 
-    with progress(quiet) as prog:
+    with naming_nonfinite(init), progress(quiet) as prog:
         result = run_finetune(cfg, ProgressCallback(prog), resume=resume, force=force, command=argv())
     con = console(stderr=False)
     if not quiet:
         from rich.table import Table
 
         t = Table(title=f"{cfg.loss} on {cfg.dataset}: {result.run_dir}")
-        cols = ["epoch", "lr", "loss", "train_nat_acc", "val_nat_acc", "val_robust_acc", "val_robust_inaccuracy", "seconds"]
+        cols = ["epoch", "lr", "loss", "train_nat_acc", "val_nat_acc", "val_min_recall", "val_robust_acc",
+                "val_robust_inaccuracy", "seconds"]
+        cols = [c for c in cols if c in result.log.columns]  # val_min_recall: absent in rows of older runs
         if "val_noisy_acc" in result.log.columns:
             cols.insert(5, "val_noisy_acc")
+        heads = {"train_nat_acc": "train acc", "val_nat_acc": "val acc", "val_noisy_acc": "val noisy acc",
+                 "val_min_recall": "val min recall", "val_robust_acc": "val rob. acc",
+                 "val_robust_inaccuracy": "val rob. inacc", "seconds": "sec"}
         for c in cols:
-            t.add_column(c.replace("val_", "val ").replace("_", " "), justify="right")
+            t.add_column(heads.get(c, c.replace("val_", "val ").replace("_", " ")), justify="right")
         for _, r in result.log.iterrows():
             mark = " *" if int(r["epoch"]) == result.best_epoch else ""
             t.add_row(*(f"{int(r[c])}{mark}" if c == "epoch" else f"{r[c]:.4g}" for c in cols))
         con.print(t)
         con.print(f"best epoch {result.best_epoch} (*) by {result.criterion}; model.safetensors = best, last.safetensors = last")
+        applied = {k: v for k, v in cfg.defaults_from.items() if v != "robcli generic default"}
+        if applied:
+            from rich.markup import escape
+
+            vals = ", ".join(f"--{k.replace('_', '-')} {_flag_text(getattr(cfg, k))}" for k in applied)
+            con.print(escape(f"defaults taken from {sorted(set(applied.values()))[0]}: {vals}"), highlight=False)
+    if not result.collapsed:
+        _warn_zero_recall(result, cfg.loss)
     if result.collapsed:
         from rich.markup import escape
 
@@ -172,3 +200,44 @@ def finetune(
             f"[bold red]WARNING: the model collapsed ({escape(why)}); it is no better than a constant "
             "classifier (recorded as collapsed: true in card.json and train_log.parquet)[/bold red]"
         )
+
+
+def _flag_text(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return ",".join(f"{x:g}" for x in v) if v else "none"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+ROBUST_LOSSES = ("trades", "era", "dga", "cra")  # the Fig. 1 phenomenon: a robust boundary may swallow a class
+
+
+def _warn_zero_recall(result, loss: str) -> None:
+    """A coloured warning when the saved best or last model never predicts some class on val (recall 0)."""
+    from rich.markup import escape
+
+    names = list(result.card.get("class_names") or [])
+    hits = []
+    for which, epoch in (("model.safetensors (best", result.best_epoch), ("last.safetensors (last", None)):
+        rows = result.log if epoch is None else result.log[result.log["epoch"] == epoch]
+        if rows.empty or "val_zero_recall" not in rows.columns:
+            continue
+        row = rows.iloc[-1]
+        zero = [int(c) for c in str(row["val_zero_recall"] or "").split(",") if c.strip()]
+        if zero:
+            cls = ", ".join(f"{names[c]!r} ({c})" if c < len(names) else str(c) for c in zero)
+            hits.append(f"{which} epoch {int(row['epoch'])}) never predicts class {cls} on val")
+    if not hits:
+        return
+    what = "; ".join(dict.fromkeys(hits))
+    if loss in ROBUST_LOSSES:
+        msg = (f"WARNING: {what} (recall 0). For a robust model ({loss}) this may be the ERA paper's Fig. 1 "
+               "phenomenon: the robust decision boundary swallows a small class, whose points become robust "
+               "but misclassified (robust inaccuracy). Check with `robcli attack` then `robcli partition` "
+               "(split robust_inaccurate), and compare with the standard model; ERA (--loss era) targets it.")
+        style = "bold yellow"
+    else:
+        msg = (f"WARNING: {what} (recall 0). For a {loss} model this is a training failure, not a trade-off: "
+               "train longer or with smaller batches (--epochs, --batch, --lr; the data set's recommended "
+               "settings apply where you give no flag), or try another --seed.")
+        style = "bold red"
+    console(stderr=True).print(f"[{style}]{escape(msg)}[/{style}]", highlight=False)

@@ -12,8 +12,22 @@ def list_cmd(what: str = typer.Argument(..., help="datasets, models, losses or a
     if what == "datasets":
         from robcli.data.registry import DATASETS, list_datasets
 
+        def fmt(d: dict) -> str:
+            def v(x):
+                if isinstance(x, (tuple, list)):
+                    return ",".join(f"{m:g}" for m in x) if x else "none"
+                return f"{x:g}" if isinstance(x, float) else str(x)
+
+            return ", ".join(f"--{k.replace('_', '-')} {v(x)}" for k, x in d.items())
+
         for n in list_datasets():
             typer.echo(f"{n}\t{DATASETS[n].description}")
+            groups: dict[int, list] = {}  # finetune's defaults for the flags not given, one line per entry
+            for arch, rec in DATASETS[n].train_defaults.items():
+                groups.setdefault(id(rec), [rec]).append("any other architecture" if arch == "*" else arch)
+            for rec, *archs in groups.values():
+                typer.echo(f"\tfinetune defaults ({', '.join(archs)}): from scratch {fmt(rec.scratch)}; "
+                           f"with --init {fmt(rec.finetune)}")
     elif what == "models":
         from robcli.models.registry import _MODELS, list_models
 

@@ -26,9 +26,12 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
     """robcli: finetune, attack, certify, partition, compose, report; `robcli run RECIPE.toml` runs a pipeline."""
+    # `robcli run` runs a recipe's steps through this same entry point (handed down, so cli.run does not import main)
+    ctx.obj = {"invoke": invoke}
 
 
 def _register() -> None:

@@ -107,7 +107,7 @@ def sweep_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Natural vs attacked accuracy over a grid of fixed alpha (attacks on g, h and the mixture; 002 Fig. 2)."""
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.errors import UsageError
     from robcli.mixing.evaluate import sweep_compose_frame
     from robcli.mixing.io import load_members
@@ -128,8 +128,9 @@ def sweep_cmd(
     data = _data(dataset, split, data_dir, n_ex, skip, core)
     lg, lh = load_members(core, robust, dataset_info=data.info, device=dev)
     x, y = data.tensors()
-    df = alpha_sweep(lg.model, lh.model, x.to(dev), y.to(dev), grid, eps=e, norm=nrm, steps=steps, mix_space=mix_space,
-                     scale_g=scale_g, scale_h=scale_h, batch=batch)
+    with naming_nonfinite(None, core=core, robust=robust):
+        df = alpha_sweep(lg.model, lh.model, x.to(dev), y.to(dev), grid, eps=e, norm=nrm, steps=steps,
+                         mix_space=mix_space, scale_g=scale_g, scale_h=scale_h, batch=batch)
     table = sweep_compose_frame(df, core=core, robust=robust)
     if out is not None:
         config = {"core": core, "robust": robust, "alphas": grid, "eps": e, "norm": nrm, "steps": steps,
@@ -183,7 +184,7 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the adaptive mixing network alpha_theta(x) with both base models frozen (004 Sec. 4)."""
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.mixing.io import build_mixture, load_members, save_mixture
     from robcli.mixing.mixed import check_alpha_range, check_scale
     from robcli.mixing.train import MixnetConfig, train_mixnet
@@ -213,7 +214,8 @@ def train_cmd(
             typer.echo(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f} ce {row['ce']:.4f} bce {row['bce']:.4f} "
                        f"alpha clean {row['alpha_clean']:.3f} attacked {row['alpha_adv']:.3f}", err=True)
 
-    log = train_mixnet(m, x, y, cfg, callback=show, device=dev)
+    with naming_nonfinite(None, core=core, robust=robust):
+        log = train_mixnet(m, x, y, cfg, callback=show, device=dev)
     training = {"loss": "mixnet", "config": cfg.as_dict(), "log": log, "command": argv(), "data": data.fingerprint()}
     save_mixture(out, m, core=core, robust=robust, lg=lg, lh=lh, training=training, dataset=dataset)
     if not quiet:
@@ -247,7 +249,7 @@ def attack_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Adaptive attacks on a mixture (004 Sec. 4.2); writes alpha(x) at clean and attacked inputs per example."""
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.errors import UsageError
     from robcli.mixing.attacks import SETTINGS
     from robcli.mixing.evaluate import attack_frame
@@ -274,9 +276,10 @@ def attack_cmd(
     data = _data(dataset, split, data_dir, n_ex, skip, model)
     lm = load_mixnet(model, dataset_info=data.info, device=dev, alpha_range=rng)
     x, y = data.tensors()
-    df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm, steps=steps,
-                      n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight, n_queries=n_queries, batch=batch,
-                      generator=make_generator(seed, dev), device=dev)
+    with naming_nonfinite(model):
+        df = attack_frame(lm.model, x.to(dev), y.to(dev), data.idx.numpy(), setting=setting, eps=e, norm=nrm,
+                          steps=steps, n_iter=n_iter, n_targets=n_targets, alpha_weight=alpha_weight,
+                          n_queries=n_queries, batch=batch, generator=make_generator(seed, dev), device=dev)
     config = {"model": model, "setting": setting.upper(), "eps": e, "norm": nrm, "steps": steps, "n_iter": n_iter,
               "n_targets": n_targets, "n_queries": n_queries,
               "alpha_weight": alpha_weight, "alpha_range": rng, "dataset": dataset, "split": split, "n_ex": n_ex,
@@ -297,8 +300,8 @@ def certify_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Certify table (Parquet).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A fixed-alpha mixture run dir (mix build / compose --mix): alpha, --scale-h and the robust member come from its card.")] = None,
     robust: Annotated[Optional[str], typer.Option("--robust", "-r", help="Robust model h (run dir or checkpoint); instead of --model.")] = None,
-    alpha: Annotated[Optional[str], typer.Option("--mix", "--mix-alpha", help="The mixture's weight on h (>= 1/2 to certify); instead of --model.")] = None,
-    method: Annotated[str, typer.Option("--method", help="smoothing (Thm 2, h smoothed), lipschitz-rs (Thm 1, Lip = sqrt(2/pi)/sigma), lipschitz (Thm 1, --lipschitz given), local (App. C.3 estimate).")] = "smoothing",
+    alpha: Annotated[Optional[str], typer.Option("--mix", "--mix-alpha", help="The mixture's weight on h (> 1/2 to certify); instead of --model.")] = None,
+    method: Annotated[str, typer.Option("--method", help="smoothing (Thm 2) and lipschitz-rs (Thm 1, Lip = sqrt(2/pi)/sigma) certify the mixture with the Gaussian-SMOOTHED h (certified_model mixture-with-smoothed-h, not what a mixture run dir computes; compose, partition and report refuse such tables); lipschitz (Thm 1, --lipschitz given) certifies the mixture run dir's own classifier (certified_model mixture); local: App. C.3 radius ESTIMATE of it (radius_is_estimate).")] = "smoothing",
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Smoothing noise of h (smoothing, lipschitz-rs).")] = None,
     lipschitz: Annotated[Optional[float], typer.Option("--lipschitz", help="Lipschitz constant of h's probabilities (method lipschitz).")] = None,
     eps: Annotated[Optional[str], typer.Option("--eps", help="Ball radius of the local estimate (method local).")] = None,
@@ -317,11 +320,17 @@ def certify_cmd(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Certified radii of h^alpha whatever the core model does (002 Thm 1/2; 004 App. C.3 estimate, flagged)."""
+    """Certified radii of h^alpha whatever the core model does (002 Thm 1/2; 004 App. C.3 estimate, flagged).
+
+    The table's certified_model column (and config) says which classifier the radii are for: "mixture" (the
+    deterministic mixture a mixture run directory computes; --method lipschitz, and local as an estimate) or
+    "mixture-with-smoothed-h" (--method smoothing / lipschitz-rs: h replaced by its Gaussian-smoothed hard
+    classifier, which no run directory computes).
+    """
     import time
     from pathlib import Path
 
-    from robcli.cli.common import argv, check_out
+    from robcli.cli.common import argv, check_out, naming_nonfinite
     from robcli.errors import UsageError
     from robcli.mixing.evaluate import certify_frame
     from robcli.mixing.mixed import check_alpha, check_scale
@@ -330,8 +339,9 @@ def certify_cmd(
         certify_local_estimate,
         certify_smoothed_mixture,
     )
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import provenance, write_table
+    from robcli.tables.schema import CERTIFIED_MODELS
     from robcli.utils.device import resolve_device
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
     from robcli.utils.seeding import make_generator
@@ -358,8 +368,9 @@ def certify_cmd(
         a = check_alpha(parse_float_expr(alpha, "--mix"), "--mix")
         scale_h = 1.0 if scale_h is None else scale_h
     check_scale(scale_h, "--scale-h")
-    if a < 0.5 and not quiet:
-        typer.echo("note: alpha < 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example abstains", err=True)
+    if a <= 0.5 and not quiet:
+        typer.echo("note: a mixture weight <= 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example "
+                   "abstains", err=True)
     methods = ("smoothing", "lipschitz-rs", "lipschitz", "local")
     if method not in methods:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(methods)}")
@@ -373,7 +384,9 @@ def certify_cmd(
         raise UsageError("--method local needs --eps > 0")
     if method in ("smoothing", "lipschitz-rs"):
         from robcli.certify.bounds import check_params
+        from robcli.mixing.radii import check_estimation_samples
 
+        check_estimation_samples(n, alpha_cert, a)  # the mixture's floor, stricter than plain CERTIFY's
         check_params(sigma=sigma, alpha=alpha_cert, n0=n0, n=n, mode="certify")
     check_out(out, force)
     dev = resolve_device(device)
@@ -382,28 +395,35 @@ def certify_cmd(
     x, y = data.tensors()
     x = x.to(dev)
     t0 = time.perf_counter()
-    if method in ("smoothing", "lipschitz-rs"):
-        cert = certify_smoothed_mixture(lm.model, x, alpha=a, sigma=sigma, n0=n0, n=n, alpha_cert=alpha_cert,
-                                        batch=batch, seed=seed, idx=data.idx.tolist(),
-                                        method="smoothing" if method == "smoothing" else "lipschitz",
-                                        num_classes=lm.num_classes, device=dev)
-    elif method == "lipschitz":
-        cert = certify_lipschitz_mixture(lm.model, x, alpha=a, lip=lipschitz, scale_h=scale_h, batch=batch)
-    else:
-        cert = certify_local_estimate(lm.model, x, alpha=a, eps=e, norm=nrm, scale_h=scale_h,
-                                      generator=make_generator(seed, dev))
+    with naming_nonfinite(model, robust=robust):
+        if method in ("smoothing", "lipschitz-rs"):
+            cert = certify_smoothed_mixture(lm.model, x, alpha=a, sigma=sigma, n0=n0, n=n, alpha_cert=alpha_cert,
+                                            batch=batch, seed=seed, idx=data.idx.tolist(),
+                                            method="smoothing" if method == "smoothing" else "lipschitz",
+                                            num_classes=lm.num_classes, device=dev)
+        elif method == "lipschitz":
+            cert = certify_lipschitz_mixture(lm.model, x, alpha=a, lip=lipschitz, scale_h=scale_h, batch=batch)
+        else:
+            cert = certify_local_estimate(lm.model, x, alpha=a, eps=e, norm=nrm, scale_h=scale_h,
+                                          generator=make_generator(seed, dev))
     secs = time.perf_counter() - t0
     smoothed = method in ("smoothing", "lipschitz-rs")
     df = certify_frame(cert, data.idx.numpy(), y.numpy(), sigma=sigma if smoothed else 0.0,
                        n0=n0 if smoothed else 0, n=n if smoothed else 0,
-                       alpha_cert=alpha_cert, alpha=a, seconds=secs)
-    df["norm"] = "L2" if method in ("smoothing", "lipschitz-rs") else nrm
+                       alpha_cert=alpha_cert, alpha=a, seconds=secs,
+                       norm="L2" if method in ("smoothing", "lipschitz-rs") else nrm,
+                       dim=math.prod(data.info.input_shape))
     config = {"model": model, "robust": robust, "mix_alpha": a, "scale_h": scale_h, "method": method, "sigma": sigma, "lipschitz": lipschitz, "eps": e,
               "norm": df["norm"].iloc[0], "N0": n0, "N": n, "alpha": alpha_cert, "dataset": dataset, "split": split,
-              "n_ex": n_ex, "skip": skip}
-    prov = provenance(seed=seed, device=dev, models=lm.files, data=data.fingerprint(), command=argv())
+              "n_ex": n_ex, "skip": skip, "certified_model": cert.certified_model,
+              "certified_model_is": CERTIFIED_MODELS[cert.certified_model], "radius_is_estimate": cert.estimate}
+    # the certified run directory first (the name readers show), then the robust member's weights
+    prov = provenance(seed=seed, device=dev, models=([model] if model is not None else []) + list(lm.files),
+                      data=data.fingerprint(), command=argv())
     write_table(df, out, "certify", config=config, prov=prov)
     if not quiet:
         cert_acc = (df["correct"] & (df["radius"] > 0)).mean()
         tag = " (ESTIMATE, not a certificate)" if cert.estimate else ""
+        what = "estimates radii of" if cert.estimate else "certifies"
+        typer.echo(f"{method}: {what} {cert.certified_model} ({CERTIFIED_MODELS[cert.certified_model]})")
         typer.echo(f"{method}{tag}: certified-correct {cert_acc:.4f}, mean radius {df['radius'].mean():.4f}")

@@ -78,7 +78,7 @@ def partition(
     if export is not None:
         from pathlib import Path
 
-        from robcli.models.io import _atomic_write_bytes
+        from robcli.utils.fsio import atomic_write_bytes
 
         ids = part.loc[part["split"] == split, "idx"].sort_values()
         p = Path(export)
@@ -86,7 +86,7 @@ def partition(
         from robcli.data.indices import header_line
 
         text = header_line(t.meta.get("data")) + "".join(f"{int(i)}\n" for i in ids)
-        _atomic_write_bytes(p, text.encode())
+        atomic_write_bytes(p, text.encode())
         if not quiet:
             typer.echo(f"wrote {len(ids)} {split} indices to {p}", err=True)
     if not quiet or fmt != "text":

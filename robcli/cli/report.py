@@ -103,7 +103,7 @@ def report(
     if out is None:
         typer.echo(text, nl=False)
     else:
-        from robcli.models.io import _atomic_write_bytes
+        from robcli.utils.fsio import atomic_write_bytes
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(Path(out), text.encode())
+        atomic_write_bytes(Path(out), text.encode())

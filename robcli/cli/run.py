@@ -12,6 +12,7 @@ from robcli.cli.common import console, handle_errors
 
 @handle_errors
 def run(
+    ctx: typer.Context,
     recipe: Annotated[str, typer.Argument(help="Recipe TOML file (see recipes/quickstart.toml).")],
     force: Annotated[bool, typer.Option("--force", help="Redo every step even if its outputs are up to date.")] = False,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only the named step(s).")] = None,
@@ -22,7 +23,7 @@ def run(
     """Run RECIPE's steps in order; each step is a robcli command line. Ends with the recipe's summaries."""
     from rich.table import Table
 
-    from robcli.cli.main import invoke
+    invoke = ctx.find_root().obj["invoke"]
     from robcli.errors import UsageError
     from robcli.recipes import (
         is_up_to_date,

@@ -1,10 +1,12 @@
-"""Softmax-response confidences by running the robust model (when its tables do not carry them).
+"""Softmax-response confidences: the lowest max-softmax found on a ball, from attack tables or the model.
 
-``clean_conf`` = max_c softmax(f(x))_c. ``min_conf`` = the lowest max-softmax our PGD finds on B_2eps(x)
-(objective: minimise max_c softmax, i.e. push the model to abstain), combined with every attack point at
-2*eps the attack table has (APGD-conf, eq. 21, and any other attack). A point where the prediction flipped
-caps the estimate at 0.5 (the two top classes tie on the segment to it). Attacks give upper bounds on the
-true minimum, so robust selection from these numbers is optimistic in the same way as every empirical robustness number.
+``clean_conf`` = max_c softmax(f(x))_c. The lowest max-softmax on B_r(x) (r = eps decides eq. 16's selector,
+r = 2*eps its robust selection) is the minimum over x itself, every attack point at radius r the attack table
+has (APGD-conf, eq. 21, and any other attack: :func:`min_conf_over_rows`) and, when the model is given, every
+iterate of our confidence-minimising PGD (:func:`ball_min_confidence`, also the inner attack of an exported
+eq. 16 composite). A point where the prediction flipped caps the estimate at 0.5 (the two top classes tie on
+the segment to it). Attacks give upper bounds on the true minimum, so selection from these numbers is
+optimistic in the same way as every empirical robustness number.
 """
 
 from __future__ import annotations
@@ -92,35 +94,77 @@ def min_conf_over_rows(rows, index) -> np.ndarray:
     return v.reindex(index).fillna(1.0).to_numpy(float)
 
 
-def softmax_confidences(model: Any, x, *, eps: float, norm: str, steps: int = 50, restarts: int = 1,
-                        batch: int = 256, seed: int = 0, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Per-example (clean max-softmax, lowest max-softmax found on B_eps(x)); pass eps = 2 * eps for eq. 16."""
+def shared_offset(gen, x, eps: float, norm: str):
+    """One seeded random offset of the eps-ball, shared by every example of ``x`` (shape (1, ...)).
+
+    Shared offsets keep an attack's decision at x independent of the other inputs of the batch.
+    """
+    import torch
+
+    shape = (1, *x.shape[1:])
+    if norm == "Linf":
+        return (2 * torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * eps
+    g = torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
+    r_ = torch.rand((), generator=gen, device=x.device, dtype=x.dtype)
+    return g / g.flatten().norm().clamp_min(1e-12) * eps * r_
+
+
+def ball_min_confidence(model: Any, x, *, eps: float, norm: str, steps: int = 20, restarts: int = 1, seed: int = 0):
+    """Per example of ``x``: (max softmax at x, lowest max softmax found on B_eps(x) intersected with [0,1]).
+
+    PGD minimising max_c log softmax(f(x'))_c (the top class recomputed at every step). ``restarts`` starts: the
+    first at x, the others at seeded offsets shared by every example (:func:`shared_offset`, generator seeded
+    with ``seed`` on each call), so an example's value does not depend on the batch it sits in. Every point PGD
+    evaluates counts (x, every iterate, the last point); a point whose prediction differs from the one at x
+    counts as at most 0.5 (the top two classes tie on the segment to it). Returns detached tensors.
+    """
     import torch
 
     from robcli.attacks.pgd import pgd
+    from robcli.utils.seeding import make_generator
+
+    if int(steps) < 1 or int(restarts) < 1:
+        raise ValueError("the confidence attack needs steps >= 1 and restarts >= 1")
+    if torch.is_inference_mode_enabled():  # the attack needs autograd
+        with torch.inference_mode(False):
+            return ball_min_confidence(model, x.clone(), eps=eps, norm=norm, steps=steps, restarts=restarts, seed=seed)
+    xd = x.detach()
+    with torch.no_grad():
+        p0 = torch.softmax(model(xd), 1)
+    clean, y0 = p0.amax(1), p0.argmax(1)
+    low = clean.clone()
+
+    def record(logits):
+        with torch.no_grad():
+            p = torch.softmax(logits.detach(), 1)
+            v = torch.where(p.argmax(1) != y0, p.amax(1).clamp(max=0.5), p.amax(1))
+            torch.minimum(low, v, out=low)
+
+    def objective(logits, _x):  # maximised by pgd: minus the top class's log-probability
+        record(logits)
+        return -torch.log_softmax(logits, 1).amax(1)
+
+    if eps > 0:
+        gen = make_generator(seed, xd.device)
+        for r in range(int(restarts)):
+            start = xd if r == 0 else (xd + shared_offset(gen, xd, eps, norm)).clamp(0, 1)
+            xa = pgd(model, xd, objective, eps=eps, norm=norm, steps=int(steps), x_init=start)
+            with torch.no_grad():
+                record(model(xa))
+    return clean, low
+
+
+def softmax_confidences(model: Any, x, *, eps: float, norm: str, steps: int = 50, restarts: int = 2,
+                        batch: int = 256, seed: int = 0, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Per-example (clean max-softmax, lowest max-softmax found on B_eps(x)) by :func:`ball_min_confidence`,
+    in batches (the values do not depend on the batching)."""
+    import torch
 
     model = model.to(device).eval()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-
-    def objective(logits, _x):
-        return -torch.softmax(logits, 1).amax(1)
-
     clean, low = [], []
     for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch].to(device)
-        with torch.no_grad():
-            p0 = torch.softmax(model(xb), 1)
-            c, y0 = p0.amax(1), p0.argmax(1)
-        best = c.clone()
-        for r in range(max(1, restarts) + 1):
-            xa = pgd(model, xb, objective, eps=eps, norm=norm, steps=steps, rand_init=r > 0, generator=gen)
-            with torch.no_grad():
-                pa = torch.softmax(model(xa), 1)
-                low_a = pa.amax(1)
-                # prediction flipped on the ball: the top two classes tie on the segment x -> xa (<= 0.5)
-                low_a = torch.where(pa.argmax(1) != y0, low_a.clamp(max=0.5), low_a)
-                best = torch.minimum(best, low_a)
+        c, lo = ball_min_confidence(model, x[i:i + batch].to(device), eps=eps, norm=norm, steps=steps,
+                                    restarts=restarts, seed=seed)
         clean.append(c.cpu())
-        low.append(best.cpu())
+        low.append(lo.cpu())
     return torch.cat(clean).numpy(), torch.cat(low).numpy()

@@ -8,7 +8,9 @@ x' in B_eps(x) gets the label y:
 
 * let j* be the first member that robustly selects (``rsel``: selects on the whole ball). Members before
   j* might select somewhere in the ball, and j* itself does, so each member j <= j* must be ``ok``
-  (for the robustness indicator: F_j(x) = y, see :mod:`robcli.compose.selectors`);
+  (for the robustness indicator and eq. 16's softmax response with threshold > 1/2: F_j(x) = y; for the
+  pointwise softmax response and eq. 16 with threshold <= 1/2: F_j robust and accurate on the ball; see
+  :mod:`robcli.compose.selectors`);
 * if no member robustly selects, every member must be ``ok`` (we never claim that a selector abstains
   robustly: attacks cannot prove it) and the core model must be robust and accurate at eps.
 
@@ -16,7 +18,10 @@ Robust inaccuracy of H (eq. 3) counts examples where H is constant on the ball b
 "outputs F_j(x)" in place of "outputs y", and the core model robust with the same prediction) and that
 constant is wrong.
 
-The numbers inherit the attacks' optimism: "robust" from an attack table is an upper bound.
+The numbers inherit the attacks' optimism: "robust" from an attack table is an upper bound. Built from
+certify tables, a claim for one example can rest on up to m + 1 certificates (the members and the core), so it
+holds with probability at least 1 - (sum of their alphas) (union bound; ``compose`` records it as
+``composition_alpha``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Each robust model of a composition becomes a :class:`Member` holding, per exampl
 * ``sel``   -- the selector's decision at the clean input x (used for natural accuracy);
 * ``rsel``  -- robust selection, eq. 14: the selector selects at every x' in B_eps(x);
 * ``ok``    -- every input of B_eps(x) that the selector could route to this model gets the label y;
-* ``pred``  -- the value the model outputs wherever it is selected (only meaningful when ``fixed_pred``).
+* ``pred``  -- the model's prediction F(x);
+* ``const`` -- wherever the selector selects inside B_eps(x), the model outputs ``pred`` (robust inaccuracy).
 
 Robustness indicator (eq. 12, empirical; eq. 13, certified): S(x) = 1{F constant on B_eps(x)}.
   sel = robust at eps; rsel = robust at 2*eps (the 2*eps rule of eq. 14: S(x') = 1 for all x' in B_eps(x)
@@ -16,9 +17,28 @@ Robustness indicator (eq. 12, empirical; eq. 13, certified): S(x) = 1{F constant
   selector; robust selection here uses radius >= 2*eps by default, the same argument as eq. 14
   (``check='eps'`` reproduces the paper's criterion and is labelled as such).
 
-Softmax response (eq. 16): S(x) = 1{max_c f(x)_c >= tau}. sel = clean confidence >= tau; rsel = the lowest
-  max-softmax found on B_2eps(x) (APGD-conf at 2*eps, eq. 21, or our confidence-minimising PGD) >= tau;
-  the RI fact does not hold, so ``ok`` = F robust and accurate on B_eps(x) (every attack at eps).
+Softmax response, ``--selector sr`` (eq. 16, as the paper states it): S(x) = 1{for all x' in B_eps(x):
+  max_c f(x')_c >= tau}. The selector contains the ball, so
+  sel  = the lowest max-softmax found on B_eps(x) >= tau, and
+  rsel = the lowest max-softmax found on B_2eps(x) >= tau (the 2*eps rule of eq. 14: B_2eps(x) contains
+  B_eps(x') for every x' in B_eps(x), so confidence >= tau on B_2eps(x) gives S(x') = 1 on all of B_eps(x)).
+  "Lowest found" = the minimum over x itself, APGD-conf (eq. 21) and every other attack row at that radius
+  (and our confidence-minimising PGD when the model is given), capped at 0.5 wherever an attack flipped the
+  prediction (the two top classes tie on the segment to the flipped point): see :mod:`robcli.compose.confidence`.
+  Key fact for ``ok`` when tau > 1/2 (and f continuous): if S(x') = 1 then the max softmax is >= tau > 1/2 on
+  B_eps(x'), which contains the segment from x' to x, so the top class cannot change along it (a change needs
+  a tie, where the max softmax is <= 1/2): F(x') = F(x). As for the robustness indicator, wherever this
+  selector selects inside the ball the model outputs F(x): ``ok`` = 1{F(x) = y}, ``const`` = True. For
+  tau <= 1/2 that argument fails and ``ok`` = F robust and accurate on B_eps(x) (every attack at eps).
+
+Softmax response, pointwise, ``--selector sr-pointwise`` (Geifman & El-Yaniv's rule; NOT eq. 16):
+  S(x) = 1{max_c f(x)_c >= tau}. sel = clean confidence >= tau; rsel = S(x') = 1 on all of B_eps(x) = the
+  lowest max-softmax found on B_eps(x) >= tau (its own sound robust-selection rule: the selector looks at one
+  point, so eps, not 2*eps). S(x') = 1 says nothing about F(x') versus F(x), so ``ok`` = F robust and accurate
+  on B_eps(x) and ``const`` = F robust on B_eps(x).
+
+Every "found on the ball" is an attack's upper bound on the true minimum, so ``sel`` and ``rsel`` are
+optimistic in the same way as every empirical robustness number.
 """
 
 from __future__ import annotations
@@ -30,17 +50,21 @@ import numpy as np
 from robcli.analysis.metrics import ModelView
 from robcli.errors import UsageError
 
-SELECTORS = ("ri", "sr")
+SELECTORS = ("ri", "sr", "sr-pointwise")
 SELECTOR_ALIASES = {
     "ri": "ri", "robustness-indicator": "ri", "robust": "ri",
     "sr": "sr", "softmax-response": "sr", "softmax": "sr",
+    "sr-pointwise": "sr-pointwise", "softmax-response-pointwise": "sr-pointwise", "pointwise": "sr-pointwise",
 }
+# the ``selector`` column of compose tables / Member.selector
+SR_NAME = {"sr": "softmax-response", "sr-pointwise": "softmax-response-pointwise"}
 
 
 def parse_selector(name: str) -> str:
     key = str(name).strip().lower()
     if key not in SELECTOR_ALIASES:
-        raise UsageError(f"unknown selector {name!r}; choose ri (robustness indicator) or sr (softmax response)")
+        raise UsageError(f"unknown selector {name!r}; choose ri (robustness indicator), sr (softmax response, "
+                         "eq. 16) or sr-pointwise (clean confidence only)")
     return SELECTOR_ALIASES[key]
 
 
@@ -49,7 +73,7 @@ class Member:
     """One robust model with its selector, as per-example boolean/int arrays aligned on sorted idx."""
 
     name: str
-    selector: str  # ri-empirical | ri-certified | softmax-response
+    selector: str  # ri-empirical | ri-certified | softmax-response | softmax-response-pointwise
     sel: np.ndarray
     rsel: np.ndarray
     ok: np.ndarray
@@ -71,22 +95,53 @@ def ri_member(at_eps: ModelView, at_check: ModelView, name: str | None = None) -
     return Member(name or at_eps.model, kind, sel, rsel, ok, pred, pred != -1, view=at_eps)
 
 
-def sr_member(at_eps: ModelView, clean_conf, min_conf_2eps, tau: float, name: str | None = None) -> Member:
-    """Softmax-response member (eq. 16) at threshold ``tau``.
-
-    Args:
-        at_eps: the robust model's worst case over the attacks at eps (should include APGD-conf).
-        clean_conf: max softmax at x, per example.
-        min_conf_2eps: lowest max softmax found on B_2eps(x), per example.
-    """
+def _check_tau(tau: float) -> float:
     if not 0.0 <= tau <= 1.0:
         raise UsageError(f"threshold {tau!r} is outside [0, 1]")
+    return float(tau)
+
+
+def sr_member(at_eps: ModelView, clean_conf, min_conf_eps, min_conf_check, tau: float,
+              name: str | None = None) -> Member:
+    """Softmax-response member, eq. 16 (the ball is part of the selector), at threshold ``tau``.
+
+    Args:
+        at_eps: the robust model's worst case over the attacks at eps.
+        clean_conf: max softmax at x, per example.
+        min_conf_eps: lowest max softmax found on B_eps(x) (decides ``sel``).
+        min_conf_check: lowest max softmax found on the check ball, B_2eps(x) by default (decides ``rsel``).
+    """
+    tau = _check_tau(tau)
     cc = np.asarray(clean_conf, dtype=float)
-    mc = np.minimum(np.asarray(min_conf_2eps, dtype=float), cc)
-    sel = cc >= tau
-    rsel = mc >= tau
+    lo_eps = np.minimum(np.asarray(min_conf_eps, dtype=float), cc)
+    # B_eps is inside B_2eps: the check ball's lowest confidence is never above the eps ball's
+    lo_chk = np.minimum(np.asarray(min_conf_check, dtype=float), lo_eps)
+    sel = lo_eps >= tau
+    rsel = lo_chk >= tau
+    df = at_eps.df
+    pred = df["pred"].to_numpy("int64")
+    correct = df["correct"].to_numpy(bool)
+    robust = df["robust"].to_numpy(bool)
+    if tau > 0.5:  # wherever S selects in the ball, F outputs F(x) (module docstring)
+        ok, const = correct, np.ones_like(robust)
+    else:
+        ok, const = correct & robust, robust
+    return Member(name or at_eps.model, SR_NAME["sr"], sel, rsel, ok, pred, const, tau, at_eps)
+
+
+def sr_pointwise_member(at_eps: ModelView, clean_conf, min_conf_eps, tau: float, name: str | None = None) -> Member:
+    """Pointwise softmax-response member (S(x) = 1{max_c f(x)_c >= tau}; not eq. 16) at threshold ``tau``.
+
+    Args:
+        at_eps: the robust model's worst case over the attacks at eps.
+        clean_conf: max softmax at x (decides ``sel``).
+        min_conf_eps: lowest max softmax found on B_eps(x) (decides ``rsel``: S(x') = 1 on all of B_eps(x)).
+    """
+    tau = _check_tau(tau)
+    cc = np.asarray(clean_conf, dtype=float)
+    lo_eps = np.minimum(np.asarray(min_conf_eps, dtype=float), cc)
     df = at_eps.df
     robust = df["robust"].to_numpy(bool)
     ok = df["correct"].to_numpy(bool) & robust
-    return Member(name or at_eps.model, "softmax-response", sel, rsel, ok, df["pred"].to_numpy("int64"), robust,
-                  float(tau), at_eps)
+    return Member(name or at_eps.model, SR_NAME["sr-pointwise"], cc >= tau, lo_eps >= tau, ok,
+                  df["pred"].to_numpy("int64"), robust, tau, at_eps)

@@ -126,24 +126,76 @@ class SplitData:
         }
 
 
+# the finetune settings a data set may recommend (FinetuneConfig field names)
+TRAIN_DEFAULT_KEYS = ("epochs", "lr", "batch", "momentum", "weight_decay", "lr_milestones")
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Recommended ``robcli finetune`` settings for one data set and architecture (as timm's pretrained configs
+    carry each model's input size, interpolation and crop): what ``finetune`` uses for every flag of
+    :data:`TRAIN_DEFAULT_KEYS` the user did not give.
+
+    Attributes:
+        scratch: settings for training from scratch (``--model ARCH``).
+        finetune: settings for fine-tuning (``--init RUN``).
+        scratch_why, finetune_why: where the values come from (a paper section, a measurement), recorded
+            with the run.
+    """
+
+    scratch: dict
+    finetune: dict
+    scratch_why: str = ""
+    finetune_why: str = ""
+
+    def __post_init__(self) -> None:
+        for part in (self.scratch, self.finetune):
+            bad = set(part) - set(TRAIN_DEFAULT_KEYS)
+            if bad:
+                raise ValueError(f"unknown training defaults {sorted(bad)}; allowed: {', '.join(TRAIN_DEFAULT_KEYS)}")
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
     info: Callable[..., DataInfo]
     load: Callable[..., tuple]  # (split in {'train','test'}, **opts) -> (x, y, source-dict)
     description: str
+    train_defaults: dict[str, TrainDefaults] = field(default_factory=dict)  # architecture name or "*" -> defaults
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, description: str):
+def register_dataset(name: str, description: str, train_defaults: dict[str, TrainDefaults] | None = None):
     def deco(fn):
         # fn returns (info_fn, load_fn)
         info_fn, load_fn = fn()
-        DATASETS[name] = DatasetEntry(info_fn, load_fn, description)
+        DATASETS[name] = DatasetEntry(info_fn, load_fn, description, dict(train_defaults or {}))
         return fn
 
     return deco
+
+
+def recommended_training(name: str, arch: str | None, finetune: bool) -> tuple[dict, str]:
+    """The training settings data set ``name`` recommends for architecture ``arch``.
+
+    Looks up ``arch`` first, then the data set's ``"*"`` entry (any architecture).
+
+    Returns:
+        (settings, source): settings keyed by :data:`TRAIN_DEFAULT_KEYS` (empty when the data set recommends
+        nothing, or is unknown), and a description of the entry, e.g. ``"gaussians/mlp from scratch (App. A.2)"``.
+    """
+    _ensure_registered()
+    entry = DATASETS.get(name)
+    if entry is None:
+        return {}, ""
+    key = arch if arch in entry.train_defaults else "*"
+    rec = entry.train_defaults.get(key)
+    if rec is None:
+        return {}, ""
+    mode = "fine-tuning" if finetune else "from scratch"
+    why = rec.finetune_why if finetune else rec.scratch_why
+    return dict(rec.finetune if finetune else rec.scratch), f"{name}/{key} {mode}" + (f": {why}" if why else "")
 
 
 def list_datasets() -> list[str]:

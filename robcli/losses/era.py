@@ -30,7 +30,7 @@ Choices the paper leaves open (documented here and in the README):
 * Both terms are batch means; the TRADES KL is batch-mean (not class-mean). Smaller ``beta`` = stronger
   ERA term.
 * BatchNorm: adversaries are generated in eval mode; only the clean forward updates running statistics
-  (:mod:`robcli.train.bn`).
+  (:mod:`robcli.models.bn`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from robcli.attacks.pgd import pgd
 from robcli.losses import LossConfig, register_loss
 from robcli.losses.trades import kl_per_example, step_size, trades_adversary
-from robcli.train.bn import eval_mode, frozen_bn_stats
+from robcli.models.bn import eval_mode, frozen_bn_stats
 
 DEFAULT_ERA_STEPS = 2
 

@@ -10,7 +10,7 @@
   ``eps / 4`` (TRADES: 0.007 at eps 0.031), signed steps for Linf and normalized steps for L2, projected on
   the ball and clipped to [0, 1]. The noise comes from the loss generator ``gen``.
 * The adversary runs with the model in eval mode; the clean forward of the loss updates BatchNorm
-  statistics, the adversarial forward does not (see :mod:`robcli.train.bn`).
+  statistics, the adversarial forward does not (see :mod:`robcli.models.bn`).
 * Gradients flow through both ``f(x)`` and ``f(x')`` in the KL (as in TRADES).
 """
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from robcli.attacks.pgd import pgd
 from robcli.losses import LossConfig, register_loss
-from robcli.train.bn import eval_mode, frozen_bn_stats
+from robcli.models.bn import eval_mode, frozen_bn_stats
 
 
 def step_size(cfg: LossConfig) -> float:

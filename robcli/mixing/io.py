@@ -39,7 +39,7 @@ def load_members(core: str, robust: str, *, dataset_info=None, device=None, seed
     Raises:
         ModelError: unloadable members, or different class counts / input shapes.
     """
-    from robcli.models.io import load_model
+    from robcli.models import load_model
 
     lg = load_model(core, dataset_info=dataset_info, seed=seed, device=device)
     lh = load_model(robust, dataset_info=dataset_info, seed=seed, device=device)
@@ -165,7 +165,7 @@ def fixed_mixture_spec(run_dir: str | Path, *, verify: bool = True) -> dict:
         ModelError: not a mixture run, an adaptive (mixing-network) mixture, a logit-space mixture (the
             certificates are for probability mixing), or a missing / modified robust member.
     """
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.utils.hashing import sha256_file
 
     run_dir = Path(run_dir)
@@ -194,7 +194,7 @@ def fixed_mixture_spec(run_dir: str | Path, *, verify: bool = True) -> dict:
 
 def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: bool = True,
                 alpha_range: tuple[float, float] | None = None):
-    """Load a mixture run directory as a ``robcli.models.io.LoadedModel`` whose model is a ``MixedClassifier``.
+    """Load a mixture run directory as a ``robcli.models.LoadedModel`` whose model is a ``MixedClassifier``.
 
     ``model(x)`` gives logits; ``model.forward_with_alpha(x)`` / ``model.alpha(x)`` give alpha(x) per example.
 
@@ -208,7 +208,7 @@ def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: 
     from safetensors.torch import load_file
 
     from robcli.mixing.mixed import check_alpha_range
-    from robcli.models.io import LoadedModel, check_compatible, load_model
+    from robcli.models import LoadedModel, check_compatible, load_model
     from robcli.utils.hashing import sha256_file
 
     run_dir = Path(run_dir)
@@ -268,4 +268,11 @@ def load_mixnet(run_dir: str | Path, *, dataset_info=None, device=None, verify: 
     return lm
 
 
-__all__ = ["build_mixture", "save_mixture", "load_mixnet", "load_members", "is_mixnet_dir", "fixed_mixture_spec"]
+
+
+def load_mixnet_run(run_dir: str | Path, card: dict):
+    """The loader :func:`robcli.models.load.load_model` uses for mixture run directories (card ``arch: mixnet``)."""
+    return load_mixnet(run_dir)
+
+
+__all__ = ["build_mixture", "save_mixture", "load_mixnet", "load_mixnet_run", "load_members", "is_mixnet_dir", "fixed_mixture_spec"]

@@ -110,6 +110,21 @@ def check_members(g_classes: int, h_classes: int, g_shape=None, h_shape=None) ->
         raise ModelError(f"cannot mix models with different class counts: core g has {g_classes}, robust h has {h_classes}")
 
 
+def _log_weights(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log a, log(1 - a)) of per-example weights, exactly -inf at the endpoints a = 0 and a = 1.
+
+    At an endpoint the mixture is then exactly the other member's log-probabilities (logaddexp(-inf, z) = z),
+    with no trace of the member whose weight is 0. The inner ``where`` keeps the backward pass finite there
+    (log(0) would give 0 * inf = nan): the gradient through the zero-weight member's branch is 0, as it was
+    with the old clamps.
+    """
+    neg_inf = torch.full_like(a, float("-inf"))
+    pos, below_one = a > 0, a < 1
+    la = torch.where(pos, torch.log(torch.where(pos, a, torch.ones_like(a))), neg_inf)
+    l1a = torch.where(below_one, torch.log1p(-torch.where(below_one, a, torch.zeros_like(a))), neg_inf)
+    return la, l1a
+
+
 def mix_log_probs(zg: torch.Tensor, zh: torch.Tensor, alpha, *, mix_space: str = "prob",
                   scale_g: float = 1.0, scale_h: float = 1.0) -> torch.Tensor:
     """Eq. (4) of 002 / eq. (5) of 004 on given logits.
@@ -129,8 +144,7 @@ def mix_log_probs(zg: torch.Tensor, zh: torch.Tensor, alpha, *, mix_space: str =
         a = alpha.reshape(-1, 1).to(zg.dtype)
         if mix_space == "logit":
             return (1 - a) * zg + a * zh
-        la = torch.log(a.clamp_min(1e-12))
-        l1a = torch.log1p(-a.clamp_max(1 - 1e-7))
+        la, l1a = _log_weights(a)
     else:
         a = float(alpha)
         if mix_space == "logit":

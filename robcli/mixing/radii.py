@@ -32,6 +32,7 @@ import torch
 
 from robcli.errors import UsageError
 from robcli.mixing.mixed import check_alpha
+from robcli.tables.schema import CERTIFIED_MIXTURE, CERTIFIED_MIXTURE_SMOOTHED_H
 
 ABSTAIN = -1
 
@@ -110,11 +111,70 @@ def cp_upper(n_i, n, level: float) -> np.ndarray:
     return np.where(n_i < n, out, 1.0)
 
 
+def bonferroni_levels(alpha_cert: float, num_classes: int) -> tuple[float, float]:
+    """The split of ``alpha_cert`` used by :func:`simultaneous_bounds` (and so by the sample-size floor):
+    (level of the top class's lower bound, level of each of the other K - 1 classes' upper bounds)."""
+    return alpha_cert / 2.0, alpha_cert / (2.0 * max(int(num_classes) - 1, 1))
+
+
+def min_estimation_samples(alpha_cert: float, mix_alpha: float) -> int | None:
+    """Smallest estimation sample N with which a smoothed-h mixture certificate (Thm 2, or Thm 1 with
+    Lip = sqrt(2/pi)/sigma) can certify anything at failure probability ``alpha_cert``; None when no N can
+    (mixture weight <= 1/2).
+
+    The best case is all N votes on one class y. Its lower bound is then the Clopper-Pearson bound at the
+    top class's level l of the Bonferroni split (:func:`bonferroni_levels`; l = alpha_cert/2), lower = l^(1/N);
+    every other class has 0 votes, and since its level is at most l its upper bound 1 - level^(1/N) is at
+    least 1 - lower, so the runner-up bound is upper = min(..., 1 - lower) = 1 - lower, whatever K. Both
+    radii are positive iff a (lower - upper) > 1 - a (Thm 2: Phi^-1(a lower) > Phi^-1(a upper + 1 - a);
+    Thm 1: a (lower - upper) + a - 1 > 0), i.e. iff 2 a lower > 1: lipschitz-rs needs exactly what smoothing
+    needs. So N must satisfy l^(1/N) > 1/(2a): N > ln(l) / ln(1/(2a)), strictly. At a = 1 this is
+    N > log2(2/alpha_cert); at a = 0.8, alpha_cert = 0.001 it is N >= 17 (plain CERTIFY's ceil(log2(1/alpha))
+    = 10 would let every input abstain). The closed form is then checked against the certification code
+    itself (both radii, best-case votes), so that the floor is exactly where certifying becomes possible.
+    """
+    a = check_alpha(mix_alpha)
+    if not (0.0 < alpha_cert < 1.0):
+        raise UsageError(f"--alpha {alpha_cert:g} must lie in (0, 1) (the failure probability)")
+    if a <= 0.5:
+        return None
+    top_level, _ = bonferroni_levels(alpha_cert, 3)
+    n = max(int(math.floor(math.log(top_level) / math.log(1.0 / (2.0 * a)))) + 1, 1)
+    while not _best_case_certifies(n, alpha_cert, a):  # float rounding at an exact boundary
+        n += 1
+    while n > 1 and _best_case_certifies(n - 1, alpha_cert, a):
+        n -= 1
+    return n
+
+
+def _best_case_certifies(n: int, alpha_cert: float, a: float) -> bool:
+    """Do both radii certify all n estimation votes on one class (K = 3: the bound min(., 1 - lower) binds)?"""
+    lo, up = simultaneous_bounds(np.array([[n, 0, 0]]), np.array([0]), alpha_cert)
+    return bool(smoothing_radius(lo, up, a, 1.0)[0] > 0 and _bound_lipschitz_radius(lo, up, a, 1.0)[0] > 0)
+
+
+def check_estimation_samples(n: int, alpha_cert: float, mix_alpha: float) -> None:
+    """Refuse an estimation sample too small for any certificate (:func:`min_estimation_samples`).
+
+    Raises:
+        UsageError: N below the floor (one line naming it), N < 1, or alpha_cert outside (0, 1).
+    """
+    if n < 1:
+        raise UsageError(f"--N {n} must be >= 1")
+    floor = min_estimation_samples(alpha_cert, mix_alpha)
+    if floor is not None and n < floor:
+        raise UsageError(
+            f"--N {n} is too small for --alpha {alpha_cert:g} at mixture weight {float(mix_alpha):g}: a certificate "
+            f"needs a lower bound (alpha/2)^(1/N) > 1/(2 * weight), i.e. N >= {floor}; with fewer samples even N "
+            "votes out of N on one class certify nothing, so every input would abstain"
+        )
+
+
 def simultaneous_bounds(counts: np.ndarray, top: np.ndarray, alpha_cert: float) -> tuple[np.ndarray, np.ndarray]:
     """Lower bound on p_top and upper bound on max_{i != top} p_i, holding together w.p. >= 1 - alpha_cert.
 
-    Bonferroni split: alpha_cert/2 for the top class (one-sided Clopper-Pearson lower bound), alpha_cert/(2(K-1))
-    for each other class (one-sided upper bounds).
+    Bonferroni split (:func:`bonferroni_levels`): alpha_cert/2 for the top class (one-sided Clopper-Pearson
+    lower bound), alpha_cert/(2(K-1)) for each other class (one-sided upper bounds).
 
     Args:
         counts: (B, K) votes on the estimation sample (independent of the choice of ``top``).
@@ -128,8 +188,9 @@ def simultaneous_bounds(counts: np.ndarray, top: np.ndarray, alpha_cert: float) 
     B, K = c.shape
     n = c.sum(1)
     ar = np.arange(B)
-    lower = cp_lower(c[ar, top], n, alpha_cert / 2.0)
-    upper_all = cp_upper(c, n[:, None], alpha_cert / (2.0 * max(K - 1, 1)))
+    top_level, other_level = bonferroni_levels(alpha_cert, K)
+    lower = cp_lower(c[ar, top], n, top_level)
+    upper_all = cp_upper(c, n[:, None], other_level)
     upper_all[ar, top] = -np.inf
     upper = np.minimum(upper_all.max(1), 1.0 - lower)
     return lower, upper
@@ -137,7 +198,13 @@ def simultaneous_bounds(counts: np.ndarray, top: np.ndarray, alpha_cert: float) 
 
 @dataclass
 class MixtureCertificate:
-    """Per-example result: ``predict`` (-1: abstain), ``radius`` (0 when not certified), and the bounds."""
+    """Per-example result: ``predict`` (-1: abstain), ``radius`` (0 when not certified), and the bounds.
+
+    ``certified_model`` says which classifier the radii are for (``robcli.tables.schema.CERTIFIED_MODELS``):
+    ``mixture`` (the mixture of the deterministic h, as a mixture run directory computes it) or
+    ``mixture-with-smoothed-h`` (h replaced by its Gaussian-smoothed hard classifier). ``estimate``: the
+    radii are estimates, not certificates.
+    """
 
     predict: np.ndarray
     radius: np.ndarray
@@ -145,6 +212,7 @@ class MixtureCertificate:
     p_runner_upper: np.ndarray
     n_top: np.ndarray
     kind: str
+    certified_model: str
     estimate: bool = False
 
     def frame(self, **cols):
@@ -152,7 +220,7 @@ class MixtureCertificate:
 
         d = {"predict": self.predict, "radius": self.radius, "pA_lower": self.p_top_lower,
              "pB_upper": self.p_runner_upper, "nA": self.n_top, "radius_kind": self.kind,
-             "radius_is_estimate": self.estimate}
+             "certified_model": self.certified_model, "radius_is_estimate": self.estimate}
         d.update(cols)
         return pd.DataFrame(d)
 
@@ -163,15 +231,19 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
                              device=None) -> MixtureCertificate:
     """Certified l_2 radii of h^alpha when h is the Gaussian-smoothed hard classifier of ``base_h``.
 
+    The certified classifier is ``mixture-with-smoothed-h``: log((1-a) softmax(g) + a E[onehot(base_h(x + xi))]),
+    NOT the mixture of softmax(s_h base_h) that a mixture run directory computes.
+
     The noise comes from dedicated per-example generators (``robcli.certify.smoothing.noise_seed``), so global
     RNG reseeding (AutoAttack) cannot touch it and results do not depend on ``batch``.
 
     Args:
         base_h: the base classifier hbar ([0,1] inputs -> logits), eval mode.
         x: (B, ...) inputs in [0, 1].
-        alpha: the mixture's fixed weight (>= 1/2 for a certificate).
+        alpha: the mixture's fixed weight (> 1/2 for a certificate).
         sigma: smoothing noise std of h.
-        n0, n: selection and estimation samples. alpha_cert: failure probability of each certificate.
+        n0, n: selection and estimation samples (n >= :func:`min_estimation_samples`, else UsageError).
+        alpha_cert: failure probability of each certificate.
         method: ``smoothing`` (Thm 2) or ``lipschitz`` (Thm 1 with Lip = sqrt(2/pi)/sigma).
         idx: per-example ids that seed the noise (default 0..B-1).
 
@@ -182,6 +254,7 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
     from robcli.certify.smoothing import VoteCounter, noise_seed
 
     a = check_alpha(alpha)
+    check_estimation_samples(n, alpha_cert, a)
     check_params(sigma=sigma, alpha=alpha_cert, n0=n0, n=n, mode="certify")
     if method not in ("smoothing", "lipschitz"):
         raise UsageError(f"unknown radius method {method!r}; choose smoothing or lipschitz")
@@ -192,9 +265,16 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
         with torch.no_grad():
             K = int(base_h(x[:1]).shape[1])
     ids = list(range(x.shape[0])) if idx is None else [int(i) for i in idx]
+    from robcli.errors import NonFiniteOutput
+    from robcli.models.finite import check_clean_logits
+
+    check_clean_logits(base_h, x, ids, batch=batch, member="h")
     counter = VoteCounter(base_h, K, dev, batch, channels_last=False)
-    c0 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-select") for i in ids], n0, sigma).cpu().numpy()
-    c1 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-estimate") for i in ids], n, sigma).cpu().numpy()
+    try:
+        c0 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-select") for i in ids], n0, sigma, ids).cpu().numpy()
+        c1 = counter.counts(x, [noise_seed(seed, i, sigma, "mix-estimate") for i in ids], n, sigma, ids).cpu().numpy()
+    except NonFiniteOutput as e:
+        raise NonFiniteOutput(e.detail, member="h") from None
     top = c0.argmax(1)
     lower, upper = simultaneous_bounds(c1, top, alpha_cert)
     if method == "smoothing":
@@ -204,7 +284,7 @@ def certify_smoothed_mixture(base_h: torch.nn.Module, x: torch.Tensor, *, alpha:
         r = _bound_lipschitz_radius(lower, upper, a, L)
     pred = np.where(r > 0, top, ABSTAIN)
     return MixtureCertificate(pred, np.where(r > 0, r, 0.0), lower, upper, c1[np.arange(len(top)), top],
-                              f"{method}-rs")
+                              f"{method}-rs", CERTIFIED_MIXTURE_SMOOTHED_H)
 
 
 def _bound_lipschitz_radius(lower: np.ndarray, upper: np.ndarray, alpha: float, lip: float) -> np.ndarray:
@@ -219,10 +299,16 @@ def certify_lipschitz_mixture(h: torch.nn.Module, x: torch.Tensor, *, alpha: flo
                               batch: int = 1000) -> MixtureCertificate:
     """Thm 1 for a deterministic robust model h with user-given Lipschitz constants of its probabilities.
 
+    The certified classifier is ``mixture``: the mixture of softmax(scale_h * h), as a mixture run directory
+    computes it (for any core model g).
+
     The constants must bound softmax(scale_h * h(x)) in the norm being certified (the user's claim: robcli
     cannot check it). ``predict`` is y = argmax h(x) where certified, else -1.
     """
+    from robcli.models.finite import check_clean_logits
+
     a = check_alpha(alpha)
+    check_clean_logits(h, x, torch.arange(x.shape[0]), batch=batch, member="h")
     probs = []
     with torch.no_grad():
         for s in range(0, x.shape[0], batch):
@@ -234,7 +320,7 @@ def certify_lipschitz_mixture(h: torch.nn.Module, x: torch.Tensor, *, alpha: flo
     q = p.copy()
     q[ar, y] = -np.inf
     return MixtureCertificate(np.where(r > 0, y, ABSTAIN), r, p[ar, y], q.max(1), np.zeros(len(y), np.int64),
-                              "lipschitz-given")
+                              "lipschitz-given", CERTIFIED_MIXTURE)
 
 
 def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float, norm: str = "Linf",
@@ -250,9 +336,13 @@ def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float,
     ESTIMATES, not certificates.
     """
     from robcli.attacks.pgd import pgd
+    from robcli.models.finite import FiniteWatch, Watched, check_clean_logits, raise_if_tripped
 
     if eps <= 0:
         raise UsageError("the local Lipschitz estimate needs eps > 0")
+    check_clean_logits(h, x, torch.arange(x.shape[0]), batch=max(1, x.shape[0]), member="h")
+    watch = FiniteWatch()
+    h = Watched(h, watch)  # every point PGD visits
     with torch.no_grad():
         p0 = torch.softmax(scale_h * h(x), 1)
     B, K = p0.shape
@@ -273,6 +363,8 @@ def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float,
             last = sign * torch.softmax(scale_h * h(xa), 1)[:, c]
             change = torch.maximum(best[0], last) - sign * p0[:, c]
         lip[:, c] = (change.clamp_min(0) / eps).double().cpu()
+    raise_if_tripped({"h": watch}, f"returned non-finite logits (NaN or inf) inside the {norm} eps-balls "
+                                   f"(eps {eps:.4g}) of the local Lipschitz estimate: it would be undefined")
     return p0.double().cpu().numpy(), y.cpu().numpy(), lip.numpy()
 
 
@@ -293,4 +385,5 @@ def certify_local_estimate(h: torch.nn.Module, x: torch.Tensor, *, alpha: float,
     q = p.copy()
     q[ar, y] = -np.inf
     return MixtureCertificate(np.where(ok, y, ABSTAIN), np.where(ok, float(eps), 0.0), p[ar, y], q.max(1),
-                              np.zeros(len(y), np.int64), f"lipschitz-local-estimate-{norm}", estimate=True)
+                              np.zeros(len(y), np.int64), f"lipschitz-local-estimate-{norm}", CERTIFIED_MIXTURE,
+                              estimate=True)

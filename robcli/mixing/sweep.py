@@ -48,10 +48,16 @@ def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torc
     Accuracies are fractions in [0, 1]. Attacks are PGD-``steps`` with CE loss, start at x (no random init),
     step 2.5 eps / steps.
 
+    Both members' logits must be finite on every clean input (checked first) and at every point the attacks
+    evaluate (watched on the device, read once at the end of the sweep).
+
     Raises:
         UsageError: empty grid, alpha outside [0, 1], unknown attack names.
+        NonFiniteOutput: NaN/inf logits of member ``g`` or ``h`` (``member`` says which).
     """
     import pandas as pd
+
+    from robcli.models.finite import FiniteWatch, Watched, check_clean_logits, raise_if_tripped
 
     grid = [check_alpha(a) for a in alphas]
     scale_g, scale_h = check_scale(scale_g, "scale_g"), check_scale(scale_h, "scale_h")
@@ -62,6 +68,11 @@ def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torc
         raise UsageError(f"unknown sweep attacks {sorted(bad)}; choose std, rob, mix")
     g.eval()
     h.eval()
+    ids = torch.arange(x.shape[0])
+    check_clean_logits(g, x, ids, batch=batch, member="g")
+    check_clean_logits(h, x, ids, batch=batch, member="h")
+    watches = {"g": FiniteWatch(), "h": FiniteWatch()}
+    g, h = Watched(g, watches["g"]).eval(), Watched(h, watches["h"]).eval()
     adv = {}
     if "std" in attacks:
         adv["std"] = _attack(_scaled(g, scale_g), x, y, eps=eps, norm=norm, steps=steps, batch=batch)
@@ -92,5 +103,8 @@ def alpha_sweep(g: torch.nn.Module, h: torch.nn.Module, x: torch.Tensor, y: torc
         row["robust_acc"] = float(ok.float().mean())
         row["robust_wrong"] = float((unchanged & ~nat).float().mean())
         rows.append(row)
+    raise_if_tripped(watches, f"returned non-finite logits (NaN or inf) inside the eps-balls of the sweep's "
+                              f"examples (met by its PGD attacks at {norm} eps {eps:.4g}): accuracies under attack "
+                              "would be undefined, so the sweep stops and writes nothing")
     return pd.DataFrame(rows)
 

@@ -201,13 +201,32 @@ def train_mixnet(model: MixedClassifier, x_train: torch.Tensor, y_train: torch.T
 
     Raises:
         UsageError: a fixed-alpha model. TrainingCollapse: a non-finite loss.
+        NonFiniteOutput: a member (``g``/``h``) returned NaN/inf logits on a clean training input (checked
+            first) or at a training attack's point (then instead of TrainingCollapse: lowering --lr would
+            not help).
     """
-    from robcli.utils.seeding import make_generator
+    from robcli.models.finite import check_clean_logits, raise_if_tripped, watching
 
     if not model.adaptive:
         raise UsageError("train_mixnet needs a mixture with an alpha network, not a fixed alpha")
     dev = torch.device(device) if device is not None else next(model.alpha_net.parameters()).device
     model.to(dev)
+    ids = torch.arange(x_train.shape[0])
+    for m in ("g", "h"):
+        check_clean_logits(getattr(model, m), x_train, ids, batch=max(cfg.batch, 256), device=dev,
+                           what="clean training inputs", member=m)
+    with watching(model, "g", "h") as watches:
+        try:
+            return _train_mixnet(model, x_train, y_train, cfg, callback, dev)
+        except TrainingCollapse:
+            raise_if_tripped(watches, "returned non-finite logits (NaN or inf) at the training attack's points "
+                                      "(the mixing-network loss became non-finite); fix the model's numerics")
+            raise
+
+
+def _train_mixnet(model: MixedClassifier, x_train, y_train, cfg: MixnetConfig, callback, dev) -> list[dict]:
+    from robcli.utils.seeding import make_generator
+
     gen = make_generator(cfg.seed, dev)
     cpu_gen = make_generator(cfg.seed + 1)
     opt = torch.optim.AdamW(model.alpha_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

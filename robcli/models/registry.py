@@ -47,7 +47,7 @@ def is_model(name: str) -> bool:
 
 
 def create_model(name: str, num_classes: int, input_shape, **kwargs):
-    """Build a registered architecture (no normalization; see :func:`robcli.models.io.build`)."""
+    """Build a registered architecture (no normalization; see :func:`robcli.models.build`)."""
     _ensure_registered()
     if name not in _MODELS:
         raise ModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")

@@ -78,6 +78,11 @@ def _imported(t) -> bool:
 
 
 def _model_label(t) -> str:
+    from robcli.analysis.metrics import certificate_of, certified_model_name
+
+    name = certified_model_name(t, display=model_display_name)
+    if name is not None:  # a mixture certificate: name the mixture, not its robust member
+        return name + (" [ESTIMATE]" if certificate_of(t)[1] else "")
     models = t.meta.get("models") or []
     if models and isinstance(models[0], dict) and models[0].get("path"):
         return model_display_name(str(models[0]["path"]))
@@ -144,11 +149,12 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
     import pandas as pd
 
     from robcli.analysis.certified import certified_accuracy_lower, check_rho
-    from robcli.analysis.metrics import attack_view, available_eps, certify_view, summarize
+    from robcli.analysis.metrics import attack_view, available_eps, certificate_of, certify_view, summarize
     from robcli.analysis.partition import split_summary
 
     rho = check_rho(rho)
     rep = Report()
+    estimates = False  # a certify table of radius estimates contributed rows (labelled [ESTIMATE])
     att, part, comp, cert, cert_sel, cert_lb, logs = [], [], [], [], [], [], []
     for t in tables:
         ds = _dataset(t)
@@ -173,6 +179,7 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
             d.insert(1, "dataset", ds)
             comp.append(d)
         elif t.kind == "certify":
+            estimates = estimates or certificate_of(t)[1]
             for sg in sorted(t.df["sigma"].unique()):
                 g = t.df[t.df["sigma"] == sg]
                 row = {"model": _model_label(t), "dataset": ds, "sigma": float(sg), "n": len(g)}
@@ -180,7 +187,8 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                 alpha = certify_alpha(g)
                 lrow = {**row, "alpha": alpha}
                 for r in radii:
-                    v = certify_view(t, r, sigma=float(sg))
+                    # refuses mixture-with-smoothed-h tables; estimates pass, labelled [ESTIMATE] by _model_label
+                    v = certify_view(t, r, sigma=float(sg), allow_estimate=True)
                     s = summarize(v)
                     row[f"acc@{r:g}"] = s["robust_acc"]
                     row[f"inacc@{r:g}"] = s["robust_inaccuracy"]
@@ -212,14 +220,16 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                                     "Sound rule: see `robcli compose --help`; deltas are against the core model; "
                                     "pareto: non-dominated on (nat_acc, robust_acc) within one data set and threat model."))
     if cert:
+        est_note = (" Rows marked [ESTIMATE] are built on radius estimates (mix certify --method local, 004 App. C.3), "
+                    "not certificates: their numbers are estimates." if estimates else "")
         rep.sections.append(Section("Certified accuracy (acc@r) and certified robust inaccuracy (inacc@r) at L2 radii (Tables 2/3)",
-                                    pd.DataFrame(cert)))
+                                    pd.DataFrame(cert), est_note.strip()))
         rep.sections.append(Section(
             "Certified robustness-indicator selector: robust selection (sel@r) and selected robust accuracy (selacc@r) (Table 3)",
             pd.DataFrame(cert_sel),
             "sel@r: fraction of examples with certified radius >= r (not abstained); selacc@r: accuracy among them. "
             "For a composition at threat radius eps the sound robust selection is sel@(2*eps) (compose's default "
-            "--selection-check 2eps); the paper's criterion is sel@eps."))
+            "--selection-check 2eps); the paper's criterion is sel@eps." + est_note))
         rep.sections.append(Section(
             f"Certified accuracy with a confidence statement (rho = {rho:g}): acc_lb@r <= true certified accuracy "
             f"with probability >= {1 - rho:g}",
@@ -406,6 +416,7 @@ def _front_line(ax, f, x, y, label="Pareto front") -> None:
 def _draw(ax, pnl: dict, colors) -> None:
     import numpy as np
 
+    from robcli.analysis.metrics import certificate_of
     from robcli.analysis.pareto import direction, pareto_front
 
     kind = pnl["kind"]
@@ -465,6 +476,8 @@ def _draw(ax, pnl: dict, colors) -> None:
                 r = g["radius"].to_numpy(float)
                 acc = 100 * np.array([(ok & (r >= v)).mean() for v in rs])
                 name = _model_label(t)
+                if certificate_of(t)[1] and "[ESTIMATE]" not in name:
+                    name += " (radius ESTIMATES)"
                 ax.step(rs, acc, where="post", color=colors(name), lw=1.4,
                         linestyle=styles[all_sigmas.index(float(sg)) % len(styles)], label=f"{name} sigma={sg:g}")
                 ys += [float(acc.max())]
@@ -568,7 +581,7 @@ def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = N
     from robcli.analysis.partition import partition_frame
     from robcli.compose.confidence import load_view_examples
     from robcli.errors import UsageError
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.tables.io import read_table
 
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.2), squeeze=False)

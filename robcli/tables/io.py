@@ -178,8 +178,10 @@ def _coerce(df, kind: str, where: str = ""):
     return df
 
 
-def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, prov: dict | None = None) -> Path:
-    """Validate ``df`` against the schema of ``kind`` and write it atomically with provenance metadata."""
+def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, prov: dict | None = None,
+                fsync: bool = False) -> Path:
+    """Validate ``df`` against the schema of ``kind`` and write it atomically with provenance metadata
+    (``fsync``: flush the data to disk before the rename, as resumable runs do for their parts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -215,7 +217,7 @@ def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, 
     if path.exists() and path.is_dir():
         raise TableError(f"{path} is a directory; give a file name ending in .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(path) as tmp:
+    with atomic_target(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp)
     return path
 

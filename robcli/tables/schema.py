@@ -87,3 +87,23 @@ IMPORTED_ONLY_NULLS: dict[str, tuple[str, ...]] = {"certify": ("nA",)}
 IMPORTED_COLUMN = "imported"
 
 PARTITION_SPLITS = ("robust_accurate", "robust_inaccurate", "nonrobust_accurate", "nonrobust_inaccurate")
+
+# What a certify table's radii certify: column (and config key) ``certified_model``, written by every mixture
+# certificate (`mix certify`). Tables without it are Cohen's CERTIFY of a model (the smoothed classifier of the
+# run that the table's metadata names). The names fit the mixture methods' later spellings: mix-lipschitz and
+# mix-local-estimate -> "mixture", mix-smoothed-h and mix-lipschitz-rs -> "mixture-with-smoothed-h".
+CERTIFIED_MIXTURE = "mixture"
+CERTIFIED_MIXTURE_SMOOTHED_H = "mixture-with-smoothed-h"
+CERTIFIED_MODELS: dict[str, str] = {
+    CERTIFIED_MIXTURE: ("the fixed-alpha mixture log((1-a) softmax(s_g g) + a softmax(s_h h)) of the deterministic "
+                        "robust model h, for any core model g: what a mixture run directory (mix build) computes"),
+    CERTIFIED_MIXTURE_SMOOTHED_H: ("the mixture whose robust member is the Gaussian-smoothed hard classifier of h, for "
+                                   "any core model g: not what a mixture run directory computes (its forward mixes "
+                                   "the deterministic softmax(s_h h))"),
+}
+# radius_kind values of tables written before the certified_model column (read for old tables)
+RADIUS_KIND_CERTIFIES: dict[str, str] = {
+    "smoothing-rs": CERTIFIED_MIXTURE_SMOOTHED_H,
+    "lipschitz-rs": CERTIFIED_MIXTURE_SMOOTHED_H,
+    "lipschitz-given": CERTIFIED_MIXTURE,
+}

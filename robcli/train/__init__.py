@@ -1,4 +1,1 @@
-"""Training: the finetune loop, its configuration, augmentation and BatchNorm handling.
-
-Kept import-light: ``robcli.losses`` imports :mod:`robcli.train.bn` from here.
-"""
+"""Training: the finetune loop, its configuration and augmentation (BatchNorm handling: :mod:`robcli.models.bn`)."""

@@ -19,17 +19,31 @@ FINETUNE_EPOCHS = 50
 SCRATCH_EPOCHS = 20  # the paper's synthetic-data setting; CIFAR from scratch used 100
 DEFAULT_BATCH = 200
 DEFAULT_WEIGHT_DECAY = 2e-4  # TRADES reference (the ERA paper does not state one)
+DEFAULT_MOMENTUM = 0.9
+DEFAULT_MILESTONES = (0.75,)
+TRAIN_DEFAULTED = ("epochs", "lr", "batch", "momentum", "weight_decay", "lr_milestones")  # resolved when None
+
+
+def generic_defaults(finetune: bool) -> dict:
+    """robcli's own defaults (App. A.2's CIFAR settings), used where the data set recommends nothing."""
+    return {"epochs": FINETUNE_EPOCHS if finetune else SCRATCH_EPOCHS, "lr": FINETUNE_LR if finetune else SCRATCH_LR,
+            "batch": DEFAULT_BATCH, "momentum": DEFAULT_MOMENTUM, "weight_decay": DEFAULT_WEIGHT_DECAY,
+            "lr_milestones": DEFAULT_MILESTONES}
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that determines a finetune run (written into the card and every table's metadata).
 
-    ``lr``/``epochs`` of ``None`` resolve to the paper's (App. A.2) values: fine-tuning (``init`` given)
-    50 epochs at 1e-3; from scratch 20 epochs at 1e-1. ``lr_milestones`` are fractions of the epochs after
-    which the learning rate is multiplied by ``lr_gamma`` (epoch ``e``, 0-based, uses
-    ``lr * gamma ** #{m : e >= m * epochs}``): ``(0.75,)`` is the paper's fine-tuning schedule,
-    ``(0.75, 0.9)`` its from-scratch schedule, ``()`` a constant rate.
+    ``epochs``, ``lr``, ``batch``, ``momentum``, ``weight_decay`` and ``lr_milestones`` of ``None`` (the user
+    did not give the flag) resolve to the data set's recommended settings for the architecture
+    (:func:`robcli.data.registry.recommended_training`: the embedded gaussians and digits carry them), else
+    to robcli's generic ones (:func:`generic_defaults`, the paper's App. A.2: fine-tuning (``init`` given)
+    50 epochs at 1e-3; from scratch 20 epochs at 1e-1; batch 200, momentum 0.9, weight decay 2e-4, x0.1 at
+    75%). ``defaults_from`` records, for each of them that was resolved, where its value came from.
+    ``lr_milestones`` are fractions of the epochs after which the learning rate is multiplied by
+    ``lr_gamma`` (epoch ``e``, 0-based, uses ``lr * gamma ** #{m : e >= m * epochs}``): ``(0.75,)`` is the
+    paper's fine-tuning schedule, ``(0.75, 0.9)`` its from-scratch schedule, ``()`` a constant rate.
     """
 
     loss: str
@@ -57,12 +71,12 @@ class FinetuneConfig:
     temperature: float = 4.0
     epochs: int | None = None
     lr: float | None = None
-    lr_milestones: tuple[float, ...] = (0.75,)
+    lr_milestones: tuple[float, ...] | None = None
     lr_gamma: float = 0.1
-    batch: int = DEFAULT_BATCH
+    batch: int | None = None
     optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    momentum: float | None = None
+    weight_decay: float | None = None
     augment: str = "none"
     eval_steps: int = 20
     eval_restarts: int = 1
@@ -71,17 +85,48 @@ class FinetuneConfig:
     device: str = "auto"
     channels_last: bool | None = None  # None: on for conv nets on CPU (measured ~1.4x faster steps)
     extra: dict = field(default_factory=dict)
+    defaults_from: dict = field(default_factory=dict)  # filled in: field -> where its resolved value came from
 
     def __post_init__(self) -> None:
+        from robcli.data.registry import recommended_training
         from robcli.utils.parse import parse_norm
 
         object.__setattr__(self, "norm", parse_norm(self.norm))
+        missing = [k for k in TRAIN_DEFAULTED if getattr(self, k) is None]
+        if missing:
+            rec, source = recommended_training(self.dataset, self.start_arch(), bool(self.init))
+            generic = generic_defaults(bool(self.init))
+            origin = dict(self.defaults_from)
+            for k in missing:
+                object.__setattr__(self, k, rec[k] if k in rec else generic[k])
+                origin[k] = source if k in rec else "robcli generic default"
+            object.__setattr__(self, "defaults_from", origin)
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
-        if self.epochs is None:
-            object.__setattr__(self, "epochs", FINETUNE_EPOCHS if self.init else SCRATCH_EPOCHS)
-        if self.lr is None:
-            object.__setattr__(self, "lr", FINETUNE_LR if self.init else SCRATCH_LR)
         self.validate()
+
+    def start_arch(self) -> str | None:
+        """The architecture this run trains: ``--model`` (or the data set's default, mlp for vectors and
+        small_cnn for images), the ``--init`` run directory's card, or ``--arch``; None when unknown."""
+        if self.init is None:
+            if self.model is not None:
+                return self.model
+            from robcli.data.registry import DATASETS, _ensure_registered, get_info
+
+            _ensure_registered()
+            if self.dataset not in DATASETS or not DATASETS[self.dataset].train_defaults:
+                return None  # nothing to look up (and on-disk data sets need not be read for this)
+            return "small_cnn" if get_info(self.dataset).is_image else "mlp"
+        import json
+        from pathlib import Path
+
+        if self.arch is not None:
+            return self.arch
+        p = Path(str(self.init))
+        card = p / "card.json" if p.is_dir() else p.parent / "card.json"  # a run dir, or a checkpoint beside one
+        try:
+            return str(json.loads(card.read_text())["arch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def validate(self) -> None:
         from robcli.losses import LOSSES, _ensure_registered
@@ -153,7 +198,7 @@ class FinetuneConfig:
     def identity(self) -> dict:
         """The fields that must match for ``--resume`` to continue a run (not device or presentation)."""
         d = self.to_dict()
-        for k in ("device", "out", "download", "data_dir"):
+        for k in ("device", "out", "download", "data_dir", "defaults_from"):  # the values themselves are kept
             d.pop(k, None)
         return d
 

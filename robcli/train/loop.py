@@ -92,7 +92,7 @@ def _load_data(cfg: FinetuneConfig):
 
 
 def _load_start_model(cfg: FinetuneConfig, info):
-    from robcli.models.io import load_model
+    from robcli.models import load_model
     from robcli.models.registry import is_model
 
     if cfg.init is not None:
@@ -137,13 +137,18 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
     Returns:
         ``val_nat_acc``, ``val_robust_acc``, ``val_robust_inaccuracy`` (NaN when eps is 0),
         ``val_pred_classes`` (distinct predicted classes), ``val_min_recall`` (lowest per-class recall over
-        the classes present in ``data``), ``val_majority_share`` (largest class share), and
+        the classes present in ``data``), ``val_zero_recall`` (the classes of ``data`` it never predicts
+        correctly, comma-separated indices, ``""`` for none), ``val_majority_share`` (largest class share), and
         ``val_noisy_acc`` when ``noisy``.
     """
     from robcli.attacks.grid import MAX_DIM, grid_search
     from robcli.attacks.pgd import margin, pgd
+    from robcli.errors import NonFiniteOutput
+    from robcli.models.finite import FiniteWatch, Watched
 
     model.eval()
+    watch = FiniteWatch()
+    model = Watched(model, watch).eval()  # every validation forward pass (clean, PGD, grid, noisy)
     n = len(data)
     dim = math.prod(data.info.input_shape)
     if grid is None:
@@ -184,10 +189,16 @@ def evaluate_val(model, data, cfg: FinetuneConfig, device, gen: torch.Generator,
                 for _ in range(VAL_NOISE_DRAWS):
                     z = model(xb + gaussian_noise(tuple(xb.shape), cfg.sigma, xb, gen))
                     noisy_hits += int((z.argmax(1) == yb).sum())
+    if watch.tripped():
+        raise NonFiniteOutput("returned non-finite logits (NaN or inf) in validation (clean inputs or the validation "
+                              "attack's points): its metrics would be meaningless; the training diverged, lower --lr",
+                              who="the model being trained")
     pred_all, y_all = torch.cat(preds), torch.cat(labels)
-    recalls = [float((pred_all[y_all == c] == c).float().mean()) for c in torch.unique(y_all).tolist()]
+    classes = torch.unique(y_all).tolist()
+    recalls = [float((pred_all[y_all == c] == c).float().mean()) for c in classes]
     out = {"val_nat_acc": nat / n, "val_robust_acc": float("nan"), "val_robust_inaccuracy": float("nan"),
            "val_pred_classes": int(torch.unique(pred_all).numel()), "val_min_recall": min(recalls),
+           "val_zero_recall": ",".join(str(c) for c, r in zip(classes, recalls) if r == 0.0),
            "val_majority_share": float(torch.bincount(y_all).max()) / n}
     if cfg.eps > 0:
         out["val_robust_acc"] = rob_acc / n
@@ -248,7 +259,7 @@ def finetune(
     import pandas as pd
 
     from robcli.losses import get_loss
-    from robcli.models.io import LAST, make_card, save_run, save_weights
+    from robcli.models import LAST, make_card, save_run, save_weights
     from robcli.tables import provenance, write_table
     from robcli.utils.device import resolve_device
     from robcli.utils.seeding import make_generator, seed_everything
@@ -280,6 +291,11 @@ def finetune(
     info = train.info
     lm = _load_start_model(cfg, info)
     model = lm.model.to(device)
+    if cfg.init:  # before anything is written: a model to fine-tune must have finite logits on the training data
+        from robcli.models.finite import check_clean_logits
+
+        check_clean_logits(model.eval(), train, train.idx, batch=cfg.eval_batch, device=device,
+                           what="clean training inputs")
     is_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     channels_last = cfg.channels_last if cfg.channels_last is not None else (device.type == "cpu" and is_conv)
     if channels_last:
@@ -403,7 +419,8 @@ def finetune(
     collapsed = bool(reasons)
     reason = "; ".join(f"{which} epoch: {why}" for which, why in reasons)
     final_card = card(int(best["epoch"]), collapsed, reason)
-    from robcli.models.io import CARD, _atomic_write_bytes
+    from robcli.models import CARD
+    from robcli.utils.fsio import atomic_write_bytes
 
-    _atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
     return FinetuneResult(out, df, int(best["epoch"]), criterion, collapsed, final_card, resumed_from=start)

@@ -29,10 +29,11 @@ def publish_mode(tmp: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_target(path: str | os.PathLike):
+def atomic_target(path: str | os.PathLike, *, fsync: bool = False):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on any error removed.
 
-    A crash never leaves a half-written file at ``path``.
+    A crash never leaves a half-written file at ``path``. With ``fsync`` the file's data reach the disk before
+    the rename (a node failure right after it then cannot leave an empty file under the final name).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -40,6 +41,12 @@ def atomic_target(path: str | os.PathLike):
     try:
         yield tmp
         publish_mode(tmp)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
