@@ -339,3 +339,92 @@ def test_round_trip_robcli_to_cohen_tsv_to_import_keeps_certified_accuracies(cli
     # and an existing file is not overwritten without --force
     r = cli("report", cert, "--format", "cohen-tsv", "--out", logs)
     assert r.exit_code == 2 and "exists" in r.output
+
+
+# ------------------------------------------------------------ robcli certify --import ----------------------------
+
+
+def test_certify_import_writes_the_library_table_with_provenance(cli, log, tmp_path):
+    out = tmp_path / "cert.parquet"
+    r = cli("certify", "--import", log, "--sigma", "0.5", "--N", "100000", "--N0", "100", "--alpha", "0.001",
+            "--dataset", "cifar10", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "imported" in r.output and "sigma=0.5" in r.output
+    t = read_table(out, "certify")
+    lib = read_cohen_log(log, sigma=SIGMA, N=100_000, N0=100, alpha=0.001, dataset="cifar10", split="test").df
+    pd.testing.assert_frame_equal(t.df.drop(columns=["time"]), lib.drop(columns=["time"]), check_dtype=False)
+    assert t.config["imported_from"]["sha256"] == hashlib.sha256(log.read_bytes()).hexdigest()
+    assert t.config["N"] == 100_000 and t.config["N0"] == 100 and t.config["alpha"] == 0.001
+    assert t.df["imported"].all() and t.df["nA"].isna().all()
+    assert t.meta["data"] == {"dataset": "cifar10", "split": "test", "imported": True}
+    assert t.meta["command"][:2] == ["certify", "--import"]
+    # declared other parameters are recorded as given
+    out2 = tmp_path / "cert2.parquet"
+    r = cli("certify", "--import", log, "--sigma", "0.5", "--N", "200000", "--N0", "64", "--alpha", "0.01",
+            "--out", out2, "-q")
+    assert r.exit_code == 0 and r.output == ""
+    t2 = read_table(out2, "certify")
+    assert (t2.df["N"] == 200_000).all() and (t2.df["N0"] == 64).all() and (t2.df["alpha"] == 0.01).all()
+    assert t2.meta["data"] == {}  # no --dataset: nothing claimed about the data
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--model", "runs/x"], "--model does not apply to --import"),
+    (["--batch", "10", "--resume"], "--batch, --resume do not apply to --import"),
+    (["--mode", "predict"], "--mode does not apply"),
+    (["--seed", "0"], "--seed does not apply"),  # given explicitly, even at its default value
+    (["--shard", "0/2", "--n-ex", "3"], "--n-ex, --shard do not apply"),
+])
+def test_certify_import_refuses_the_flags_of_a_certification_run(cli, log, tmp_path, extra, needle):
+    out = tmp_path / "c.parquet"
+    r = cli("certify", "--import", log, "--sigma", "0.5", "--out", out, *extra)
+    assert r.exit_code == 2 and needle in r.output and not out.exists(), r.output
+    assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
+
+
+def test_certify_import_usage_errors_are_one_line_and_write_nothing(cli, log, tmp_path):
+    out = tmp_path / "c.parquet"
+
+    def one_line_error(r, needle):
+        assert r.exit_code == 2 and needle in r.output and not out.exists(), r.output
+        assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
+
+    one_line_error(cli("certify", "--import", log, "--out", out), "give the --sigma it was certified with")
+    one_line_error(cli("certify", "--import", log, "--sigma", "0.5", "--sigma", "0.25", "--out", out), "one sigma")
+    one_line_error(cli("certify", "--import", log, "--sigma", "0.5", "--out", tmp_path / "c.csv"), ".parquet")
+    one_line_error(cli("certify", "--import", log, "--sigma", "0.5", "--dataset", "nope", "--out", out),
+                   "not a registered data set")
+    one_line_error(cli("certify", "--import", tmp_path / "missing.tsv", "--sigma", "0.5", "--out", out),
+                   "does not exist")
+    one_line_error(cli("certify", "--import", log, "--sigma", "0.5", "--alpha", "2", "--out", out), "--alpha")
+    # a malformed log: the line is named
+    bad = _log(tmp_path / "bad.tsv", ROWS[:5] + [(1, 2, 2, "0.1", 1, "1")] + ROWS[6:])
+    one_line_error(cli("certify", "--import", bad, "--sigma", "0.5", "--out", out), "line 7: idx 1 repeats")
+    # without --import, certify still needs its model and data set
+    one_line_error(cli("certify", "--out", out), "missing option --model and --dataset")
+    # an existing table is kept unless --force
+    assert cli("certify", "--import", log, "--sigma", "0.5", "--out", out, "-q").exit_code == 0
+    before = out.read_bytes()
+    r = cli("certify", "--import", log, "--sigma", "1", "--out", out)
+    assert r.exit_code == 2 and "--force" in r.output and out.read_bytes() == before
+    assert cli("certify", "--import", log, "--sigma", "1", "--out", out, "--force", "-q").exit_code == 0
+    assert (read_table(out, "certify").df["sigma"] == 1.0).all()
+
+
+def test_report_compose_partition_on_a_cli_imported_table(cli, log, core_l2, tmp_path):
+    imp = tmp_path / "imp.parquet"
+    assert cli("certify", "--import", log, "--sigma", "0.5", "--out", imp, "-q").exit_code == 0
+    r = cli("report", imp, "--radius", "0.5", "--format", "json")
+    assert r.exit_code == 0, r.output
+    import json
+
+    row = next(s for s in json.loads(r.stdout)["sections"] if "(Tables 2/3)" in s["title"])["rows"][0]
+    assert row["acc@0.5"] == pytest.approx(0.4) and row["inacc@0.5"] == pytest.approx(0.1)
+    part = tmp_path / "part.parquet"
+    assert cli("partition", imp, "--radius", "0.5", "--out", part, "-q").exit_code == 0
+    split = read_table(part, "partition").df.set_index("idx")["split"]
+    assert split[4] == "robust_inaccurate" and split[9] == "robust_accurate" and split[3] == "nonrobust_inaccurate"
+    comp = tmp_path / "comp.parquet"
+    r = cli("compose", "-r", imp, "-c", core_l2, "--eps", "0.25", "--norm", "L2", "--out", comp, "-q")
+    assert r.exit_code == 0, r.output
+    assert read_table(comp, "compose").df["robust_selection"].iloc[0] == pytest.approx(0.5)
