@@ -25,6 +25,7 @@ A recipe::
     kind = "certify"
     title = "digits, randomized smoothing"
     radii = [0, 0.25, 0.5]            # optional L2 radii (default: 0, sigma/2, sigma, 2 sigma per sigma)
+    rho = 0.001                       # optional: confidence statement of the certified accuracy (1 - rho)
     rows = [ { label = "noise", tables = "{out}/certify-noise-s*.parquet" } ]
 
 Args become flags: ``key = value`` -> ``--key value`` (``_`` -> ``-``); ``true`` -> ``--key``; ``false`` ->
@@ -156,6 +157,9 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> Re
         if summ.get("kind", "attack") not in SUMMARY_KINDS:
             raise UsageError(f"recipe {path}: [[summary]] {j + 1} has unknown kind {summ.get('kind')!r}; "
                              f"choose one of {', '.join(SUMMARY_KINDS)}")
+        rho = summ.get("rho")
+        if rho is not None and not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 < rho < 1):
+            raise UsageError(f"recipe {path}: [[summary]] {j + 1}: rho must be a number in (0, 1)")
         radii = summ.get("radii")
         if radii is not None and not (isinstance(radii, list) and all(
                 isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in radii)):
@@ -280,23 +284,27 @@ def _matching_tables(row: dict) -> list[str]:
     return files
 
 
-def summarize_certify_tables(rows: list[dict], radii: list[float] | None = None) -> Any:
+def summarize_certify_tables(rows: list[dict], radii: list[float] | None = None, rho: float = 0.001) -> Any:
     """Certified-accuracy summary of certify tables: one line per (label, sigma, radius), mean and std over
     the files (or shard folders) matching each row's pattern (one per seed or model variant).
 
     Each row is ``{"label": str, "tables": glob pattern}``. ``radii``: L2 radii at which to report (default
     0, sigma/2, sigma and 2 sigma at each sigma; a predict-mode table reports r = 0 only), computed by
     :func:`robcli.certify.smoothing.summarize`: certified accuracy (predict == label and radius >= r),
-    certified robust inaccuracy (predict not in {label, abstain} and radius >= r) and the abstain rate.
+    certified robust inaccuracy (predict not in {label, abstain} and radius >= r) and the abstain rate, and
+    ``certified_acc_lower``: each table's ``1 - rho`` lower confidence bound on its certified accuracy
+    (:func:`robcli.analysis.certified.certified_accuracy_lower` with the table's alpha and number of examples).
     Returns a DataFrame with columns label, sigma, radius, mode, n_tables, n, and certified_acc,
-    certified_robust_inacc, abstain, each with a ``_std`` column (0 for a single table).
+    certified_acc_lower, certified_robust_inacc, abstain, each with a ``_std`` column (0 for a single table).
     """
     import pandas as pd
 
+    from robcli.analysis.certified import certified_accuracy_lower, check_rho
     from robcli.certify.smoothing import summarize
     from robcli.tables import read_table
 
-    metrics = ("certified_acc", "certified_robust_inacc", "abstain")
+    rho = check_rho(rho)
+    metrics = ("certified_acc", "certified_acc_lower", "certified_robust_inacc", "abstain")
     out = []
     for row in rows:
         per = []
@@ -306,6 +314,9 @@ def summarize_certify_tables(rows: list[dict], radii: list[float] | None = None)
                 continue
             s = summarize(df) if radii is None else summarize(df, radii=radii)
             s["mode"] = "certify" if (df["mode"] == "certify").all() else "predict"
+            alpha = df.groupby("sigma")["alpha"].max()  # the conservative alpha if rows differ
+            s["certified_acc_lower"] = [certified_accuracy_lower(a, int(n), float(alpha.loc[sg]), rho)
+                                        for a, n, sg in zip(s["certified_acc"], s["n"], s["sigma"])]
             per.append(s)
         if not per:
             raise UsageError(f"summary row {row.get('label')!r}: the tables matching {row['tables']} hold no rows")

@@ -190,6 +190,10 @@ def test_cli_run_prints_certify_summary(cli, tmp_path):
     first = df.iloc[0]
     shown = f"{100 * first['certified_acc']:.1f} ± {100 * first['certified_acc_std']:.1f}"
     assert shown in r.output
+    # next to it, its (1 - rho) lower confidence bound (rho = 0.001 by default)
+    assert "0.999" in r.output and "lower confidence bound" in " ".join(r.output.split())
+    lower = f"{100 * first['certified_acc_lower']:.1f} ± {100 * first['certified_acc_lower_std']:.1f}"
+    assert lower in r.output
 
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.toml")),

@@ -40,9 +40,10 @@ AGAINST_HELP = ("With --sequential: the class tested. prediction (default): N0 s
 @handle_errors
 def certify(
     ctx: typer.Context,
-    model: ModelOpt,
-    dataset: DatasetOpt,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output certify table (.parquet); one row per example x sigma.")],
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output certify table (.parquet); one row per example x sigma.")] = ...,
+    import_: Annotated[Optional[str], typer.Option("--import", help="A Cohen et al. certification log (idx label predict radius correct time) to turn into a certify table instead of certifying: give the --sigma, --N, --N0, --alpha it was made with (--dataset/--split: recorded only).")] = None,
     sigma: Annotated[Optional[list[str]], typer.Option("--sigma", help="Gaussian noise std in [0,1] pixel units; repeatable. Default 0.12.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="certify (CERTIFY: radius + abstain) or predict (PREDICT: smoothed prediction).")] = "certify",
     n0: Annotated[int, typer.Option("--N0", "--n0", help="Selection samples for the top class (CERTIFY).")] = 100,
@@ -74,8 +75,17 @@ def certify(
     Noise is added in [0,1] pixel space before the model's own normalization and is not clipped. With
     --sequential the anytime-valid test decides each --radius after as few samples as the votes allow (same
     table columns, plus certified_radii, n_used and against); --against label measures certified accuracy and
-    does not certify unlabeled inputs.
+    does not certify unlabeled inputs. With --import LOG, reads a finished Cohen-format log instead (nothing is
+    certified).
     """
+    if import_ is not None:  # a Cohen-format log in (robcli/cli/certify_import.py)
+        from robcli.cli.certify_import import import_log
+
+        return import_log(import_, out=out, sigma=sigma, n=n, n0=n0, alpha=alpha, dataset=dataset, split=split,
+                          force=force, quiet=quiet)
+    from robcli.cli.certify_import import require_model_and_dataset
+
+    require_model_and_dataset(model, dataset)
     from pathlib import Path
 
     from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text

@@ -88,6 +88,7 @@ def finetune(
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    tensorboard: Annotated[Optional[str], typer.Option("--tensorboard", help="Also write each epoch's train_log row as TensorBoard scalars to this folder (watch with `tensorboard --logdir DIR`; needs pip install 'robcli[tensorboard]').")] = None,
 ) -> None:
     """Train with std/TRADES/ERA/DGA (and noise/CRA); writes a run dir with train_log.parquet.
 
@@ -110,7 +111,8 @@ def finetune(
     if loss == "mixnet":
         generic = {"--model": model is not None, "--init": init is not None, "--arch": arch is not None,
                    "--train-subset": train_subset is not None, "--resume": resume, "--augment": augment != "none",
-                   "--download": download, "--image-size": image_size is not None}
+                   "--download": download, "--image-size": image_size is not None,
+                   "--tensorboard": tensorboard is not None}
         given = [f for f, on in generic.items() if on]
         if given:
             raise UsageError(f"{', '.join(given)} do not apply to --loss mixnet (it trains a mixing network on --core/--robust)")
@@ -163,7 +165,8 @@ def finetune(
     from robcli.train.loop import finetune as run_finetune
 
     with naming_nonfinite(init), progress(quiet) as prog:
-        result = run_finetune(cfg, ProgressCallback(prog), resume=resume, force=force, command=argv())
+        result = run_finetune(cfg, ProgressCallback(prog), resume=resume, force=force, command=argv(),
+                              tensorboard=tensorboard)
     con = console(stderr=False)
     if not quiet:
         from rich.table import Table

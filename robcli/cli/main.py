@@ -7,12 +7,14 @@ import sys
 import typer
 
 from robcli import __version__
+from robcli.cli.completion import CompletingGroup
 
 app = typer.Typer(
     name="robcli",
     help="Make image classifiers robust without losing accuracy, and prove how robust they are.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion; values from robcli.names (robcli.cli.completion)
+    cls=CompletingGroup,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -15,16 +15,38 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from robcli.analysis.certified import DEFAULT_RHO
 from robcli.errors import TableError
 from robcli.report.render import Report, Section
 
 DEFAULT_RADII = (0.0, 0.12, 0.25, 0.5, 0.75, 1.0)
 
 
-def collect(paths) -> list:
-    """Read every table named (a run dir contributes every robcli table inside it)."""
+def confidence_note(rho: float) -> str:
+    """What the acc_lb@r columns claim (one sentence per point, for the report)."""
+    return (f"With probability at least 1 - rho = {1 - rho:g} over the certification noise, the smoothed classifier is "
+            "right and certified-robust at r on at least a fraction acc_lb@r of these n examples, at every r of the "
+            "row at once: acc@r - k/n, where k is the (1 - rho) quantile of Binomial(n, alpha), because each of the "
+            "n certificates is false with probability at most alpha, independently (Cohen et al. 2019, App.; exact "
+            "binomial instead of their Bernstein-style formula, which can overstate the bound when n*alpha is "
+            "large). About these n test examples, per table and sigma; clipped at 0.")
+
+
+def collect(paths, logs: dict | None = None) -> list:
+    """Read every table named (a run dir contributes every robcli table inside it).
+
+    Cohen-format certification logs (:mod:`robcli.tables.cohen`) are read as certify tables with the parameters
+    ``logs[path]`` declares (the keyword arguments of :func:`robcli.tables.cohen.read_cohen_log`).
+
+    Raises:
+        TableError: a missing or unreadable table.
+        UsageError: a Cohen-format log without declared parameters.
+    """
+    from robcli.errors import UsageError
+    from robcli.tables.cohen import cohen_table, is_cohen_log
     from robcli.tables.io import read_table
 
+    logs = {str(k): v for k, v in (logs or {}).items()}
     tables = []
     for p in map(Path, paths):
         if not p.exists():
@@ -34,9 +56,25 @@ def collect(paths) -> list:
             if not files:
                 raise TableError(f"run dir {p} holds no tables")
             tables += [read_table(f) for f in files if not f.name.startswith(".")]
+        elif p.is_file() and is_cohen_log(p):
+            if str(p) not in logs:
+                raise UsageError(f"{p} is a Cohen-format log, which does not record its parameters: give --sigma "
+                                 "(and --N, --N0, --alpha when not 100000, 100, 0.001)")
+            tables.append(cohen_table(p, **logs[str(p)]))
         else:
             tables.append(read_table(p))
     return tables
+
+
+def cohen_log_inputs(paths) -> list[str]:
+    """The inputs among ``paths`` that are Cohen-format logs (to pair them with declared parameters)."""
+    from robcli.tables.cohen import is_cohen_log
+
+    return [str(p) for p in paths if Path(p).is_file() and is_cohen_log(p)]
+
+
+def _imported(t) -> bool:
+    return bool(isinstance(t.config, dict) and t.config.get("imported_from"))
 
 
 def _model_label(t) -> str:
@@ -48,7 +86,13 @@ def _model_label(t) -> str:
     models = t.meta.get("models") or []
     if models and isinstance(models[0], dict) and models[0].get("path"):
         return model_display_name(str(models[0]["path"]))
-    return Path(t.path).stem
+    name = Path(t.path).name
+    for suffix in (".parquet", ".tsv", ".txt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    # an imported Cohen-format log (a .tsv read directly, or its imported table) says so
+    return f"{name} (imported)" if _imported(t) else name
 
 
 def model_display_name(path: str) -> str:
@@ -111,16 +155,28 @@ def _certify_method(t, g) -> tuple[str, float]:
     return what, float((g["N0"] + g["N"]).mean()) if len(g) else float("nan")
 
 
-def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = None) -> Report:
-    """Paper-style sections from the tables; ``pareto=(X, Y)`` adds a Pareto-front section on those metrics."""
+def certify_alpha(g) -> float:
+    """The alpha of a (table, sigma) group's certificates: the largest when rows differ (the conservative one)."""
+    return float(g["alpha"].max())
+
+
+def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = None,
+                 rho: float = DEFAULT_RHO) -> Report:
+    """Paper-style sections from the tables; ``pareto=(X, Y)`` adds a Pareto-front section on those metrics.
+
+    Certify tables also get a section with the ``1 - rho`` lower confidence bound on each certified accuracy
+    (:mod:`robcli.analysis.certified`, the exact binomial bound).
+    """
     import pandas as pd
 
+    from robcli.analysis.certified import certified_accuracy_lower, check_rho
     from robcli.analysis.metrics import attack_view, available_eps, certificate_of, certify_view, summarize
     from robcli.analysis.partition import split_summary
 
+    rho = check_rho(rho)
     rep = Report()
     estimates = False  # a certify table of radius estimates contributed rows (labelled [ESTIMATE])
-    att, part, comp, cert, cert_sel, logs = [], [], [], [], [], []
+    att, part, comp, cert, cert_sel, cert_lb, logs = [], [], [], [], [], [], []
     for t in tables:
         ds = _dataset(t)
         if t.kind == "attack":
@@ -150,17 +206,22 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                 row = {"model": _model_label(t), "dataset": ds, "sigma": float(sg), "n": len(g)}
                 srow = dict(row)
                 row["method"], row["samples/ex"] = _certify_method(t, g)
+                alpha = certify_alpha(g)
+                lrow = {**row, "alpha": alpha}
                 for r in radii:
                     # refuses mixture-with-smoothed-h tables; estimates pass, labelled [ESTIMATE] by _model_label
                     v = certify_view(t, r, sigma=float(sg), allow_estimate=True)
                     s = summarize(v)
                     row[f"acc@{r:g}"] = s["robust_acc"]
                     row[f"inacc@{r:g}"] = s["robust_inaccuracy"]
+                    lrow[f"acc@{r:g}"] = s["robust_acc"]
+                    lrow[f"acc_lb@{r:g}"] = certified_accuracy_lower(s["robust_acc"], len(g), alpha, rho)
                     sel = v.df["robust"]  # not abstained and certified radius >= r: the selector selects
                     srow[f"sel@{r:g}"] = float(sel.mean()) if len(g) else float("nan")
                     srow[f"selacc@{r:g}"] = float(v.df["correct"][sel].mean()) if sel.any() else float("nan")
                 cert.append(row)
                 cert_sel.append(srow)
+                cert_lb.append(lrow)
         elif t.kind == "train_log":
             last = t.df.iloc[-1].to_dict()
             last = {"run": Path(t.path).parent.name, **last}
@@ -194,6 +255,10 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
             "sel@r: fraction of examples with certified radius >= r (not abstained); selacc@r: accuracy among them. "
             "For a composition at threat radius eps the sound robust selection is sel@(2*eps) (compose's default "
             "--selection-check 2eps); the paper's criterion is sel@eps." + est_note))
+        rep.sections.append(Section(
+            f"Certified accuracy with a confidence statement (rho = {rho:g}): acc_lb@r <= true certified accuracy "
+            f"with probability >= {1 - rho:g}",
+            pd.DataFrame(cert_lb), confidence_note(rho)))
     if logs:
         rep.sections.append(Section("Training runs (last epoch)", pd.DataFrame(logs)))
     front = None
@@ -249,92 +314,267 @@ def _pareto_section(rep, att, comp, metrics):
     return {"points": pts, "front": front, "x": x, "y": y}
 
 
-def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
-    """One figure with a panel per available plot (Figures 2-4 style, certified accuracy vs radius).
+# ---------------------------------------------------------------- plots ----------------------------------
+# One panel per (figure, data set, threat model, eps): a front only ever compares points of one data set at one
+# threat radius. Rows of the figure are the figure kinds, in this order:
+PANEL_KINDS = ("models", "compositions", "abstain", "certified", "pareto")
+PANEL_TITLES = {"models": "models: robust accuracy vs robust inaccuracy (Fig. 2)",
+                "compositions": "compositions vs core model (Fig. 4)",
+                "abstain": "abstain models: robust selection (Fig. 3)",
+                "certified": "certified accuracy vs L2 radius",
+                "pareto": "Pareto front"}
+AXES = {"models": ("robust_inaccuracy", "robust_acc"), "compositions": ("nat_acc", "robust_acc"),
+        "abstain": ("robust_selection", "selected_robust_acc")}
 
-    Writes ``path`` (PNG or SVG) when given; returns the PNG bytes (for HTML), or None when nothing to plot.
+
+def padded_limits(values, *, frac: float = 0.08, min_pad: float = 0.5, lo: float = 0.0,
+                  hi: float = 100.0) -> tuple[float, float]:
+    """Axis limits that show the differences between ``values`` (percent): the data's range plus padding.
+
+    The padding is ``frac`` of the range, at least ``min_pad`` points, so that equal values (every point at 100%)
+    give a narrow band around them instead of a range that says nothing; limits never pass ``lo``/``hi`` by more
+    than half the padding (no 105% tick on an accuracy axis).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return lo, hi
+    a, b = float(v.min()), float(v.max())
+    pad = max(frac * (b - a), min_pad)
+    return max(a - pad, lo - pad / 2), min(b + pad, hi + pad / 2)
+
+
+def short_eps(e: float) -> str:
+    """``2/255`` when eps is a whole number of 255ths (as people write it), else 3 significant digits."""
+    e = float(e)
+    if e != e:
+        return "?"
+    k = e * 255
+    if 0 < e <= 1 and abs(k - round(k)) < 1e-6 and abs(e - round(e, 3)) > 1e-9:
+        return f"{int(round(k))}/255"
+    return f"{e:.3g}"
+
+
+def _group_title(kind: str, group: tuple) -> str:
+    if kind == "certified":
+        return f"{group[0] or 'data set ?'}\n{PANEL_TITLES[kind]}"
+    ds, norm, eps = group
+    return f"{ds or 'data set ?'}, {norm}, eps = {short_eps(eps)}\n{PANEL_TITLES[kind]}"
+
+
+def plot_panels(data: dict) -> list[dict]:
+    """The panels of the report figure, from :class:`Report`'s ``data``: a list of dicts with ``kind`` (one of
+    :data:`PANEL_KINDS`), ``group`` ((dataset, norm, eps), or (dataset,) for certified accuracy), ``title`` and
+    the rows to draw (``df``; ``tables`` for certified accuracy; ``front`` for --pareto).
+
+    Models (attack tables), compositions and their abstain view, and --pareto points each get one panel per
+    (data set, norm, eps); certify tables one per data set. An abstain panel is drawn only where some row has
+    both robust selection and selected robust accuracy (a fixed-alpha sweep has no selector to select with).
+    """
     import pandas as pd
+
+    panels: list[dict] = []
+
+    def grouped(d):
+        d = d.copy()
+        for k in GROUP:
+            if k not in d.columns:
+                d[k] = "" if k != "eps" else float("nan")
+        d["eps"] = d["eps"].map(lambda e: _eps_round(e) if e == e else e)
+        d["dataset"] = d["dataset"].fillna("").astype(str)
+        return d.groupby(GROUP, sort=True, dropna=False)
+
+    if data.get("attack"):
+        for key, g in grouped(pd.DataFrame(data["attack"])):
+            panels.append({"kind": "models", "group": tuple(key), "df": g.reset_index(drop=True)})
+    if data.get("compose"):
+        for key, g in grouped(pd.concat(data["compose"], ignore_index=True)):
+            g = g.reset_index(drop=True)
+            panels.append({"kind": "compositions", "group": tuple(key), "df": g})
+            sel = g.dropna(subset=list(AXES["abstain"]))
+            if len(sel):
+                panels.append({"kind": "abstain", "group": tuple(key), "df": sel.reset_index(drop=True)})
+    if data.get("certify"):
+        by_ds: dict[str, list] = {}
+        for t in data["certify"]:
+            if len(t.df):
+                by_ds.setdefault(_dataset(t), []).append(t)
+        for ds in sorted(by_ds):
+            panels.append({"kind": "certified", "group": (ds,), "tables": by_ds[ds]})
+    pp = data.get("pareto")
+    if pp:
+        pts = pp["points"].dropna(subset=[pp["x"], pp["y"]])
+        for key, g in grouped(pts):
+            f = pp["front"]
+            f = f[(f["dataset"] == key[0]) & (f["norm"] == key[1]) & (f["eps"] == key[2])]
+            panels.append({"kind": "pareto", "group": tuple(key), "df": g.reset_index(drop=True), "front": f,
+                           "x": pp["x"], "y": pp["y"]})
+    for pnl in panels:
+        pnl["title"] = _group_title(pnl["kind"], pnl["group"])
+        if pnl["kind"] == "pareto":
+            pnl["title"] = pnl["title"].replace(PANEL_TITLES["pareto"], f"Pareto front: {pnl['x']} vs {pnl['y']}")
+    order = {k: i for i, k in enumerate(PANEL_KINDS)}
+    panels.sort(key=lambda q: order[q["kind"]])  # stable: groups stay sorted within a kind
+    return panels
+
+
+def _unique_labels(names: list[str], alt: list[str]) -> list[str]:
+    """``names``, with ``[alt]`` added where a name occurs more than once (two tables of one model)."""
+    return [f"{n} [{a}]" if names.count(n) > 1 else n for n, a in zip(names, alt)]
+
+
+def _legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:  # outside the axes, on the right: it never covers a point
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7,
+                  frameon=False)
+
+
+def _front_line(ax, f, x, y, label="Pareto front") -> None:
+    if len(f):
+        ax.plot(100 * f[x], 100 * f[y], "--", color="0.25", marker="o", mfc="none", ms=11, lw=1, zorder=1,
+                label=label)
+
+
+def _draw(ax, pnl: dict, colors) -> None:
+    import numpy as np
 
     from robcli.analysis.metrics import certificate_of
     from robcli.analysis.pareto import direction, pareto_front
 
-    data = rep.data
-    panels = []
-    if data.get("attack"):
-        panels.append("att")
-    if data.get("compose"):
-        panels += ["nat_rob", "sel"]
-    if data.get("certify"):
-        panels.append("cert")
-    if data.get("pareto"):
-        panels.append("pareto")
+    kind = pnl["kind"]
+    xs: list[float] = []
+    ys: list[float] = []
+    if kind == "models":
+        d = pnl["df"]
+        x, y = AXES[kind]
+        labels = _unique_labels(list(d["model"]), [Path(str(t)).stem for t in d.get("table", d["model"])])
+        for lab, (_, r) in zip(labels, d.iterrows()):
+            ax.scatter(100 * r[x], 100 * r[y], s=45, color=colors(lab), label=lab, zorder=3, edgecolors="white")
+        _front_line(ax, pareto_front(d, x, y), x, y)
+        xs += list(100 * d[x]); ys += list(100 * d[y])  # noqa: E702
+    elif kind in ("compositions", "abstain"):
+        d = pnl["df"]
+        x, y = AXES[kind]
+        for (table, selector), g in d.groupby(["table", "selector"], sort=True):
+            g = g.sort_values("threshold") if g["threshold"].notna().any() else g
+            lab = f"{table} ({selector})"
+            c = colors(f"{table} {selector}")
+            if len(g) > 1:  # a sweep (softmax-response thresholds, fixed-alpha weights): a curve in its order
+                ax.plot(100 * g[x], 100 * g[y], "-", color=c, lw=1, alpha=0.6, zorder=2)
+            ax.scatter(100 * g[x], 100 * g[y], s=32, color=c, label=lab, zorder=3, edgecolors="white")
+            if selector == "fixed-alpha":
+                for _, r in g.iterrows():
+                    ax.annotate(f"alpha={r['threshold']:g}", (100 * r[x], 100 * r[y]), textcoords="offset points",
+                                xytext=(5, -10), fontsize=6.5, color="0.25")
+        good = d.dropna(subset=[x, y])
+        _front_line(ax, pareto_front(good, x, y) if len(good) else good, x, y)
+        xs += list(100 * d[x]); ys += list(100 * d[y])  # noqa: E702
+        if kind == "compositions" and "core_nat_acc" in d:
+            core = d.dropna(subset=["core_nat_acc", "core_robust_acc"]).drop_duplicates("core_model")
+            for _, r in core.iterrows():
+                ax.scatter(100 * r["core_nat_acc"], 100 * r["core_robust_acc"], marker="*", s=160, color="crimson",
+                           edgecolors="k", linewidths=0.5, zorder=4, label=f"core alone ({Path(str(r['core_model'])).name})")
+                xs.append(100 * r["core_nat_acc"]); ys.append(100 * r["core_robust_acc"])  # noqa: E702
+    elif kind == "pareto":
+        d, x, y = pnl["df"], pnl["x"], pnl["y"]
+        for (k, name), g in d.groupby(["kind", "name"], sort=True):
+            ax.scatter(100 * g[x], 100 * g[y], s=32, color=colors(name), label=f"{name} ({k})", zorder=3,
+                       edgecolors="white")
+        _front_line(ax, pnl["front"], x, y)
+        xs += list(100 * d[x]); ys += list(100 * d[y])  # noqa: E702
+    else:  # certified accuracy vs radius: one curve per (table, sigma)
+        rmax = 0.1
+        for t in pnl["tables"]:
+            for sg in sorted(t.df["sigma"].unique()):
+                g = t.df[t.df["sigma"] == sg]
+                rmax = max(rmax, float(g["radius"].max()))
+        rs = np.linspace(0, rmax * 1.05, 200)
+        styles = ("-", "--", ":", "-.")
+        all_sigmas = sorted({float(v) for t in pnl["tables"] for v in t.df["sigma"].unique()})
+        for t in pnl["tables"]:  # colour: the model; line style: sigma
+            for sg in sorted(t.df["sigma"].unique()):
+                g = t.df[t.df["sigma"] == sg]
+                ok = ((g["predict"] != -1) & (g["predict"] == g["label"])).to_numpy()
+                r = g["radius"].to_numpy(float)
+                acc = 100 * np.array([(ok & (r >= v)).mean() for v in rs])
+                name = _model_label(t)
+                if certificate_of(t)[1] and "[ESTIMATE]" not in name:
+                    name += " (radius ESTIMATES)"
+                ax.step(rs, acc, where="post", color=colors(name), lw=1.4,
+                        linestyle=styles[all_sigmas.index(float(sg)) % len(styles)], label=f"{name} sigma={sg:g}")
+                ys += [float(acc.max())]
+        ax.set_xlim(0, rmax * 1.05)
+        ax.set_ylim(0, padded_limits(ys + [0.0])[1])
+        ax.set_xlabel("L2 radius")
+        ax.set_ylabel("certified accuracy [%]")
+    if kind != "certified":
+        x, y = (pnl["x"], pnl["y"]) if kind == "pareto" else AXES[kind]
+        ax.set_xlim(*padded_limits(xs))
+        ax.set_ylim(*padded_limits(ys))
+        from matplotlib.ticker import FuncFormatter
+
+        pct = FuncFormatter(lambda v, _: "" if v < -1e-9 or v > 100 + 1e-9 else f"{v:g}")
+        ax.xaxis.set_major_formatter(pct)  # no tick label outside 0..100 % on the padding
+        ax.yaxis.set_major_formatter(pct)
+        ax.set_xlabel(f"{x.replace('_', ' ')} [%] ({direction(x)} is better)")
+        ax.set_ylabel(f"{y.replace('_', ' ')} [%] ({direction(y)} is better)")
+        if len(set(np.round(ys, 6))) == 1 and ys:
+            ax.text(0.5, 0.04, f"every point at {ys[0]:.4g}%", transform=ax.transAxes, ha="center", fontsize=7,
+                    color="0.35")
+    ax.set_title(pnl["title"], fontsize=8.5)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+
+
+def report_figure(rep: Report):
+    """The report figure (a matplotlib Figure, Agg), or None when nothing is plottable: one row per figure kind
+    (:data:`PANEL_KINDS`), one panel per (data set, norm, eps) (:func:`plot_panels`), legends beside the axes,
+    limits from the data (:func:`padded_limits`). The caller closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = plot_panels(rep.data)
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
-    for ax, kind in zip(axes[0], panels):
-        if kind == "att":
-            d = pd.DataFrame(data["attack"])
-            d["eps"] = d["eps"].map(_eps_round)
-            for (m, e), g in d.groupby(["model", "eps"]):
-                ax.scatter(100 * g["robust_inaccuracy"], 100 * g["robust_acc"], label=f"{m} eps={e:.3g}", s=30)
-            # fronts only compare models of one data set at the same threat model
-            for i, (_, g) in enumerate(d.groupby(GROUP, dropna=False)):
-                f = pareto_front(g, "robust_inaccuracy", "robust_acc")
-                ax.plot(100 * f["robust_inaccuracy"], 100 * f["robust_acc"], "k--", marker="o", mfc="none", ms=9, lw=1,
-                        label="Pareto front (per data set, norm, eps)" if i == 0 else None)
-            ax.set_xlabel("robust inaccuracy [%]")
-            ax.set_ylabel("robust accuracy [%]")
-            ax.set_title("Robust accuracy vs robust inaccuracy (Fig. 2)")
-        elif kind in ("nat_rob", "sel"):
-            d = pd.concat(data["compose"], ignore_index=True)
-            x, y = ("nat_acc", "robust_acc") if kind == "nat_rob" else ("robust_selection", "selected_robust_acc")
-            for name, g in d.groupby(["table", "selector"]):
-                ax.scatter(100 * g[x], 100 * g[y], s=25, label=" ".join(name))
-            d = d.assign(eps=d["eps"].map(_eps_round)) if "eps" in d else d
-            keys = [k for k in GROUP if k in d.columns]
-            for i, (_, g) in enumerate(d.dropna(subset=[x, y]).groupby(keys, dropna=False) if keys else [(0, d.dropna(subset=[x, y]))]):
-                f = pareto_front(g, x, y)
-                ax.plot(100 * f[x], 100 * f[y], "k--", marker="o", mfc="none", ms=9, lw=1,
-                        label="Pareto front (per data set, norm, eps)" if i == 0 else None)
-            if kind == "nat_rob" and "core_nat_acc" in d:
-                core = d.drop_duplicates("core_model")
-                ax.scatter(100 * core["core_nat_acc"], 100 * core["core_robust_acc"], marker="*", s=120, c="red", label="core alone")
-            ax.set_xlabel(x.replace("_", " ") + " [%]")
-            ax.set_ylabel(y.replace("_", " ") + " [%]")
-            ax.set_title("Compositions (Fig. 4)" if kind == "nat_rob" else "Abstain models (Fig. 3)")
-        elif kind == "pareto":
-            pp = data["pareto"]
-            x, y, pts, front = pp["x"], pp["y"], pp["points"], pp["front"]
-            for name, g in pts.dropna(subset=[x, y]).groupby(["kind", "name"]):
-                ax.scatter(100 * g[x], 100 * g[y], s=22, label=" ".join(name), alpha=0.8)
-            for (ds, nrm, e), f in front.groupby(GROUP, dropna=False):
-                ax.plot(100 * f[x], 100 * f[y], "--", marker="o", mfc="none", ms=10, lw=1.2,
-                        label=f"front {ds or '?'} {nrm} eps={e:.3g}")
-            ax.set_xlabel(f"{x.replace('_', ' ')} [%] ({direction(x)} is better)")
-            ax.set_ylabel(f"{y.replace('_', ' ')} [%] ({direction(y)} is better)")
-            ax.set_title(f"Pareto front: {x} vs {y}")
-        else:
-            for t in data["certify"]:
-                for sg in sorted(t.df["sigma"].unique()):
-                    g = t.df[t.df["sigma"] == sg]
-                    rmax = max(float(g["radius"].max()), 0.1)
-                    rs = np.linspace(0, rmax * 1.05, 100)
-                    ok = (g["predict"] != -1) & g["correct"]
-                    acc = [float((ok & (g["radius"] >= r)).mean()) for r in rs]
-                    est = " (radius ESTIMATES)" if certificate_of(t)[1] else ""
-                    ax.plot(rs, 100 * np.asarray(acc), label=f"{Path(t.path).stem} sigma={sg:g}{est}")
-            ax.set_xlabel("L2 radius")
-            ax.set_ylabel("certified accuracy [%]")
-            ax.set_title("Certified accuracy vs radius")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    rows = [k for k in PANEL_KINDS if any(q["kind"] == k for q in panels)]
+    ncols = max(sum(q["kind"] == k for q in panels) for k in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(6.6 * ncols, 4.0 * len(rows)), squeeze=False,
+                             layout="constrained")
+    strong, light = plt.get_cmap("tab10").colors, plt.get_cmap("tab20").colors[1::2]
+    seen: dict[str, int] = {}
+
+    def colors(name: str):  # one colour per model/composition across every panel: tab10 first, then lighter
+        if name not in seen:
+            seen[name] = len(seen)
+        i = seen[name]
+        return strong[i] if i < 10 else light[(i - 10) % 10]
+
+    for i, k in enumerate(rows):
+        mine = [q for q in panels if q["kind"] == k]
+        for j in range(ncols):
+            if j < len(mine):
+                _draw(axes[i][j], mine[j], colors)
+            else:
+                axes[i][j].set_visible(False)
+    return fig
+
+
+def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
+    """Draw :func:`report_figure`; write ``path`` (PNG or SVG) when given; return the PNG bytes (for HTML), or
+    None when nothing is plottable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(rep)
+    if fig is None:
+        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     if path is not None:

@@ -35,7 +35,7 @@ class Report:
 
 
 def _is_pct(col: str) -> bool:
-    return any(col.endswith(s) for s in PCT_SUFFIXES) or col.startswith(("delta_", "acc@", "inacc@", "sel@", "selacc@"))
+    return any(col.endswith(s) for s in PCT_SUFFIXES) or col.startswith(("delta_", "acc@", "acc_lb@", "inacc@", "sel@", "selacc@"))
 
 
 def _cell(v: Any, col: str) -> str:

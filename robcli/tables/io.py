@@ -20,6 +20,8 @@ from robcli.errors import TableError, UsageError
 from robcli.tables.schema import (
     AGAINST_VALUES,
     FRACTIONS,
+    IMPORTED_COLUMN,
+    IMPORTED_ONLY_NULLS,
     NULLABLE,
     OPTIONAL,
     PARTITION_SPLITS,
@@ -134,12 +136,15 @@ def _coerce_column(s, typ: str, nullable: bool):
     if not pt.is_numeric_dtype(s.dtype) or pt.is_bool_dtype(s.dtype):
         raise ValueError(f"dtype {s.dtype}")
     if typ == "int64":
-        if s.isna().any():
+        missing = s.isna()
+        if missing.any() and not nullable:
             raise ValueError("missing values")
-        v = s.to_numpy()
-        if pt.is_float_dtype(s.dtype) and not (np.isfinite(v).all() and (np.floor(v) == v).all()):
+        v = s[~missing].to_numpy(dtype=float) if missing.any() else s.to_numpy()
+        if (pt.is_float_dtype(s.dtype) or missing.any()) and not (np.isfinite(v).all() and (np.floor(v) == v).all()):
             raise ValueError("non-integer values")
-        return s.astype("int64")
+        # a nullable int column with gaps becomes pandas' nullable Int64 (null in Parquet); without gaps it stays
+        # plain int64, so every reader of robcli's own tables sees the type it always did
+        return s.astype("Int64") if missing.any() else s.astype("int64")
     if typ == "float64":
         out = s.astype("float64")
         if not nullable and out.isna().any():
@@ -184,6 +189,13 @@ def _coerce(df, kind: str, where: str = ""):
         v = v[~np.isnan(v)]
         if v.size and (v.min() < 0 or v.max() > 1):
             raise TableError(f"{pre}{kind} table column {col!r} must hold fractions in [0,1] (got {v.min():g}..{v.max():g})")
+    for col in IMPORTED_ONLY_NULLS.get(kind, ()):
+        empty = df[col].isna().to_numpy()
+        if empty.any():
+            marked = df[IMPORTED_COLUMN] if IMPORTED_COLUMN in df.columns else None
+            if marked is None or marked.isna().any() or not marked[empty].astype(bool).all():
+                raise TableError(f"{pre}{kind} table column {col!r} is empty on rows not marked "
+                                 f"{IMPORTED_COLUMN} = true (only imported logs may lack it)")
     if kind == "partition":
         bad = sorted(set(df["split"]) - set(PARTITION_SPLITS))
         if bad:
@@ -260,6 +272,12 @@ def _read_one(path: Path) -> Table:
     try:
         t = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
+        from robcli.tables.cohen import is_cohen_log
+
+        if is_cohen_log(path):
+            raise TableError(f"{path} is a Cohen-format certification log, not a robcli table: import it with its "
+                             "sigma, N and alpha first (robcli.tables.cohen.import_cohen_log), or give it to report "
+                             "with --sigma") from None
         raise TableError(f"{path} is not a readable Parquet table ({type(e).__name__})") from None
     meta = _decode_meta(t.schema.metadata)
     kind = meta.get("table")

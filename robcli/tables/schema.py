@@ -86,13 +86,20 @@ FRACTIONS: dict[str, tuple[str, ...]] = {
     "certify": ("pA_lower",),
 }
 
-# columns that may legitimately hold NaN (e.g. an accuracy among zero selected examples)
+# columns that may legitimately hold NaN (e.g. an accuracy among zero selected examples). An int64 column
+# listed here may hold nulls (pandas ``Int64``, Parquet null); robcli's own tables never write them, so readers
+# of those tables keep seeing plain int64. certify's ``nA`` is empty only in tables imported from a log that does
+# not record it (Cohen et al.'s format): such rows must carry ``imported = True`` (IMPORTED_COLUMN).
 NULLABLE: dict[str, tuple[str, ...]] = {
     "compose": ("selected_robust_acc", "threshold"),
     "train_log": ("val_robust_acc", "val_robust_inaccuracy"),
-    "certify": ("pA_lower",),
+    "certify": ("pA_lower", "nA"),
     "attack": ("adv_margin", "clean_margin"),
 }
+
+# nullable columns that may be empty only on rows marked imported (``IMPORTED_COLUMN`` true)
+IMPORTED_ONLY_NULLS: dict[str, tuple[str, ...]] = {"certify": ("nA",)}
+IMPORTED_COLUMN = "imported"
 
 PARTITION_SPLITS = ("robust_accurate", "robust_inaccurate", "nonrobust_accurate", "nonrobust_inaccurate")
 

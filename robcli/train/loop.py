@@ -243,6 +243,7 @@ def finetune(
     resume: bool = False,
     force: bool = False,
     command: list[str] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> FinetuneResult:
     """Train or fine-tune a model per ``cfg`` and write a run directory to ``cfg.out``.
 
@@ -252,6 +253,8 @@ def finetune(
         resume: continue ``cfg.out`` from its ``resume_state.pt`` (a fresh run if ``cfg.out`` does not exist).
         force: replace an existing run directory.
         command: the command line, recorded in the table metadata.
+        tensorboard: a folder to write each epoch's train_log row to as TensorBoard scalars
+            (:mod:`robcli.train.tensorboard`; not part of the configuration: it changes no result).
 
     Raises:
         UsageError, DataError, ModelError: bad configuration; nothing is written in that case.
@@ -266,6 +269,10 @@ def finetune(
 
     cb = cb or _noop
     out = Path(cfg.out)
+    if tensorboard is not None:  # before anything is written
+        from robcli.train import tensorboard as tb
+
+        tb.check_available(tensorboard)
     state = None
     if out.exists():
         if not out.is_dir():
@@ -348,6 +355,7 @@ def finetune(
 
     n = len(train)
     nb = max(1, n // cfg.batch + (1 if n % cfg.batch > 1 else 0))  # a trailing batch of 1 is dropped (BatchNorm)
+    writer = tb.open_writer(tensorboard, first_epoch=start + 1) if tensorboard is not None else None
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
@@ -401,11 +409,16 @@ def finetune(
                 "optimizer": opt.state_dict(), "gen_data": g_data.get_state(), "gen_loss": g_loss.get_state().cpu(),
                 "rng_cpu": torch.get_rng_state(), "rows": json.dumps(rows), "best": json.dumps(best),
             }, out / RESUME)
+            if writer is not None:  # after the resume state: TensorBoard never shows an epoch --resume redoes
+                tb.write_epoch(writer, row)
             cb(epoch + 1, cfg.epochs, "epochs")
     except BaseException:
         if new_run and not rows and out.exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing resumable: leave nothing behind
         raise
+    finally:
+        if writer is not None:
+            writer.close()
 
     df = pd.DataFrame(rows)
     best_row = df[df["epoch"] == best["epoch"]].iloc[0]

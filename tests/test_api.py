@@ -1,0 +1,147 @@
+"""robcli.api: the functions give the same tables as the commands, take in-memory modules and tensors, and
+raise robcli's typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import robcli.api as rc
+from robcli.errors import DataError, TableError, UsageError
+from robcli.tables.io import read_table
+
+CERT = dict(sigma=[0.12, 0.25], N0=20, N=300, alpha=0.01, seed=3)
+
+
+def _drop_time(df):
+    return df.drop(columns=["time"]).reset_index(drop=True)
+
+
+def _linear_model():
+    """Left (0) vs right (1) of x = 0.5 on the gaussians data: certified right, certified wrong (class 2) and
+    abstentions near the boundary all occur."""
+    net = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[-20.0, 0.0], [20.0, 0.0], [0.0, 0.0]]))
+        net.bias.copy_(torch.tensor([10.0, -10.0, -100.0]))
+    return net
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The model as a TorchScript file (robcli certify --model FILE.pt)."""
+    import warnings
+
+    d = tmp_path_factory.mktemp("api")
+    with warnings.catch_warnings():  # torch 2.10 marks TorchScript deprecated; robcli still loads such files
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(_linear_model()).save(str(d / "linear.pt"))
+    return d / "linear.pt"
+
+
+@pytest.fixture(scope="module")
+def cli_cert(run, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from robcli.cli.main import app
+
+    out = tmp_path_factory.mktemp("apicli") / "cert.parquet"
+    r = CliRunner().invoke(app, ["certify", "--model", str(run), "--dataset", "gaussians", "--n-ex", "30",
+                                 "--sigma", "0.12", "--sigma", "0.25", "--N0", "20", "--N", "300", "--alpha", "0.01",
+                                 "--seed", "3", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_certify_equals_the_command(run, cli_cert, tmp_path):
+    want = read_table(cli_cert, "certify")
+    got = rc.certify(str(run), "gaussians", n_ex=30, **CERT)
+    pd.testing.assert_frame_equal(_drop_time(got), _drop_time(want.df))
+    assert got.attrs["table"] == "certify" and got.attrs["config"] == want.config
+    assert got.attrs["models"] == want.meta["models"] and got.attrs["data"] == want.meta["data"]
+    # certified right, certified wrong and abstentions: a comparison that can tell tables apart
+    assert got["predict"].eq(-1).any() and (got["predict"] == got["label"]).any()
+    # out= writes the same table the command writes
+    out = rc.certify(str(run), "gaussians", n_ex=30, out=tmp_path / "c.parquet", **CERT)
+    pd.testing.assert_frame_equal(_drop_time(read_table(tmp_path / "c.parquet", "certify").df), _drop_time(want.df))
+    assert out.attrs["path"] == str(tmp_path / "c.parquet")
+    with pytest.raises(UsageError, match="exists"):
+        rc.certify(str(run), "gaussians", n_ex=30, out=tmp_path / "c.parquet", **CERT)
+
+
+def test_certify_takes_a_module_and_tensors(run, cli_cert):
+    from robcli.data.registry import load_split
+
+    want = read_table(cli_cert, "certify").df
+    data = load_split("gaussians", "test").select(n_ex=30)
+    module = _linear_model()
+    x, y = data.tensors()
+    got = rc.certify(module, (x, y), **CERT)
+    # same model, same inputs, same seed: the same certificates (indices 0..29 here as there)
+    pd.testing.assert_frame_equal(_drop_time(got), _drop_time(want))
+    assert got.attrs["models"][0]["path"] == "<in-memory Linear>" and got.attrs["models"][0]["sha256"]
+    assert got.attrs["data"]["in_memory"] is True and got.attrs["config"]["model"] is None
+    ds = torch.utils.data.TensorDataset(x, y)
+    pd.testing.assert_frame_equal(_drop_time(rc.certify(module, ds, **CERT)), _drop_time(want))
+
+
+def test_partition_and_report_equal_the_commands(cli, cli_cert, tmp_path):
+    part_cli = tmp_path / "p.parquet"
+    r = cli("partition", cli_cert, "--radius", "0.1", "--sigma", "0.12", "--out", part_cli, "-q")
+    assert r.exit_code == 0, r.output
+    want = read_table(part_cli, "partition")
+    for table in (str(cli_cert), rc.read(cli_cert)):
+        got = rc.partition(table, radius=0.1, sigma=0.12)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.df.reset_index(drop=True))
+        assert set(got["split"]) >= {"robust_accurate"} and got.attrs["summary"] is not None
+    r = cli("report", cli_cert, "--radius", "0", "--radius", "0.1", "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = {s["title"]: s["rows"] for s in json.loads(r.stdout)["sections"]}
+    rep = rc.report(str(cli_cert), radii=[0, 0.1])
+    assert set(rep) == {"certified", "certified_selector", "certified_bound"}
+    for key, df in rep.items():
+        rows = doc[df.attrs["title"]]
+        assert len(rows) == len(df)
+        for col in df.columns:
+            if df[col].dtype.kind == "f":
+                assert list(df[col]) == pytest.approx([row[col] for row in rows], nan_ok=True), (key, col)
+            else:
+                assert [str(v) for v in df[col]] == [str(row[col]) for row in rows], (key, col)
+    # an API table (in memory) reports the same numbers
+    mem = rc.report(rc.read(cli_cert), radii=[0, 0.1])
+    pd.testing.assert_frame_equal(mem["certified_bound"].drop(columns="model"),
+                                  rep["certified_bound"].drop(columns="model"))
+
+
+def test_import_cohen_log_equals_certify_import(cli, tmp_path):
+    log = tmp_path / "sigma_0.25"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t2.0\n1\t0\t-1\t0.0\t0\t2.0\n"
+                   "2\t2\t0\t0.1\t0\t2.0\n")
+    cli_out = tmp_path / "c.parquet"
+    assert cli("certify", "--import", log, "--sigma", "0.25", "--out", cli_out, "-q").exit_code == 0
+    got = rc.import_cohen_log(log, sigma=0.25)
+    want = read_table(cli_out, "certify")
+    pd.testing.assert_frame_equal(got, want.df, check_like=False)
+    assert got.attrs["config"] == want.config
+    part = rc.partition(got, radius=0.2)
+    assert list(part.set_index("idx")["split"]) == ["robust_accurate", "nonrobust_inaccurate", "nonrobust_inaccurate"]
+
+
+def test_typed_errors_never_exit(run):
+    with pytest.raises(DataError, match=r"in \[0, 1\]"):
+        rc.certify(torch.nn.Linear(2, 3), (torch.full((4, 2), 2.0), torch.zeros(4, dtype=torch.long)), N=100)
+    with pytest.raises(DataError, match="labels must be integers"):
+        rc.certify(torch.nn.Linear(2, 3), (torch.rand(4, 2), torch.zeros(4)), N=100)
+    with pytest.raises(UsageError, match="data set name"):
+        rc.certify(torch.nn.Linear(2, 3), 42)
+    with pytest.raises(UsageError, match="--alpha"):
+        rc.certify(str(run), "gaussians", n_ex=3, alpha=2.0)
+    with pytest.raises(DataError, match="unknown data set"):
+        rc.certify(str(run), "nope")
+    with pytest.raises(TableError, match="no robcli table metadata"):
+        rc.partition(pd.DataFrame({"idx": [0]}), radius=0.1)
+    with pytest.raises(UsageError, match="no tables"):
+        rc.report()
