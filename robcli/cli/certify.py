@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from robcli.cli.certify_mix import LipschitzOpt, MethodOpt, MixEpsOpt, MixNormOpt, MixOpt, ScaleHOpt
 from robcli.cli.common import (
     ArchOpt,
     DataDirOpt,
@@ -28,6 +29,7 @@ from robcli.cli.common import (
 
 @handle_errors
 def certify(
+    ctx: typer.Context,
     model: ModelOpt,
     dataset: DatasetOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Output certify table (.parquet); one row per example x sigma.")],
@@ -52,11 +54,22 @@ def certify(
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    method: MethodOpt = "cohen",
+    lipschitz: LipschitzOpt = None,
+    eps: MixEpsOpt = None,
+    norm: MixNormOpt = None,
+    mix: MixOpt = None,
+    scale_h: ScaleHOpt = None,
 ) -> None:
     """Certify each example with Cohen et al.'s CERTIFY (N0, N, alpha) at every --sigma.
 
     Noise is added in [0,1] pixel space before the model's own normalization and is not clipped.
+    --method mix-... certifies a fixed-alpha mixture instead (its run dir, or --model H --mix A).
     """
+    if method != "cohen" or any(v is not None for v in (lipschitz, eps, norm, mix, scale_h)):
+        from robcli.cli.certify_mix import certify_mix
+
+        return certify_mix(ctx, **{k: v for k, v in locals().items() if k != "ctx"})
     from pathlib import Path
 
     from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text

@@ -159,7 +159,7 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                                     "Sound rule: see `robcli compose --help`; deltas are against the core model; "
                                     "pareto: non-dominated on (nat_acc, robust_acc) within one data set and threat model."))
     if cert:
-        est_note = (" Rows marked [ESTIMATE] are built on radius estimates (mix certify --method local, 004 App. C.3), "
+        est_note = (" Rows marked [ESTIMATE] are built on radius estimates (certify --method mix-local-estimate, 004 App. C.3), "
                     "not certificates: their numbers are estimates." if estimates else "")
         rep.sections.append(Section("Certified accuracy (acc@r) and certified robust inaccuracy (inacc@r) at L2 radii (Tables 2/3)",
                                     pd.DataFrame(cert), est_note.strip()))
