@@ -369,7 +369,7 @@ def confidences(tables, views, specs, runs, radii, steps, device, seed, data_dir
                 missing.append(r)
             lows.append(min_conf_over_rows(at_r, v.df.index))  # 1.0 where the radius has no rows
         if runs:
-            from robcli.compose.confidence import load_view_examples, softmaxconfidences
+            from robcli.compose.confidence import load_view_examples, softmax_confidences
             from robcli.models import load_model
             from robcli.utils.device import resolve_device
 
@@ -377,7 +377,7 @@ def confidences(tables, views, specs, runs, radii, steps, device, seed, data_dir
             lm = load_model(runs[i], dataset_info=info)
             dev = resolve_device(device)
             for k, r in enumerate(radii):
-                c2, m2 = softmaxconfidences(lm.model, x, eps=r, norm=v.norm, steps=steps, seed=seed, device=dev)
+                c2, m2 = softmax_confidences(lm.model, x, eps=r, norm=v.norm, steps=steps, seed=seed, device=dev)
                 cc = c2 if cc is None else cc
                 lows[k] = np.minimum(lows[k], m2)
         elif missing:
