@@ -33,7 +33,7 @@ def test_finetune_cli_runs(cli, tmp_path):
         (["--loss", "std", "--epochs", "0"], "--epochs"),
         (["--loss", "std", "--augment", "standard"], "vector data"),
         (["--loss", "mixnet"], "needs --core G and --robust H"),
-        (["--loss", "std", "--core", "g"], "--core belong to --loss mixnet"),
+        (["--loss", "std", "--core", "g"], "--core does not apply without --loss mixnet"),
         (["--loss", "std", "--model", "no_such_arch"], "not a registered architecture"),
         (["--loss", "std", "--train-subset", "/nonexistent/file"], "--train-subset"),
     ],
@@ -187,4 +187,4 @@ def test_finetune_mixnet_passes_mix_space_and_scales(cli, mix_members, tmp_path)
         assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.output
         assert not o.exists()
     r = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--scale-g", "2", "--out", tmp_path / "s", "--quiet")
-    assert r.exit_code == 2 and "--scale-g belong to --loss mixnet" in r.output
+    assert r.exit_code == 2 and "--scale-g does not apply without --loss mixnet" in r.output

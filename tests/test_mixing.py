@@ -583,24 +583,6 @@ def test_alpha_sweep_std_rob_attacks_target_the_scaled_members(pair, monkeypatch
         S.alpha_sweep(g, h, x, y, [0.5], eps=0.1, scale_g=0.0)
 
 
-def test_registered_mixnet_loss_trains_only_the_alpha_network():
-    import robcli.losses.mixnet  # noqa: F401  (registers "mixnet")
-    from robcli.losses import LOSSES, LossConfig
-
-    m = adaptive()
-    m.train()
-    x, y = xs(n=8)
-    g_before = [p.clone() for p in m.g.parameters()]
-    loss, terms = LOSSES["mixnet"](m, x, y, LossConfig(eps=0.1, attack_steps=2), torch.Generator().manual_seed(0))
-    loss.backward()
-    assert np.isfinite(float(loss.detach())) and {"ce", "bce", "alpha_clean", "alpha_adv"} <= set(terms)
-    assert all(p.grad is not None for p in m.alpha_net.parameters())
-    assert all(p.grad is None for p in m.g.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(g_before, m.g.parameters()))
-    with pytest.raises(UsageError, match="--core G and --robust H"):
-        LOSSES["mixnet"](tiny(), x, y, LossConfig(eps=0.1), None)
-
-
 def test_attack_frame_attacks_the_clean_prediction_not_the_label(pair, monkeypatch):
     """Mixture attack tables judge robustness against the model's own prediction (DESIGN.md), so wrong
     predictions are attacked too and robust inaccuracy is measured."""

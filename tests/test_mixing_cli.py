@@ -1,4 +1,5 @@
-"""`robcli mix ...` in-process: build, sweep, train, attack, certify; bad input = one line, exit 2, nothing written."""
+"""Mixtures through the six verbs, in-process: compose --mix (build) / --mix-sweep, finetune --loss mixnet, attack
+--setting, certify --method mix-...; bad input = one line, exit 2, nothing written; `robcli mix` refused."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
     from robcli.tables.io import read_table
 
     run = tmp_path / "mix"
-    res = cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.7", "--export", run, "-q")
+    res = cli("compose", "--mix", "0.7", "--core", members["g"], "--robust", members["h"], "--export", run, "-q")
     assert res.exit_code == 0, res.output
     assert json.loads((run / "card.json").read_text())["arch"] == "mixnet"
     lm = load_model(str(run))  # the run-kind hook of robcli.models.load: every command that takes --model loads a mixture
@@ -63,7 +64,7 @@ def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
     assert json.loads((run / "card.json").read_text())["mixnet"]["alpha"] == 0.7
     assert lm.model.alpha_value == 0.7
     out = tmp_path / "att.parquet"
-    res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--steps", "5",
+    res = cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--steps", "5",
               "--n-ex", "40", "-o", out)
     assert res.exit_code == 0, res.output
     t = read_table(out, "attack")
@@ -76,9 +77,9 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
     from robcli.tables.io import read_table
 
     run = tmp_path / "adaptive"
-    res = cli("mix", "train", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
-              "--out", run, "--epochs", "1", "--n-ex", "128", "--attack-steps", "2", "--alpha-min", "0.3",
-              "--alpha-max", "0.9", "--ema", "0.8", "--blocks", "2", "--eps-low", "0.5", "--alpha-weight", "0.3", "-q")
+    res = cli("finetune", "--loss", "mixnet", "--core", members["g"], "--robust", members["h"], "-d", "digits",
+              "--eps", "0.1", "--out", run, "--epochs", "1", "--n-ex", "128", "--attack-steps", "2", "--mix-min", "0.3",
+              "--mix-max", "0.9", "--ema", "0.8", "--blocks", "2", "--eps-low", "0.5", "--mix-attack-weight", "0.3", "-q")
     assert res.exit_code == 0, res.output
     card = json.loads((run / "card.json").read_text())
     assert card["mixnet"]["alpha"] is None and card["mixnet"]["alpha_range"] == [0.3, 0.9]
@@ -86,8 +87,9 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
     assert cfg["blocks"] == 2 and cfg["eps_low"] == 0.5 and cfg["alpha_weight"] == 0.3
     assert card["mixnet"]["alpha_net"]["blocks"] == 2
     assert card["training"]["config"]["c_bce"] == 1.5 and len(card["training"]["log"]) == 1
+    assert cfg["batch"] == 128  # --loss mixnet's own default (AdamW on the mixing network), not finetune's 200
     out = tmp_path / "d.parquet"
-    res = cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-iter", "5",
+    res = cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--steps", "5",
               "--n-targets", "2", "--n-queries", "20", "--n-ex", "16", "-o", out, "-q")
     assert res.exit_code == 0, res.output
     t = read_table(out, "attack")
@@ -100,8 +102,8 @@ def test_sweep_writes_a_compose_table(cli, members, tmp_path):
     from robcli.tables.io import read_table
 
     out = tmp_path / "sweep.parquet"
-    res = cli("mix", "sweep", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
-              "--alpha", "0", "--alpha", "0.5", "--alpha", "1", "--steps", "3", "--n-ex", "64", "-o", out)
+    res = cli("compose", "--mix-sweep", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps",
+              "0.1", "--mix-grid", "0", "--mix-grid", "0.5", "--mix-grid", "1", "--steps", "3", "--n-ex", "64", "-o", out)
     assert res.exit_code == 0, res.output
     t = read_table(out, "compose")
     assert list(t.df["threshold"]) == [0.0, 0.5, 1.0] and (t.df["selector"] == "fixed-alpha").all()
@@ -112,36 +114,37 @@ def test_certify_mixture_radii_table(cli, members, tmp_path):
     from robcli.tables.io import read_table
 
     out = tmp_path / "cert.parquet"
-    res = cli("mix", "certify", "--robust", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25",
-              "--N0", "20", "--N", "200", "--alpha", "0.01", "--n-ex", "8", "-o", out)
+    res = cli("certify", "--method", "mix-smoothed-h", "--model", members["h"], "-d", "digits", "--mix", "0.8",
+              "--sigma", "0.25", "--N0", "20", "--N", "200", "--alpha", "0.01", "--n-ex", "8", "-o", out)
     assert res.exit_code == 0, res.output
     df = read_table(out, "certify").df
     assert len(df) == 8 and (df["radius"] >= 0).all() and (df["mix_alpha"] == 0.8).all()
+    assert (df["method"] == "mix-smoothed-h").all() and read_table(out, "certify").config["method"] == "mix-smoothed-h"
     assert ((df["predict"] == -1) == (df["radius"] == 0)).all()
     # L2 certificates carry the Linf radius they imply (r / sqrt(64) on digits), so an Linf question can be
     # answered soundly (issue 9, item 7b)
     assert (df["norm"] == "L2").all()
     np.testing.assert_allclose(df["radius_linf"], df["radius"] / 8.0)
     out2 = tmp_path / "local.parquet"
-    res = cli("mix", "certify", "--robust", members["h"], "-d", "digits", "--mix", "0.9", "--method", "local",
+    res = cli("certify", "--model", members["h"], "-d", "digits", "--mix", "0.9", "--method", "mix-local-estimate",
               "--eps", "0.05", "--norm", "Linf", "--n-ex", "4", "-o", out2)
     assert res.exit_code == 0, res.output
     assert "ESTIMATE" in res.output
     df2 = read_table(out2, "certify").df
-    assert df2["radius_is_estimate"].all()
+    assert df2["radius_is_estimate"].all() and (df2["method"] == "mix-local-estimate").all()
     assert (df2["norm"] == "Linf").all() and (df2["radius_linf"] == df2["radius"]).all()
 
 
-@pytest.mark.parametrize("method", ["smoothing", "lipschitz-rs"])
+@pytest.mark.parametrize("method", ["mix-smoothed-h", "mix-lipschitz-rs"])
 def test_certify_refuses_an_estimation_sample_below_the_mixture_floor(cli, members, tmp_path, method):
     """At weight 0.8 and alpha 0.001 the floor is 17 (not CERTIFY's ceil(log2(1/alpha)) = 10): N = 16 would let
     every input abstain, so it is refused in one line naming the floor; N = 17 runs."""
     out = tmp_path / "cert.parquet"
-    common = ["--robust", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25", "--method", method,
+    common = ["--model", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25", "--method", method,
               "--N0", "10", "--alpha", "0.001", "--n-ex", "2"]
-    _one_line_error(cli("mix", "certify", *common, "--N", "16", "-o", out), "--N 16 is too small", "N >= 17")
+    _one_line_error(cli("certify", *common, "--N", "16", "-o", out), "--N 16 is too small", "N >= 17")
     assert not out.exists()
-    res = cli("mix", "certify", *common, "--N", "17", "-o", out, "-q")
+    res = cli("certify", *common, "--N", "17", "-o", out, "-q")
     assert res.exit_code == 0, res.output
 
 
@@ -149,39 +152,37 @@ def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, mem
     from robcli.tables.io import read_table
 
     run = tmp_path / "mix"
-    assert cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.95", "--scale-h", "3",
+    assert cli("compose", "--mix", "0.95", "--core", members["g"], "--robust", members["h"], "--scale-h", "3",
                "--export", run, "-q").exit_code == 0
-    common = ["-d", "digits", "--method", "lipschitz", "--lipschitz", "0.3", "--norm", "L2", "--n-ex", "16"]
+    common = ["-d", "digits", "--method", "mix-lipschitz", "--lipschitz", "0.3", "--norm", "L2", "--n-ex", "16"]
     a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
-    res = cli("mix", "certify", "--model", run, *common, "-o", a, "-q")
+    res = cli("certify", "--model", run, *common, "-o", a, "-q")
     assert res.exit_code == 0, res.output
-    res = cli("mix", "certify", "--robust", members["h"], "--mix", "0.95", "--scale-h", "3", *common, "-o", b, "-q")
+    res = cli("certify", "--model", members["h"], "--mix", "0.95", "--scale-h", "3", *common, "-o", b, "-q")
     assert res.exit_code == 0, res.output
     ta, tb = read_table(a, "certify"), read_table(b, "certify")
     timing = [k for k in ta.df.columns if k in ("seconds", "time")]
     assert ta.df.drop(columns=timing).equals(tb.df.drop(columns=timing)) and (ta.df["mix_alpha"] == 0.95).all()
+    assert tb.config["model"] is None and tb.config["robust"] == members["h"]  # h for any core model
     assert (ta.df["radius"] > 0).any()
     assert ta.config["scale_h"] == 3 and ta.config["mix_alpha"] == 0.95 and ta.config["model"] == str(run)
     # the scale matters (so the card's value was really used): without it the radii differ
-    res = cli("mix", "certify", "--robust", members["h"], "--mix", "0.95", *common, "-o", c, "-q")
+    res = cli("certify", "--model", members["h"], "--mix", "0.95", *common, "-o", c, "-q")
     assert res.exit_code == 0 and not read_table(c, "certify").df["radius"].equals(ta.df["radius"])
     # explicit flags that agree with the card are accepted
     d = tmp_path / "d.parquet"
-    res = cli("mix", "certify", "--model", run, "--mix", "0.95", "--robust", members["h"], "--scale-h", "3", *common,
-              "-o", d, "-q")
+    res = cli("certify", "--model", run, "--mix", "0.95", "--scale-h", "3", *common, "-o", d, "-q")
     assert res.exit_code == 0, res.output
     # conflicting ones, an adaptive run, and neither spelling: one line, nothing written
     adaptive = tmp_path / "adaptive"
-    assert cli("mix", "train", "--core", members["g"], "--robust", members["h"], "-d", "digits", "--eps", "0.1",
-               "--epochs", "1", "--n-ex", "64", "--attack-steps", "1", "-o", adaptive, "-q").exit_code == 0
+    assert cli("finetune", "--loss", "mixnet", "--core", members["g"], "--robust", members["h"], "-d", "digits",
+               "--eps", "0.1", "--epochs", "1", "--n-ex", "64", "--attack-steps", "1", "-o", adaptive, "-q").exit_code == 0
     e = tmp_path / "e.parquet"
     for extra, words in ((["--model", run, "--mix", "0.7"], ["conflicts with --mix 0.7", "alpha is 0.95"]),
-                         (["--model", run, "--robust", members["g"]], ["conflicts with --robust"]),
                          (["--model", run, "--scale-h", "2"], ["conflicts with --scale-h 2", "scale_h is 3"]),
                          (["--model", adaptive], ["adaptive mixture"]),
-                         (["--model", members["h"]], ["not a mixture run directory"]),
-                         (["--robust", members["h"]], ["--model MIXRUN", "both --robust and --mix"])):
-        res = cli("mix", "certify", *extra, *common, "-o", e)
+                         (["--model", members["h"]], ["not a mixture run directory", "--mix A"])):
+        res = cli("certify", *extra, *common, "-o", e)
         assert res.exit_code != 0
         lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("robcli: error:") and all(w in lines[0] for w in words), res.output
@@ -189,15 +190,15 @@ def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, mem
 
 
 @pytest.mark.parametrize("args,words", [
-    (["build", "--alpha", "1.5"], ["--alpha", "[0, 1]"]),
-    (["build", "--alpha", "0.5", "--robust-k7"], ["class counts"]),
-    (["train", "--alpha-min", "0.9", "--alpha-max", "0.2"], ["alpha_min 0.9 > alpha_max 0.2"]),
+    (["build", "--mix", "1.5"], ["--mix", "[0, 1]"]),
+    (["build", "--mix", "0.5", "--robust-k7"], ["class counts"]),
+    (["train", "--mix-min", "0.9", "--mix-max", "0.2"], ["--mix-min 0.9 > --mix-max 0.2"]),
     (["train", "--layers-g", "net.nope,net.features.6"], ["no layer 'net.nope'", "available layers"]),
-    (["sweep", "--alpha", "-0.2"], ["[0, 1]"]),
+    (["sweep", "--mix-grid", "-0.2"], ["--mix-grid", "[0, 1]"]),
     (["train", "--eps-low", "1.5"], ["--eps-low 1.5", "[0, 1]"]),
     (["train", "--eps-low", "nan"], ["--eps-low", "[0, 1]"]),
-    (["train", "--alpha-weight", "-0.5"], ["--alpha-weight -0.5", ">= 0"]),
-    (["train", "--alpha-weight", "inf"], ["--alpha-weight", ">= 0"]),
+    (["train", "--mix-attack-weight", "-0.5"], ["-0.5", ">= 0"]),
+    (["train", "--mix-attack-weight", "inf"], [">= 0"]),
     (["train", "--blocks", "0"], ["--blocks", ">= 1"]),
 ])
 def test_bad_input_one_line_nothing_written(cli, members, tmp_path, args, words):
@@ -207,21 +208,22 @@ def test_bad_input_one_line_nothing_written(cli, members, tmp_path, args, words)
     extra = [a for a in args[1:] if a != "--robust-k7"]
     common = ["--core", members["g"], "--robust", rob]
     if sub == "build":
-        cmd = ["mix", "build", *common, "--export", out, *extra]
+        cmd = ["compose", *common, "--export", out, *extra]
     elif sub == "train":
-        cmd = ["mix", "train", *common, "-d", "digits", "--eps", "0.1", "--out", out, "--epochs", "1", "--n-ex", "64", *extra]
+        cmd = ["finetune", "--loss", "mixnet", *common, "-d", "digits", "--eps", "0.1", "--out", out, "--epochs", "1",
+               "--n-ex", "64", *extra]
     else:
-        cmd = ["mix", "sweep", *common, "-d", "digits", "--eps", "0.1", "-o", out, "--n-ex", "8", *extra]
+        cmd = ["compose", "--mix-sweep", *common, "-d", "digits", "--eps", "0.1", "-o", out, "--n-ex", "8", *extra]
     _one_line_error(cli(*cmd), *words)
     assert not out.exists()
 
 
 def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, members, tmp_path):
     run = tmp_path / "mix"
-    assert cli("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.6", "--export", run,
+    assert cli("compose", "--mix", "0.6", "--core", members["g"], "--robust", members["h"], "--export", run,
                "-q").exit_code == 0
     out = tmp_path / "a.parquet"
-    _one_line_error(cli("mix", "attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "A", "-o", out),
+    _one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "A", "-o", out),
                     "fixed alpha")
     assert not out.exists()
 
@@ -248,22 +250,22 @@ def mixcerts(members, tmp_path_factory):
     """One table per mix certify method on the same 16 digits (L2), and the mixture run dir they refer to."""
     d = tmp_path_factory.mktemp("mixcerts")
     run = d / "mix"
-    assert _invoke("mix", "build", "--core", members["g"], "--robust", members["h"], "--alpha", "0.95", "--scale-h", "10",
+    assert _invoke("compose", "--mix", "0.95", "--core", members["g"], "--robust", members["h"], "--scale-h", "10",
                    "--export", run, "-q").exit_code == 0
-    common = ["-d", "digits", "--n-ex", "16", "--norm", "L2"]
+    common = ["-d", "digits", "--n-ex", "16"]
     smoothed = ["--sigma", "0.25", "--N0", "20", "--N", "200", "--alpha", "0.01"]
     specs = {
-        "smoothing": ["--model", run, "--method", "smoothing", *smoothed],
-        "lipschitz-rs": ["--robust", members["h"], "--mix", "0.95", "--method", "lipschitz-rs", *smoothed],
-        "lipschitz": ["--model", run, "--method", "lipschitz", "--lipschitz", "0.3"],
-        "lipschitz-h": ["--robust", members["h"], "--mix", "0.95", "--scale-h", "10", "--method", "lipschitz",
-                        "--lipschitz", "0.3"],
-        "local": ["--model", run, "--method", "local", "--eps", "0.05"],
+        "smoothing": ["--model", run, "--method", "mix-smoothed-h", *smoothed],
+        "lipschitz-rs": ["--model", members["h"], "--mix", "0.95", "--method", "mix-lipschitz-rs", *smoothed],
+        "lipschitz": ["--model", run, "--method", "mix-lipschitz", "--lipschitz", "0.3", "--norm", "L2"],
+        "lipschitz-h": ["--model", members["h"], "--mix", "0.95", "--scale-h", "10", "--method", "mix-lipschitz",
+                        "--lipschitz", "0.3", "--norm", "L2"],
+        "local": ["--model", run, "--method", "mix-local-estimate", "--eps", "0.05", "--norm", "L2"],
     }
     out = {"run": str(run)}
     for name, args in specs.items():
         p = d / f"{name}.parquet"
-        res = _invoke("mix", "certify", *args, *common, "-o", p)
+        res = _invoke("certify", *args, *common, "-o", p)
         assert res.exit_code == 0, res.output
         out[name] = str(p)
         out[name + ":output"] = res.output
@@ -360,4 +362,4 @@ def test_lipschitz_mixture_certificates_stay_usable_and_name_the_mixture(cli, mi
     _one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz-h"], "--eps", "0.01", "--robust-model", members["h"],
                         "-o", out, "--force"), t, f"certifies the mixture run {run}, not {members['h']}")
     _one_line_error(cli("compose", "-r", mixcerts["lipschitz-h"], "-c", t, "--eps", "0.01", "--robust-model", run,
-                        "-o", out, "--force"), "for any core model", "mix certify --model RUN")
+                        "-o", out, "--force"), "for any core model", "certify --method mix-... --model RUN")

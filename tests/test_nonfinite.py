@@ -214,20 +214,20 @@ def nan_weights_runs(tmp_path_factory):
 
 def test_mix_sweep_names_the_member(cli, models, tmp_path):
     out = tmp_path / "s.parquet"
-    common = ["-d", "gaussians", "--n-ex", N_EX, "--steps", "5", "--alpha", "0", "--alpha", "1", "-o", out, "-q"]
-    r = cli("mix", "sweep", "--core", models["ok"], "--robust", models["nan"], "--eps", "0.01", *common)
+    common = ["-d", "gaussians", "--n-ex", N_EX, "--steps", "5", "--mix-grid", "0", "--mix-grid", "1", "-o", out, "-q"]
+    r = cli("compose", "--mix-sweep", "--core", models["ok"], "--robust", models["nan"], "--eps", "0.01", *common)
     _one_line_error(r, f"robust model {models['nan']} (member h)", "clean inputs")
-    r = cli("mix", "sweep", "--core", models["far"], "--robust", models["ok"], "--eps", "0.2", *common)
+    r = cli("compose", "--mix-sweep", "--core", models["far"], "--robust", models["ok"], "--eps", "0.2", *common)
     _one_line_error(r, f"core model {models['far']} (member g)", "inside the eps-balls")
     assert not out.exists()
-    r = cli("mix", "sweep", "--core", models["far"], "--robust", models["ok"], "--eps", "0.01", *common)
+    r = cli("compose", "--mix-sweep", "--core", models["far"], "--robust", models["ok"], "--eps", "0.01", *common)
     assert r.exit_code == 0, r.output
 
 
 def test_mix_attack_names_the_mixture_and_member(cli, models, tmp_path):
     for which, eps, needle in (("nan", "0.01", "clean inputs"), ("far_up", "0.2", "inside the eps-balls")):
         run = tmp_path / f"mix-{which}"
-        r = cli("mix", "build", "--core", models["const"], "--robust", models[which], "--alpha", "0.7",
+        r = cli("compose", "--mix", "0.7", "--core", models["const"], "--robust", models[which],
                 "--export", run, "-q")
         assert r.exit_code == 0, r.output
         out = tmp_path / f"a-{which}.parquet"
@@ -237,38 +237,37 @@ def test_mix_attack_names_the_mixture_and_member(cli, models, tmp_path):
         assert not out.exists()
 
 
-@pytest.mark.parametrize("method", ["smoothing", "lipschitz", "local"])
+@pytest.mark.parametrize("method", ["mix-smoothed-h", "mix-lipschitz", "mix-local-estimate"])
 def test_mix_certify_refuses_a_nan_robust_model(cli, models, tmp_path, method):
-    extra = {"smoothing": ["--sigma", "0.05", "--N0", "20", "--N", "100", "--alpha", "0.01"],
-             "lipschitz": ["--lipschitz", "1"], "local": ["--eps", "0.2", "--norm", "Linf"]}[method]
+    extra = {"mix-smoothed-h": ["--sigma", "0.05", "--N0", "20", "--N", "100", "--alpha", "0.01"],
+             "mix-lipschitz": ["--lipschitz", "1"], "mix-local-estimate": ["--eps", "0.2", "--norm", "Linf"]}[method]
     out = tmp_path / "c.parquet"
-    r = cli("mix", "certify", "--robust", models["nan"], "--mix", "0.8", "-d", "gaussians", "--n-ex", N_EX,
+    r = cli("certify", "--model", models["nan"], "--mix", "0.8", "-d", "gaussians", "--n-ex", N_EX,
             "--method", method, *extra, "-o", out)
     _one_line_error(r, f"robust model {models['nan']} (member h)", "clean inputs")
-    if method != "lipschitz":  # NaN met under noise / inside the ball (the Lipschitz method only reads h(x))
-        r = cli("mix", "certify", "--robust", models["far"], "--mix", "0.8", "-d", "gaussians", "--n-ex", N_EX,
+    if method != "mix-lipschitz":  # NaN met under noise / inside the ball (the Lipschitz method only reads h(x))
+        r = cli("certify", "--model", models["far"], "--mix", "0.8", "-d", "gaussians", "--n-ex", N_EX,
                 "--method", method, *extra, "-o", out)
         _one_line_error(r, f"robust model {models['far']} (member h)",
-                        "Gaussian-noisy" if method == "smoothing" else "eps-balls")
+                        "Gaussian-noisy" if method == "mix-smoothed-h" else "eps-balls")
     assert not out.exists()
 
 
 def test_mix_train_refuses_a_nan_member(cli, nan_weights_runs, tmp_path):
     out = tmp_path / "adaptive"
-    r = cli("mix", "train", "--core", nan_weights_runs["nan"], "--robust", nan_weights_runs["ok"], "-d", "digits",
+    r = cli("finetune", "--loss", "mixnet", "--core", nan_weights_runs["nan"], "--robust", nan_weights_runs["ok"], "-d", "digits",
             "--eps", "0.1", "--out", out, "--epochs", "1", "--n-ex", "64", "--attack-steps", "1", "-q")
     _one_line_error(r, f"core model {nan_weights_runs['nan']} (member g)", "clean training inputs")
     assert not out.exists()
 
 
-@pytest.mark.parametrize("sub", [False, True])
-def test_mix_attack_control_runs_where_the_ball_stays_finite(cli, models, tmp_path, sub):
+def test_mix_attack_control_runs_where_the_ball_stays_finite(cli, models, tmp_path):
     run = tmp_path / "mix"
-    assert cli("mix", "build", "--core", models["const"], "--robust", models["far_up"], "--alpha", "0.7",
+    assert cli("compose", "--mix", "0.7", "--core", models["const"], "--robust", models["far_up"],
                "--export", run, "-q").exit_code == 0
     out = tmp_path / "a.parquet"
-    args = ["--model", run, "-d" if sub else "--dataset", "gaussians", "--eps", "0.01", "--n-ex", N_EX, "-o", out]
-    r = cli("mix", "attack", *args, "--steps", "5") if sub else cli("attack", *args, "--setting", "B", "--steps", "5")
+    args = ["--model", run, "--dataset", "gaussians", "--eps", "0.01", "--n-ex", N_EX, "-o", out]
+    r = cli("attack", *args, "--setting", "B", "--steps", "5")
     assert r.exit_code == 0, r.output
 
 

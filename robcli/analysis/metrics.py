@@ -89,7 +89,7 @@ def certificate_of(table) -> tuple[str | None, bool]:
 
 
 def certified_model_name(table, display=str) -> str | None:
-    """What a mixture certify table certifies, as a name: the mixture run directory (``mix certify --model``),
+    """What a mixture certify table certifies, as a name: the mixture run directory (``certify --method mix-... --model RUN``),
     else ``mixture(h=ROBUST, alpha=A)`` (any mixture of that h at that weight); None for other tables.
     ``display`` formats the paths (e.g. a short display name)."""
     from robcli.tables.schema import CERTIFIED_MIXTURE
@@ -116,13 +116,13 @@ def check_certificate(table, *, allow_estimate: bool = False) -> None:
     if cm == CERTIFIED_MIXTURE_SMOOTHED_H:
         robust = table.config.get("robust") or "h"
         raise TableError(
-            f"{table.path} certifies {cm} (mix certify --method smoothing/lipschitz-rs: the mixture whose robust member "
+            f"{table.path} certifies {cm} (certify --method mix-smoothed-h/mix-lipschitz-rs: the mixture whose robust member "
             f"is the Gaussian-smoothed hard classifier of {robust}), not a mixture run directory or any model robcli "
-            "loads; for the run directory's own classifier certify with --method lipschitz"
+            "loads; for the run directory's own classifier certify with --method mix-lipschitz"
         )
     if est and not allow_estimate:
         raise TableError(
-            f"{table.path} holds radius ESTIMATES of {cm or 'a model'} (radius_is_estimate; mix certify --method local, "
+            f"{table.path} holds radius ESTIMATES of {cm or 'a model'} (radius_is_estimate; certify --method mix-local-estimate, "
             "004 App. C.3), not certificates: it cannot certify anything here; use an attack table or a certificate"
         )
 
@@ -163,7 +163,7 @@ def check_certified_run(table, run: str) -> None:
     model = table.config.get("model")
     if not model:
         raise TableError(f"{table.path} certifies {name} for any core model, not the run {run}: certify the mixture "
-                         "run directory itself (mix certify --model RUN)")
+                         "run directory itself (certify --method mix-... --model RUN)")
     if Path(run).expanduser().resolve() != Path(str(model)).expanduser().resolve():
         raise TableError(f"{table.path} certifies the mixture run {model}, not {run}")
 

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from robcli.cli.certify_mix import LipschitzOpt, MethodOpt, MixEpsOpt, MixNormOpt, MixOpt, ScaleHOpt
 from robcli.cli.common import (
     ArchOpt,
     DataDirOpt,
@@ -69,14 +70,20 @@ def certify(
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    method: MethodOpt = "cohen",
+    lipschitz: LipschitzOpt = None,
+    eps: MixEpsOpt = None,
+    norm: MixNormOpt = None,
+    mix: MixOpt = None,
+    scale_h: ScaleHOpt = None,
 ) -> None:
     """Certify each example with Cohen et al.'s CERTIFY (N0, N, alpha) at every --sigma.
 
     Noise is added in [0,1] pixel space before the model's own normalization and is not clipped. With
     --sequential the anytime-valid test decides each --radius after as few samples as the votes allow (same
     table columns, plus certified_radii, n_used and against); --against label measures certified accuracy and
-    does not certify unlabeled inputs. With --import LOG, reads a finished Cohen-format log instead (nothing is
-    certified).
+    does not certify unlabeled inputs. --method mix-... certifies a fixed-alpha mixture instead (its run dir, or
+    --model H --mix A). With --import LOG, reads a finished Cohen-format log instead (nothing is certified).
     """
     if import_ is not None:  # a Cohen-format log in (robcli/cli/certify_import.py)
         from robcli.cli.certify_import import import_log
@@ -86,6 +93,10 @@ def certify(
     from robcli.cli.certify_import import require_model_and_dataset
 
     require_model_and_dataset(model, dataset)
+    if method != "cohen" or any(v is not None for v in (lipschitz, eps, norm, mix, scale_h)):
+        from robcli.cli.certify_mix import certify_mix
+
+        return certify_mix(ctx, **{k: v for k, v in locals().items() if k != "ctx"})
     from pathlib import Path
 
     from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text

@@ -1,4 +1,6 @@
-"""`robcli finetune`: train or fine-tune a model (std, trades, era, dga, noise, cra). Parsing and display only."""
+"""`robcli finetune`: train or fine-tune a model (std, trades, era, dga, noise, cra; mixnet: the adaptive mixing
+network of two frozen models). Flags -> one library call (robcli.train.loop.finetune or
+robcli.mixing.run.train_adaptive_mixture) -> print."""
 
 from __future__ import annotations
 
@@ -14,17 +16,20 @@ from robcli.cli.common import (
     DownloadOpt,
     ForceOpt,
     ImageSizeOpt,
+    NExOpt,
     ProgressCallback,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
     argv,
     console,
+    given,
     handle_errors,
     naming_nonfinite,
     progress,
+    refuse_given,
 )
-from robcli.cli.mix import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags as `robcli mix train`
+from robcli.cli.compose import MixSpaceOpt, ScaleGOpt, ScaleHOpt  # the same flags as `compose --mix`
 
 HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA term."
 
@@ -34,12 +39,22 @@ HELP_BETA = "ERA/DGA weight on L_TRADES (eq. 5, 20): smaller beta = stronger ERA
 # data set's recommended value for the architecture, else robcli's generic one; the card records which
 TRAIN_FLAGS = ("epochs", "lr", "batch", "momentum", "weight_decay", "lr_milestones")
 REC = "Default: the data set's recommended value (robcli list datasets; gaussians and digits carry them), else"
+MIXNET_DEFAULTS = "--loss mixnet: AdamW, default --epochs 10, --lr 1e-3, --batch 128."
+# flags that only --loss mixnet takes, and the generic ones it does not
+MIXNET_ONLY = ("core", "robust", "train_attack", "c_ce", "c_bce", "c_prod", "ema", "mix_min", "mix_max", "layers_g",
+               "layers_h", "width", "blocks", "eps_low", "mix_attack_weight", "sigmoid_scale", "mix_space", "scale_g",
+               "scale_h", "n_ex")
+NOT_MIXNET = ("model", "init", "arch", "train_subset", "resume", "augment", "download", "image_size", "tensorboard",
+              "beta",
+              "trades_beta", "era_adv", "era_steps", "detach_weight", "lr_milestones", "weight_decay", "momentum",
+              "sigma", "num_noise", "temperature")
+OLD_FLAGS = {"old_alpha_min": "--mix-min", "old_alpha_max": "--mix-max", "old_alpha_weight": "--mix-attack-weight"}
 
 
 @handle_errors
 def finetune(
     ctx: typer.Context,
-    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra, or mixnet (the adaptive mixing network on --core/--robust; same code as `robcli mix train`).")],
+    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra, or mixnet (the adaptive mixing network alpha(x) of the frozen --core/--robust models, paper 004).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory to create.")],
     dataset: DatasetOpt = "gaussians",
     data_dir: DataDirOpt = None,
@@ -55,12 +70,12 @@ def finetune(
     era_adv: Annotated[str, typer.Option("--era-adv", help="ERA/DGA adversarial point: descent (inner targeted descent) or single (reference: one CE-ascent point).")] = "descent",
     era_steps: Annotated[Optional[int], typer.Option("--era-steps", help="ERA/DGA inner targeted descent steps (default 2; why: see --attack-steps and robcli/losses/era.py).")] = None,
     detach_weight: Annotated[bool, typer.Option("--detach-weight/--no-detach-weight", help="Stop gradients through ERA's weight 1 - p_y(x).")] = True,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help=f"{REC} 50 with --init, 20 from scratch (App. A.2).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help=f"Training epochs (passes over the training data). {REC} 50 with --init, 20 from scratch (App. A.2). {MIXNET_DEFAULTS}")] = None,
     lr: Annotated[Optional[str], typer.Option("--lr", help=f"{REC} 1e-3 with --init, 0.1 from scratch (App. A.2).")] = None,
     lr_milestones: Annotated[str, typer.Option("--lr-milestones", help=f"Fractions of epochs where lr x0.1, e.g. 0.75,0.9; 'none' = constant. {REC} 0.75.", show_default=False)] = "0.75",
     batch: Annotated[int, typer.Option("--batch", "--batch-size", help=f"Batch size. {REC} 200 (gaussians: 10, App. A.2).", show_default=False)] = 200,
     augment: Annotated[str, typer.Option("--augment", help="none, standard (crop+flip) or autoaugment; images only.")] = "none",
-    attack_steps: Annotated[int, typer.Option("--attack-steps", help="Training-time PGD steps of the TRADES KL point (trades, era, dga) and of --era-adv single's CE ascent. ERA/DGA's inner targeted descent has its own count, --era-steps (default 2: measured on digits at eps 0.1, 2 steps flip 29% of predictions vs 33% with 10, and keep an ERA step near 1.3x a TRADES step instead of ~2x).")] = 10,
+    attack_steps: Annotated[int, typer.Option("--attack-steps", help="--loss mixnet: the most steps of its training attack (drawn in [1, N] per batch). Else: training-time PGD steps of the TRADES KL point (trades, era, dga) and of --era-adv single's CE ascent. ERA/DGA's inner targeted descent has its own count, --era-steps (default 2: measured on digits at eps 0.1, 2 steps flip 29% of predictions vs 33% with 10, and keep an ERA step near 1.3x a TRADES step instead of ~2x).")] = 10,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help=f"SGD weight decay. {REC} 2e-4.", show_default=False)] = 2e-4,
     momentum: Annotated[float, typer.Option("--momentum", help=f"SGD momentum. {REC} 0.9.", show_default=False)] = 0.9,
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian noise std (noise/cra).")] = 0.12,
@@ -74,12 +89,16 @@ def finetune(
     c_bce: Annotated[float, typer.Option("--c-bce", help="mixnet: composite loss weight of BCE.")] = 1.5,
     c_prod: Annotated[float, typer.Option("--c-prod", help="mixnet: composite loss weight of CE*BCE.")] = 0.2,
     ema: Annotated[Optional[float], typer.Option("--ema", help="mixnet: EMA decay of the mixing network's weights (paper: 0.8).")] = None,
-    alpha_min: Annotated[float, typer.Option("--alpha-min", help="mixnet: lower end of alpha(x) at evaluation.")] = 0.0,
-    alpha_max: Annotated[float, typer.Option("--alpha-max", help="mixnet: upper end of alpha(x) at evaluation.")] = 1.0,
+    mix_min: Annotated[float, typer.Option("--mix-min", help="mixnet: lower end of the mixture weight alpha(x) at evaluation.")] = 0.0,
+    mix_max: Annotated[float, typer.Option("--mix-max", help="mixnet: upper end of the mixture weight alpha(x) at evaluation.")] = 1.0,
     layers_g: Annotated[Optional[str], typer.Option("--layers-g", help="mixnet: shallow,middle layer names of g (default per architecture).")] = None,
     layers_h: Annotated[Optional[str], typer.Option("--layers-h", help="mixnet: shallow,middle layer names of h.")] = None,
     width: Annotated[int, typer.Option("--width", help="mixnet: mixing network width.")] = 16,
+    blocks: Annotated[int, typer.Option("--blocks", help="mixnet: ResNet blocks in the mixing network's trunk.")] = 1,
+    eps_low: Annotated[float, typer.Option("--eps-low", help="mixnet: training radii are drawn from U(eps_low*eps, eps), eps_low in [0, 1].")] = 0.25,
+    mix_attack_weight: Annotated[float, typer.Option("--mix-attack-weight", help="mixnet: max weight of the training attack's log(1 - alpha(x)) term (drawn from U(0, w) per batch; --train-attack B, C).")] = 1.0,
     sigmoid_scale: Annotated[float, typer.Option("--sigmoid-scale", help="mixnet: scale of the sigmoid input (App. C.2).")] = 2.0,
+    n_ex: NExOpt = None,
     mix_space: MixSpaceOpt = "prob",
     scale_g: ScaleGOpt = 1.0,
     scale_h: ScaleHOpt = 1.0,
@@ -89,6 +108,9 @@ def finetune(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     tensorboard: Annotated[Optional[str], typer.Option("--tensorboard", help="Also write each epoch's train_log row as TensorBoard scalars to this folder (watch with `tensorboard --logdir DIR`; needs pip install 'robcli[tensorboard]').")] = None,
+    old_alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", hidden=True, help="Gone: --mix-min.")] = None,
+    old_alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", hidden=True, help="Gone: --mix-max.")] = None,
+    old_alpha_weight: Annotated[Optional[float], typer.Option("--alpha-weight", hidden=True, help="Gone: --mix-attack-weight.")] = None,
 ) -> None:
     """Train with std/TRADES/ERA/DGA (and noise/CRA); writes a run dir with train_log.parquet.
 
@@ -98,48 +120,31 @@ def finetune(
     dimension <= 3); last.safetensors is the last epoch.
 
     --loss mixnet trains the adaptive mixing network alpha_theta(x) of paper 004 (Sec. 4.3) on the frozen
-    --core/--robust models with `robcli mix train`'s code (defaults there: --epochs 10, --lr 1e-3 AdamW).
+    --core/--robust models (AdamW; defaults --epochs 10, --lr 1e-3, --batch 128) on the train split (--n-ex:
+    its first N examples) and writes an adaptive mixture run dir. Steps: --epochs counts passes over the data,
+    --attack-steps the training attack's steps (mixnet: the most, drawn per batch), --era-steps ERA's inner descent.
     """
     from robcli.errors import UsageError
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
 
-    mix_opts = {"--core": core is not None, "--robust": robust is not None, "--train-attack": train_attack != "B",
-                "--c-ce": c_ce != 0.0, "--c-bce": c_bce != 1.5, "--c-prod": c_prod != 0.2, "--ema": ema is not None,
-                "--alpha-min": alpha_min != 0.0, "--alpha-max": alpha_max != 1.0, "--layers-g": layers_g is not None,
-                "--layers-h": layers_h is not None, "--width": width != 16, "--sigmoid-scale": sigmoid_scale != 2.0,
-                "--mix-space": mix_space != "prob", "--scale-g": scale_g != 1.0, "--scale-h": scale_h != 1.0}
+    for old, new in OLD_FLAGS.items():
+        if given(ctx, old):
+            raise UsageError(f"finetune {given(ctx, old)[0]} is gone: use {new} (every flag meaning a mixture weight "
+                             "starts with --mix)")
     if loss == "mixnet":
-        generic = {"--model": model is not None, "--init": init is not None, "--arch": arch is not None,
-                   "--train-subset": train_subset is not None, "--resume": resume, "--augment": augment != "none",
-                   "--download": download, "--image-size": image_size is not None,
-                   "--tensorboard": tensorboard is not None}
-        given = [f for f, on in generic.items() if on]
-        if given:
-            raise UsageError(f"{', '.join(given)} do not apply to --loss mixnet (it trains a mixing network on --core/--robust)")
-        if core is None or robust is None:
-            raise UsageError("--loss mixnet needs --core G and --robust H (the frozen models to mix)")
-        from robcli.cli.mix import train_cmd
-
-        train_cmd(core=core, robust=robust, dataset=dataset, eps=eps, out=out, train_attack=train_attack,
-                  attack_steps=attack_steps, epochs=10 if epochs is None else epochs, batch=batch,
-                  lr=1e-3 if lr is None else parse_float_expr(lr, "--lr"), c_ce=c_ce, c_bce=c_bce, c_prod=c_prod,
-                  ema=ema, alpha_min=alpha_min, alpha_max=alpha_max, layers_g=layers_g, layers_h=layers_h,
-                  width=width, sigmoid_scale=sigmoid_scale, norm=norm, mix_space=mix_space, scale_g=scale_g,
-                  scale_h=scale_h, split="train", n_ex=None, skip=0, data_dir=data_dir, device=device, seed=seed, force=force,
-                  quiet=quiet)
-        return
-    given = [f for f, on in mix_opts.items() if on]
-    if given:
-        raise UsageError(f"{', '.join(given)} belong to --loss mixnet")
+        refuse_given(ctx, NOT_MIXNET, "to --loss mixnet (it trains a mixing network on --core/--robust)")
+        return _finetune_mixnet(ctx, **{k: v for k, v in locals().items() if k in MIXNET_ONLY + (
+            "dataset", "data_dir", "eps", "norm", "out", "attack_steps", "epochs", "batch", "lr", "seed", "device",
+            "force", "quiet")})
+    refuse_given(ctx, MIXNET_ONLY, "without --loss mixnet")
 
     nrm = parse_norm(norm)
     milestones: tuple[float, ...] = ()
     if lr_milestones.strip().lower() not in ("", "none"):
         milestones = tuple(parse_float_expr(m, "--lr-milestones entry") for m in lr_milestones.split(","))
 
-    def given(name: str) -> bool:
-        src = ctx.get_parameter_source(name)
-        return src is not None and src.name != "DEFAULT"
+    def was_given(name: str) -> bool:
+        return bool(given(ctx, name))
     subset = None
     if train_subset is not None:
         from robcli.data.indices import check_origin, read_index_list
@@ -156,10 +161,10 @@ def finetune(
         loss=loss, dataset=dataset, out=out, data_dir=data_dir, image_size=image_size, download=download,
         train_subset=subset, init=init, arch=arch, model=model, eps=parse_eps(eps, nrm), norm=nrm, beta=beta,
         trades_beta=trades_beta, era_adv=era_adv, era_steps=era_steps, detach_weight=detach_weight,
-        attack_steps=attack_steps, epochs=epochs if given("epochs") else None,
-        lr=parse_float_expr(lr, "--lr") if given("lr") and lr is not None else None,
-        lr_milestones=milestones if given("lr_milestones") else None, batch=batch if given("batch") else None,
-        momentum=momentum if given("momentum") else None, weight_decay=weight_decay if given("weight_decay") else None,
+        attack_steps=attack_steps, epochs=epochs if was_given("epochs") else None,
+        lr=parse_float_expr(lr, "--lr") if was_given("lr") and lr is not None else None,
+        lr_milestones=milestones if was_given("lr_milestones") else None, batch=batch if was_given("batch") else None,
+        momentum=momentum if was_given("momentum") else None, weight_decay=weight_decay if was_given("weight_decay") else None,
         augment=augment, sigma=sigma, num_noise=num_noise, temperature=temperature, seed=seed, device=device,
     )
     from robcli.train.loop import finetune as run_finetune
@@ -203,6 +208,48 @@ def finetune(
             f"[bold red]WARNING: the model collapsed ({escape(why)}); it is no better than a constant "
             "classifier (recorded as collapsed: true in card.json and train_log.parquet)[/bold red]"
         )
+
+
+def _finetune_mixnet(ctx, *, core, robust, dataset, data_dir, eps, norm, out, train_attack, attack_steps, epochs,
+                     batch, lr, c_ce, c_bce, c_prod, ema, mix_min, mix_max, layers_g, layers_h, width, blocks, eps_low,
+                     mix_attack_weight, sigmoid_scale, mix_space, scale_g, scale_h, n_ex, seed, device, force,
+                     quiet) -> None:
+    """`finetune --loss mixnet`: the adaptive mixing network (robcli.mixing.run.train_adaptive_mixture)."""
+    from robcli.cli.common import check_out, image_size_for
+    from robcli.data.registry import load_split
+    from robcli.errors import UsageError
+    from robcli.mixing.mixed import check_alpha_range
+    from robcli.mixing.run import layers_spec, train_adaptive_mixture
+    from robcli.mixing.train import MixnetConfig
+    from robcli.utils.device import resolve_device
+    from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
+
+    if core is None or robust is None:
+        raise UsageError("--loss mixnet needs --core G and --robust H (the frozen models to mix)")
+    nrm = parse_norm(norm)
+    rng = check_alpha_range(mix_min, mix_max, names=("--mix-min", "--mix-max"))
+    lay_g, lay_h = layers_spec(layers_g, "--layers-g"), layers_spec(layers_h, "--layers-h")
+    cfg = MixnetConfig(eps=parse_eps(eps, nrm), norm=nrm, steps=attack_steps, eps_low=eps_low,
+                       setting=train_attack.upper(), alpha_weight=mix_attack_weight, c_ce=c_ce, c_bce=c_bce,
+                       c_prod=c_prod, epochs=10 if epochs is None else epochs,
+                       batch=batch if given(ctx, "batch") else 128,
+                       lr=1e-3 if lr is None else parse_float_expr(lr, "--lr"), ema=ema, width=width, blocks=blocks,
+                       sigmoid_scale=sigmoid_scale, seed=seed)
+    check_out(out, force)
+    dev = resolve_device(device)
+    data = load_split(dataset, "train", data_dir=data_dir, image_size=image_size_for(None, core)).select(n_ex=n_ex)
+
+    def show(epoch, row):
+        if not quiet:
+            typer.echo(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f} ce {row['ce']:.4f} bce {row['bce']:.4f} "
+                       f"alpha clean {row['alpha_clean']:.3f} attacked {row['alpha_adv']:.3f}", err=True)
+
+    with naming_nonfinite(None, core=core, robust=robust):
+        train_adaptive_mixture(core, robust, data, cfg, out, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
+                               mix_range=rng, layers_g=lay_g, layers_h=lay_h, device=dev, callback=show,
+                               command=argv())
+    if not quiet:
+        typer.echo(f"wrote adaptive mixture {out}", err=True)
 
 
 def _flag_text(v) -> str:

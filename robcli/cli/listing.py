@@ -35,10 +35,9 @@ def list_cmd(what: str = typer.Argument(..., help="datasets, models, losses or a
         for n in list_models():
             typer.echo(f"{n}\t{model_entry(n).description}")
     elif what == "losses":
-        from robcli.losses import LOSSES, _ensure_registered
+        from robcli.losses import list_losses
 
-        _ensure_registered()
-        for n in sorted(LOSSES):
+        for n in list_losses():
             typer.echo(n)
     elif what == "attacks":
         from robcli.attacks import ATTACKS

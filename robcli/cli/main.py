@@ -39,25 +39,26 @@ def _root(
 def _register() -> None:
     from robcli.cli import attack, certify, compose, finetune, listing, partition, report, run
 
-    app.command("finetune", help="Train or fine-tune a model (std, trades, era, dga, noise, cra, mixnet).")(finetune.finetune)
+    app.command("finetune", help="Train or fine-tune a model (std, trades, era, dga, noise, cra; mixnet: the adaptive mixing network).")(finetune.finetune)
     app.command("attack", help="Empirical robustness per example (PGD, APGD, AutoAttack, APGD-conf, grid).")(attack.attack)
-    app.command("certify", help="Randomized-smoothing certification per example (Cohen et al.).")(certify.certify)
+    app.command("certify", help="Certified radii per example: randomized smoothing (Cohen et al.) or, --method mix-..., of a mixture.")(certify.certify)
     app.command("partition", help="The four robustness/accuracy splits of a data set.")(partition.partition)
-    app.command("compose", help="Robust model + selector + core model compositions and mixtures.")(compose.compose)
+    app.command("compose", help="Robust model + selector + core model compositions; --mix / --mix-sweep: mixtures of models.")(compose.compose)
     app.command("report", help="Paper-style tables and plots from robcli tables.")(report.report)
     app.command("run", help="Run a recipe (TOML): an ordered list of robcli commands.")(run.run)
     app.command("list", help="List registered data sets, models, losses or attacks.")(listing.list_cmd)
-    # ---- mixing / adaptive smoothing (robcli/cli/mix.py, issue 5) ----
+    # the removed `robcli mix` group: one line naming the new spelling (robcli/cli/mix.py)
     from robcli.cli import mix
 
-    app.add_typer(mix.mix_app, name="mix", help="Mixed classifiers and adaptive smoothing: build, sweep, train, attack, certify.")
+    app.command("mix", hidden=True, add_help_option=False,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(mix.removed)
 
 
 _register()
 
 
-# Commands whose runs are long enough for a scheduler to stop them (recipes and `mix` run them too).
-LONG_RUNS = frozenset({"finetune", "attack", "certify", "mix", "run"})
+# Commands whose runs are long enough for a scheduler to stop them (recipes run them too).
+LONG_RUNS = frozenset({"finetune", "attack", "certify", "run"})
 SIGTERM_EXIT = 128 + 15
 _sigterm = {"count": 0, "armed": 0}  # SIGTERMs received; count at the time the outermost handler was installed
 

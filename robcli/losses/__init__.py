@@ -37,6 +37,16 @@ class LossConfig:
     temperature: float = 4.0  # CRA inverse softmax temperature Gamma
 
 
+# losses `robcli finetune --loss` takes that do not train through the generic loop: name -> what trains them
+ROUTED: dict[str, str] = {"mixnet": "robcli.mixing.run.train_adaptive_mixture (the adaptive mixing network)"}
+
+
+def list_losses() -> list[str]:
+    """Every name `robcli finetune --loss` takes: the registered losses and the routed ones (``mixnet``)."""
+    _ensure_registered()
+    return sorted(set(LOSSES) | set(ROUTED))
+
+
 def get_loss(name: str):
     from robcli.errors import UsageError
 
@@ -47,11 +57,11 @@ def get_loss(name: str):
 
 
 def _ensure_registered() -> None:
-    """Import every loss module. ``mixnet`` needs a mixture model: `finetune --loss mixnet` routes it to
-    :func:`robcli.mixing.train.train_mixnet` (the generic loop's model is not one, and the loss says so)."""
+    """Import every loss module (``mixnet`` is not one: `finetune --loss mixnet` trains through
+    :func:`robcli.mixing.run.train_adaptive_mixture`, see ``ROUTED``)."""
     import importlib
 
-    for mod in ("std", "trades", "era", "dga", "noise", "cra", "mixnet"):
+    for mod in ("std", "trades", "era", "dga", "noise", "cra"):
         try:
             importlib.import_module(f"robcli.losses.{mod}")
         except ModuleNotFoundError as e:

@@ -5,7 +5,6 @@ and compose tables (the fixed-alpha sweep). Pure functions returning DataFrames;
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -124,8 +123,3 @@ def sweep_compose_frame(sweep, *, core: str, robust: str):
     df["robust_models"] = robust
     return df
 
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0

@@ -173,7 +173,7 @@ def fixed_mixture_spec(run_dir: str | Path, *, verify: bool = True) -> dict:
     mix = card["mixnet"]
     if mix.get("alpha") is None:
         raise ModelError(f"{run_dir} is an adaptive mixture (mixing network); certified radii need a fixed alpha "
-                         "(export one with mix build)")
+                         "(export one with robcli compose --mix A --core G --robust H --export RUN)")
     if mix.get("mix_space", "prob") != "prob":
         raise ModelError(f"{run_dir} mixes logits (--mix-space {mix.get('mix_space')}); the certificates hold for "
                          "probability mixing only")

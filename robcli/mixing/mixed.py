@@ -50,16 +50,19 @@ def check_alpha(alpha: float, what: str = "alpha") -> float:
     return a
 
 
-def check_alpha_range(alpha_min: float, alpha_max: float) -> tuple[float, float]:
+def check_alpha_range(alpha_min: float, alpha_max: float, names: tuple[str, str] = ("alpha_min", "alpha_max")
+                      ) -> tuple[float, float]:
     """Validate (alpha_min, alpha_max): both in [0, 1] and alpha_min <= alpha_max.
+
+    ``names``: how the two ends are named in messages (the flags the user gave, e.g. --mix-min/--mix-max).
 
     Raises:
         UsageError: on a bad range.
     """
-    lo = check_alpha(alpha_min, "alpha_min")
-    hi = check_alpha(alpha_max, "alpha_max")
+    lo = check_alpha(alpha_min, names[0])
+    hi = check_alpha(alpha_max, names[1])
     if lo > hi:
-        raise UsageError(f"alpha_min {lo:g} > alpha_max {hi:g}: the range of alpha(x) is empty")
+        raise UsageError(f"{names[0]} {lo:g} > {names[1]} {hi:g}: the range of alpha(x) is empty")
     return lo, hi
 
 

@@ -89,7 +89,8 @@ class MixnetConfig:
         for n in ("c_ce", "c_bce", "c_prod", "alpha_weight", "weight_decay"):
             v = getattr(self, n)
             if not (math.isfinite(v) and v >= 0):
-                raise UsageError(f"--{n.replace('_', '-')} {v!r} must be a finite number >= 0")
+                flag = "--mix-attack-weight" if n == "alpha_weight" else f"--{n.replace('_', '-')}"
+                raise UsageError(f"{flag} {v!r} must be a finite number >= 0")
         if self.c_ce == self.c_bce == self.c_prod == 0:
             raise UsageError("the composite loss constants c_CE, c_BCE, c_prod are all 0")
         if self.epochs < 1 or self.batch < 2:

@@ -104,14 +104,14 @@ IMPORTED_COLUMN = "imported"
 PARTITION_SPLITS = ("robust_accurate", "robust_inaccurate", "nonrobust_accurate", "nonrobust_inaccurate")
 
 # What a certify table's radii certify: column (and config key) ``certified_model``, written by every mixture
-# certificate (`mix certify`). Tables without it are Cohen's CERTIFY of a model (the smoothed classifier of the
+# certificate (`certify --method mix-...`). Tables without it are Cohen's CERTIFY of a model (the smoothed classifier of the
 # run that the table's metadata names). The names fit the mixture methods' later spellings: mix-lipschitz and
 # mix-local-estimate -> "mixture", mix-smoothed-h and mix-lipschitz-rs -> "mixture-with-smoothed-h".
 CERTIFIED_MIXTURE = "mixture"
 CERTIFIED_MIXTURE_SMOOTHED_H = "mixture-with-smoothed-h"
 CERTIFIED_MODELS: dict[str, str] = {
     CERTIFIED_MIXTURE: ("the fixed-alpha mixture log((1-a) softmax(s_g g) + a softmax(s_h h)) of the deterministic "
-                        "robust model h, for any core model g: what a mixture run directory (mix build) computes"),
+                        "robust model h, for any core model g: what a mixture run directory (compose --mix) computes"),
     CERTIFIED_MIXTURE_SMOOTHED_H: ("the mixture whose robust member is the Gaussian-smoothed hard classifier of h, for "
                                    "any core model g: not what a mixture run directory computes (its forward mixes "
                                    "the deterministic softmax(s_h h))"),
