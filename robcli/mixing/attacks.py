@@ -252,3 +252,67 @@ def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, set
 
 
 robust_mask = still_robust
+
+
+# ---- the settings in the attack engine's registry: `robcli attack --attack mix-a|mix-b|mix-c|mix-d` ----------
+
+
+def _runner(setting: str):
+    def run(cfg, fwd, x, y, eps, seed, num_classes, notes):
+        from robcli.utils.seeding import make_generator
+
+        return attack_mixture(fwd, x, y, setting, eps=eps, norm=cfg.norm, steps=cfg.steps, n_iter=cfg.steps,
+                              alpha_weight=cfg.mix_attack_weight or 0.0, n_targets=cfg.n_targets or 9,
+                              n_queries=cfg.n_queries or 5000, generator=make_generator(seed, x.device),
+                              device=x.device)
+
+    return run
+
+
+def _model_check(cfg, model) -> None:
+    from robcli.mixing.io import is_mixnet_dir
+
+    if not is_mixnet_dir(model):
+        raise UsageError(f"--attack {cfg.attack} applies to mixture models (compose --mix, finetune --loss mixnet); "
+                         f"{model} is not one")
+
+
+def _load(cfg, model, dataset_info, device):
+    from robcli.mixing.io import load_mixnet
+
+    rng = (cfg.mix_min, cfg.mix_max) if cfg.mix_min is not None else None
+    return load_mixnet(model, dataset_info=dataset_info, device=device, alpha_range=rng)
+
+
+def _check(setting: str):
+    def check(cfg, shape, num_classes) -> None:
+        if setting in ("C", "D"):  # their Square part samples image patches
+            from robcli.attacks.aa import check_inputs
+
+            check_inputs("square", shape)
+
+    return check
+
+
+def _alpha_column(fwd, x) -> dict:
+    with torch.no_grad():
+        _, a = fwd.forward_with_alpha(x)
+    return {"alpha": a.double().cpu().numpy()}
+
+
+def _register() -> None:
+    from robcli.attacks.engine import ATTACK_REGISTRY, AttackSpec
+
+    what = {"A": ("gray-box PGD (alpha(x) detached)", 20, "--steps counts PGD steps", ("steps",)),
+            "B": ("white-box PGD through the whole mixture", 20, "--steps counts PGD steps", ("steps",)),
+            "C": ("AutoAttack (standard) on the mixture", 100, "standard AutoAttack uses its own settings", ()),
+            "D": ("adaptive AutoAttack: APGD parts with the w log(1 - alpha) term, then plain AutoAttack", 100,
+                  "--steps counts APGD and FAB iterations", ("steps", "mix_attack_weight", "n_targets", "n_queries"))}
+    for s, (desc, steps, counts, flags) in what.items():
+        name = f"mix-{s}"
+        ATTACK_REGISTRY.add(name, AttackSpec(
+            _runner(s), steps, counts, (*flags, "mix_min", "mix_max"), name, _check(s), _model_check, _load,
+            _alpha_column, ("alpha",), ("g", "h")), f"mixture setting {s}: {desc}", aliases=(name.lower(),))
+
+
+_register()
