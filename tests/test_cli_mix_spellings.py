@@ -131,7 +131,7 @@ def test_finetune_loss_mixnet_then_attack_setting(cli, models, tmp_path):
                        (["--alpha-weight", "0.5"], ["--alpha-weight was renamed", "--mix-attack-weight"]),
                        (["--alpha-min", "0.1", "--alpha-max", "0.5"], ["--alpha-min was renamed", "--mix-min"])):
         e = tmp_path / "e.parquet"
-        _one_line_error(cli(*base, *bad, "--out", e), *words)
+        _one_line_error(cli("attack", *base, *bad, "--out", e), *words)
         assert not e.exists() and not (tmp_path / "e.parquet.parts").exists()
     e = tmp_path / "e.parquet"
     for bad, words in ((["--attack", "mix-b", "--n-queries", "10"], ["--n-queries does not apply to --attack mix-B"]),

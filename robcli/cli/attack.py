@@ -42,7 +42,7 @@ def _opt(flag: str, help: str, hidden: bool = False):
 @handle_errors
 def attack(
     ctx: typer.Context, model: ModelOpt, dataset: DatasetOpt,
-    out: Annotated[str, _opt("--out", "Output attack table (.parquet); one row per example x eps.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output attack table (.parquet); one row per example x eps.")],
     attack_: Annotated[str, typer.Option("--attack", "-a", help="pgd, apgd-ce, apgd-dlr, apgd-t, apgd-conf, fab-t, square, autoattack, grid; on a mixture run directory also mix-a (gray-box PGD), mix-b (white-box PGD), mix-c (AutoAttack), mix-d (adaptive AutoAttack).")] = "apgd-ce",
     eps: EpsListOpt = None, norm: NormOpt = "Linf",
     steps: Annotated[Int, _opt("--steps", "What it counts depends on --attack: PGD iterations (pgd 40; mix-a, mix-b 20), APGD/FAB iterations (apgd-*, fab-t, grid, autoattack --version custom, mix-d: 100), Square queries (square 5000). Not for mix-c or autoattack standard/plus/rand (their own settings).")] = None,
