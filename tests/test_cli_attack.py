@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from robcli.tables.io import partial_path, read_table
+from robcli.tables.io import read_table
+from robcli.tables.run import parts_path as partial_path
 
 
 @pytest.fixture(scope="module")

@@ -105,37 +105,33 @@ def test_finetune_loss_mixnet_then_attack_setting(cli, models, tmp_path):
     assert card["training"]["command"][:3] == ["finetune", "--loss", "mixnet"]
 
     a = tmp_path / "a.parquet"
-    common = ["--model", run, "-d", "digits", "--eps", "0.1", "--setting", "A", "--steps", "3", "--n-ex", "24"]
-    res = cli("attack", *common, "--out", a, "-q")
+    common = ["--model", run, "-d", "digits", "--eps", "0.1", "--steps", "3", "--n-ex", "24"]
+    res = cli("attack", *common, "--attack", "MIX-a", "--out", a, "-q")
     assert res.exit_code == 0, res.output
     da = read_table(a, "attack").df
     assert (da["attack"] == "mix-A").all() and len(da) == 24
     assert da["alpha_clean"].between(0.2, 0.8).all()
 
-    # setting D's knobs pass through `attack --setting`
+    # setting D's knobs: the new spellings on `attack --attack mix-d`, recorded in the table's config
     c = tmp_path / "c.parquet"
-    knobs = ["--alpha-weight", "0.5", "--n-targets", "2", "--n-queries", "10", "--alpha-min", "0.1", "--alpha-max", "0.6"]
-    base = ["--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--n-ex", "12", *knobs]
-    res = cli("attack", *base, "--steps", "3", "--out", c, "-q")
+    knobs = ["--mix-attack-weight", "0.5", "--n-targets", "2", "--n-queries", "10", "--mix-min", "0.1", "--mix-max", "0.6"]
+    base = ["--model", run, "-d", "digits", "--eps", "0.1", "--attack", "mix-d", "--n-ex", "12"]
+    res = cli("attack", *base, *knobs, "--steps", "3", "--out", c, "-q")
     assert res.exit_code == 0, res.output
     tc = read_table(c, "attack")
-    assert (tc.df["attack"] == "mix-D").all()
-    assert tc.config["alpha_weight"] == 0.5 and tc.config["n_targets"] == 2 and tc.config["n_queries"] == 10
-    assert list(tc.config["alpha_range"]) == [0.1, 0.6] and tc.df["alpha_clean"].between(0.1, 0.6).all()
-    for bad, words in ((["--alpha-weight", "-1"], ["--alpha-weight", ">= 0"]),
-                       (["--alpha-weight", "nan"], ["--alpha-weight"]),
+    assert (tc.df["attack"] == "mix-D").all() and tc.config["attack"] == "mix-D" and tc.config["steps"] == 3
+    assert tc.config["mix_attack_weight"] == 0.5 and tc.config["n_targets"] == 2 and tc.config["n_queries"] == 10
+    assert [tc.config["mix_min"], tc.config["mix_max"]] == [0.1, 0.6] and tc.df["alpha_clean"].between(0.1, 0.6).all()
+    for bad, words in ((["--mix-attack-weight", "-1"], ["--mix-attack-weight", ">= 0"]),
+                       (["--mix-attack-weight", "nan"], ["--mix-attack-weight"]),
                        (["--n-targets", "0"], ["--n-targets"]),
-                       (["--alpha-min", "0.9", "--alpha-max", "0.1"], ["alpha_min 0.9 > alpha_max 0.1"]),
-                       (["--alpha-min", "0.1"], ["both --alpha-min and --alpha-max"])):
-        for cmd in (["attack"],):
-            e = tmp_path / "e.parquet"
-            _one_line_error(cli(*cmd, "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", *bad,
-                                "--out", e), *words)
-            assert not e.exists()
-    e = tmp_path / "e.parquet"
-    _one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--n-queries", "10",
-                        "--out", e), "--n-queries apply only to --setting D")
-    assert not e.exists()
+                       (["--mix-min", "0.9", "--mix-max", "0.1"], ["alpha_min 0.9 > alpha_max 0.1"]),
+                       (["--mix-min", "0.1"], ["both --mix-min and --mix-max"]),
+                       (["--alpha-weight", "0.5"], ["--alpha-weight was renamed", "--mix-attack-weight"]),
+                       (["--alpha-min", "0.1", "--alpha-max", "0.5"], ["--alpha-min was renamed", "--mix-min"])):
+        e = tmp_path / "e.parquet"
+        _one_line_error(cli("attack", *base, *bad, "--out", e), *words)
+        assert not e.exists() and not (tmp_path / "e.parquet.parts").exists()
 
 
 def test_listed_losses_include_mixnet_and_the_generic_ones(cli):
@@ -170,9 +166,6 @@ def test_listed_losses_include_mixnet_and_the_generic_ones(cli):
     ("finetune", ["--robust-k7"], ["7 classes"]),
     ("finetune", ["--model", "tiny_cnn"], ["--model does not apply to --loss mixnet"]),
     ("finetune", ["--train-attack", "D"], ["--train-attack", "choose A"]),
-    ("attack", ["--setting", "B"], ["--setting applies to mixture models"]),
-    ("attack", ["--setting", "B", "--attack", "pgd"], ["--attack do not apply with --setting"]),
-    ("attack", ["--alpha-weight", "0.5", "--n-targets", "3"], ["--alpha-weight, --n-targets apply only with --setting"]),
 ])
 def test_bad_input_one_line_nothing_written(cli, models, tmp_path, kind, args, words):
     out = tmp_path / "out"

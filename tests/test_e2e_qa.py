@@ -108,7 +108,8 @@ def test_attack_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
     """A real process, SIGKILLed after its first checkpoint, resumes to the uninterrupted run's table."""
     import torch
 
-    from robcli.tables.io import partial_path, read_table
+    from robcli.tables.io import read_table
+    from robcli.tables.run import parts_path
 
     args = ["attack", "--model", "small_cnn", "--dataset", "digits", "--eps", "0.05", "--eps", "0.1",
             "--n-ex", "160", "--batch", "8", "--steps", "10", "-q"]
@@ -119,15 +120,16 @@ def test_attack_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([*_robcli(), *args, "--out", str(out)], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    part = partial_path(out)
+    part = parts_path(out)  # one part per finished batch (chunk)
     deadline = time.monotonic() + 60
-    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not list(part.glob("chunk-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    if not part.exists():
+    chunks = sorted(part.glob("chunk-*.parquet"))
+    if not chunks:
         pytest.fail("the attack finished or stalled before its first checkpoint; enlarge the run")
-    n_part = len(read_table(part, "attack").df)
+    n_part = sum(len(read_table(c, "attack").df) for c in chunks)
     assert 0 < n_part < 320 and not out.exists()
     res = subprocess.run([*_robcli(), *args, "--out", str(out), "--resume"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)

@@ -518,9 +518,11 @@ def test_targeted_apgd_counts_any_misclassification_as_success():
     from robcli.mixing.attacks import apgd, make_loss
 
     model = _Bump()
-    x = torch.full((32, 1), 0.5)
-    y = torch.zeros(32, dtype=torch.long)
-    t = torch.full((32,), 2)
+    # 2-D inputs (the bump reads the first coordinate): APGD's reference random start x + eps * u / |u|_inf puts
+    # a 1-D start on the ball's two end points only; in 2-D the first coordinate is uniform half of the time
+    x = torch.full((64, 2), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    t = torch.full((64,), 2)
     assert (model(x).argmax(1) == 0).all()
     # the targeted loss grows with s, so its best point is the ball's upper end (class 0 again); the random
     # starts that land in the bump are misclassified (class 1) and must be kept, as AutoAttack's APGD-T does

@@ -64,7 +64,7 @@ def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
     assert json.loads((run / "card.json").read_text())["mixnet"]["alpha"] == 0.7
     assert lm.model.alpha_value == 0.7
     out = tmp_path / "att.parquet"
-    res = cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "B", "--steps", "5",
+    res = cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--attack", "mix-b", "--steps", "5",
               "--n-ex", "40", "-o", out)
     assert res.exit_code == 0, res.output
     t = read_table(out, "attack")
@@ -89,7 +89,7 @@ def test_train_writes_an_adaptive_run_and_attack_d_records_alpha(cli, members, t
     assert card["training"]["config"]["c_bce"] == 1.5 and len(card["training"]["log"]) == 1
     assert cfg["batch"] == 128  # --loss mixnet's own default (AdamW on the mixing network), not finetune's 200
     out = tmp_path / "d.parquet"
-    res = cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "D", "--steps", "5",
+    res = cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--attack", "mix-d", "--steps", "5",
               "--n-targets", "2", "--n-queries", "20", "--n-ex", "16", "-o", out, "-q")
     assert res.exit_code == 0, res.output
     t = read_table(out, "attack")

@@ -231,7 +231,7 @@ def test_mix_attack_names_the_mixture_and_member(cli, models, tmp_path):
                 "--export", run, "-q")
         assert r.exit_code == 0, r.output
         out = tmp_path / f"a-{which}.parquet"
-        r = cli("attack", "--model", run, "--dataset", "gaussians", "--setting", "B", "--steps", "5",
+        r = cli("attack", "--model", run, "--dataset", "gaussians", "--attack", "mix-b", "--steps", "5",
                 "--eps", eps, "--n-ex", N_EX, "--out", out)
         _one_line_error(r, f"the robust model h of the mixture {run}", needle)
         assert not out.exists()
@@ -267,7 +267,7 @@ def test_mix_attack_control_runs_where_the_ball_stays_finite(cli, models, tmp_pa
                "--export", run, "-q").exit_code == 0
     out = tmp_path / "a.parquet"
     args = ["--model", run, "--dataset", "gaussians", "--eps", "0.01", "--n-ex", N_EX, "-o", out]
-    r = cli("attack", *args, "--setting", "B", "--steps", "5")
+    r = cli("attack", *args, "--attack", "mix-b", "--steps", "5")
     assert r.exit_code == 0, r.output
 
 

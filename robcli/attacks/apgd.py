@@ -57,6 +57,57 @@ def obj_conf(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 OBJECTIVES: dict[str, Objective] = {"ce": obj_ce, "margin": obj_margin, "dlr": obj_dlr, "conf": obj_conf}
 
 
+# ---- targeted objectives: (logits, y, target) -> per-example values to MAXIMIZE (``apgd(..., target=t)``) ----
+
+
+def obj_ce_targeted(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Minus the cross-entropy of the target class (targeted APGD-CE)."""
+    return -F.cross_entropy(logits, t, reduction="none")
+
+
+def obj_dlr_targeted(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020, eq. 6); for K < 4 the denominator uses z_pi1 - z_pi3 (K = 3) or 1 (K = 2)."""
+    zs, _ = logits.sort(1)
+    k = logits.shape[1]
+    if k >= 4:
+        den = zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12
+    elif k == 3:
+        den = zs[:, -1] - zs[:, -3] + 1e-12
+    else:
+        den = torch.ones_like(zs[:, 0])
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, t[:, None]).squeeze(1)
+    return -(z_y - z_t) / den
+
+
+TARGETED_OBJECTIVES = {"ce": obj_ce_targeted, "dlr": obj_dlr_targeted}
+
+
+class WithAlpha(torch.nn.Module):
+    """A mixture seen by the attacks: ``forward`` gives the logits and keeps ``alpha`` (alpha(x), per example, with
+    its graph) of the same forward pass, so an objective can add a term in alpha(x) (setting D's
+    ``w * log(1 - alpha(x))``) while APGD/PGD see an ordinary logits model. Models without ``forward_with_alpha``
+    get alpha = 0."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.alpha: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "forward_with_alpha"):
+            z, self.alpha = self.model.forward_with_alpha(x)
+        else:
+            z = self.model(x)
+            self.alpha = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        return z
+
+
+def alpha_term(alpha: torch.Tensor) -> torch.Tensor:
+    """log(1 - alpha): maximizing it pushes alpha(x) towards 0 (= minus the BCE towards the pseudo label 0)."""
+    return torch.log1p(-alpha.clamp(0.0, 1.0 - 1e-6))
+
+
 def _value_and_grad(model, x_adv: torch.Tensor, y: torch.Tensor, objective: Objective):
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -190,6 +241,7 @@ def apgd(
     restarts: int = 1,
     rho: float = 0.75,
     generator: torch.Generator | None = None,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Auto-PGD maximizing ``objective(logits, y)`` over the eps-ball around ``x`` intersected with [0,1].
 
@@ -200,6 +252,9 @@ def apgd(
         x: clean inputs in [0,1]; y: the label to move away from (robcli passes the clean prediction).
         objective: a name in :data:`OBJECTIVES` (``conf`` is eq. 21's APGD-conf) or a callable.
         steps: iterations per run; restarts: runs.
+        target: per-example target classes: the objective is then called ``objective(logits, y, target)`` (e.g.
+            :data:`TARGETED_OBJECTIVES`); success is still any change of prediction (``argmax != y``), as in
+            AutoAttack's APGD-T.
 
     Returns:
         Per example the fooled point of highest objective if one was found, else the highest-objective point.
@@ -213,7 +268,8 @@ def apgd(
         rows = torch.nonzero(~tracker.fooled).flatten() if r > 0 else torch.arange(x.shape[0], device=x.device)
         if rows.numel() == 0:
             break
-        _apgd_single(model, x[rows], y[rows], obj, eps, norm, steps, rho, generator, tracker, rows)
+        o = obj if target is None else (lambda z, yy, _t=target[rows]: obj(z, yy, _t))
+        _apgd_single(model, x[rows], y[rows], o, eps, norm, steps, rho, generator, tracker, rows)
     return tracker.result()
 
 

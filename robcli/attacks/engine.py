@@ -17,7 +17,12 @@ adversarial point's prediction, margin and norm (``reused = True``).
 Determinism: examples are processed in fixed batches of ``batch`` consecutive examples; the attack on batch
 ``b`` at radius ``eps`` is seeded with a hash of ``(seed, b, eps)`` (our attacks use a dedicated
 ``torch.Generator``; pyautoattack gets the seed right before its call, inside a forked global RNG). So a
-run resumed from its partial table equals an uninterrupted run, and ``batch`` is part of the configuration.
+run resumed from its parts equals an uninterrupted run, and ``batch`` is part of the configuration. One batch is
+one chunk of a :class:`robcli.tables.run.TableRun`: it is written as one part once all its radii are done, so a
+killed run loses at most the batch in flight.
+
+Attacks are looked up in :data:`ATTACK_REGISTRY` (name -> :class:`AttackSpec`); the built-in ones are
+registered here, the mixture settings ``mix-A`` .. ``mix-D`` by :mod:`robcli.mixing.attacks`.
 """
 
 from __future__ import annotations
@@ -32,13 +37,57 @@ import numpy as np
 from robcli.attacks.aa import AA_ATTACKS, AA_VERSIONS, check_classes, check_inputs
 from robcli.errors import ModelError, UsageError
 from robcli.utils.parse import parse_eps, parse_norm
+from robcli.utils.registry import Entry, Registry
 
-ATTACK_NAMES = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "apgd-conf", "fab-t", "square", "autoattack", "grid")
 PYAUTOATTACK = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")
-DEFAULT_STEPS = {
-    "pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "apgd-conf": 100, "fab-t": 100,
-    "square": 5000, "autoattack": 100, "grid": 100,
-}
+# the configuration fields an attack may take beyond attack/eps/norm/batch/seed (AttackSpec.flags picks)
+KNOBS = ("steps", "restarts", "version", "aa_attacks", "objective", "grid_points", "mix_min", "mix_max",
+         "mix_attack_weight", "n_targets", "n_queries")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What the engine needs to know about one attack.
+
+    Attributes:
+        runner: ``runner(cfg, fwd, x, y, eps, seed, num_classes, notes) -> x_adv``: points for inputs ``x``
+            moving away from labels ``y`` (the clean predictions); ``seed`` is the (batch, eps) seed.
+        default_steps: ``--steps`` when not given.
+        steps_counts: what ``--steps`` counts for this attack (for help and messages).
+        flags: the :data:`KNOBS` that apply; any other knob given is refused.
+        table_name: the ``attack`` column (and recorded name).
+        check: ``check(cfg, input_shape, num_classes)`` before anything runs (UsageError).
+        model_check: ``model_check(cfg, model)`` before the model is loaded (``model``: the ``--model`` text).
+        load: ``load(cfg, model, dataset_info, device) -> LoadedModel`` instead of :func:`robcli.models.load_model`.
+        columns: ``columns(fwd, x) -> {name: values}``: per-example values at a point; the table gets
+            ``<name>_clean`` (at x) and ``<name>_adv`` (at the adversarial point, repeated when reused).
+        members: submodules of the model watched separately for non-finite logits (a mixture's ``g``/``h``).
+    """
+
+    runner: Callable
+    default_steps: int
+    steps_counts: str
+    flags: tuple[str, ...] = ()
+    table_name: str = ""
+    check: Callable | None = None
+    model_check: Callable | None = None
+    load: Callable | None = None
+    columns: Callable | None = None
+    column_names: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+
+
+ATTACK_REGISTRY: Registry[AttackSpec] = Registry("attack", modules=("robcli.mixing.attacks",), normalize=str.lower)
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    """The registered attack names (built-in and mixture settings)."""
+    return ATTACK_REGISTRY.names(pattern)
+
+
+def get_attack(name: str) -> Entry[AttackSpec]:
+    """The registry entry of an attack (case-insensitive; UsageError naming the choices when unknown)."""
+    return ATTACK_REGISTRY.get(name)
 PGD_OBJECTIVES = ("margin", "ce")
 STRICT_REL, STRICT_ABS = 1e-6, 1e-7  # a point counts as inside the ball within this tolerance
 HARD_REL = 1e-4  # beyond this an attack returned a point outside the ball: internal error, not rounding
@@ -69,6 +118,9 @@ class AttackConfig:
         aa_attacks: the attacks of ``--version custom``.
         objective: ``pgd``'s objective: ``margin`` (max other logit - logit of F(x)) or ``ce``.
         grid_points: grid values per axis for ``grid`` (``None`` -> 101 in 2-D).
+        mix_min, mix_max: mixture settings: override the mixture's stored alpha range (both or neither).
+        mix_attack_weight: ``mix-D``: weight ``w`` of the ``w * log(1 - alpha(x))`` term (``None`` -> 1).
+        n_targets, n_queries: ``mix-D``: target classes of its targeted parts (9), Square queries (5000).
         batch: examples per attack call (part of the seeding, so it changes results).
         seed: base seed.
         extra: recorded, not used (model, dataset, split, selection).
@@ -83,15 +135,19 @@ class AttackConfig:
     aa_attacks: tuple[str, ...] = ()
     objective: str = "margin"
     grid_points: int | None = None
+    mix_min: float | None = None
+    mix_max: float | None = None
+    mix_attack_weight: float | None = None
+    n_targets: int | None = None
+    n_queries: int | None = None
     batch: int = 256
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        attack = str(self.attack).strip().lower()
-        if attack not in ATTACK_NAMES:
-            raise UsageError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACK_NAMES)}")
+        entry = get_attack(str(self.attack))
+        attack, spec = entry.name, entry.obj
         s(self, "attack", attack)
         norm = parse_norm(self.norm)
         s(self, "norm", norm)
@@ -118,15 +174,21 @@ class AttackConfig:
         if fixed and (self.steps is not None or self.restarts is not None):
             raise UsageError(f"--steps/--restarts do not apply to autoattack --version {version} "
                              "(it uses AutoAttack's own settings); use --version custom")
-        for name in ("steps", "restarts", "grid_points", "batch"):
+        if self.grid_points is not None and attack != "grid":
+            raise UsageError("--grid-points applies to --attack grid only")
+        for name in ("steps", "restarts", "grid_points", "mix_min", "mix_max", "mix_attack_weight", "n_targets",
+                     "n_queries"):
+            if getattr(self, name) is not None and name not in spec.flags:
+                raise UsageError(f"--{name.replace('_', '-')} does not apply to --attack {attack}"
+                                 + (f" ({spec.steps_counts})" if name == "steps" else ""))
+        for name in ("steps", "restarts", "grid_points", "batch", "n_targets", "n_queries"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or int(v) != v or int(v) < 1):
                 raise UsageError(f"--{name.replace('_', '-')} {v!r} must be a positive integer")
         if self.grid_points is not None and int(self.grid_points) < 2:
             raise UsageError(f"--grid-points {self.grid_points} must be >= 2")
-        if self.grid_points is not None and attack != "grid":
-            raise UsageError("--grid-points applies to --attack grid only")
-        s(self, "steps", int(self.steps) if self.steps is not None else DEFAULT_STEPS[attack])
+        s(self, "steps", int(self.steps) if self.steps is not None else spec.default_steps)
+        self._mixture_knobs(spec)
         restarts = self.restarts if self.restarts is not None else (5 if fixed and version == "plus" else 1)
         s(self, "restarts", int(restarts))
         obj = str(self.objective).strip().lower()
@@ -136,10 +198,37 @@ class AttackConfig:
         s(self, "seed", int(self.seed))
         s(self, "batch", int(self.batch))
 
+    def _mixture_knobs(self, spec: AttackSpec) -> None:
+        s = object.__setattr__
+        if (self.mix_min is None) != (self.mix_max is None):
+            raise UsageError("give both --mix-min and --mix-max (or neither)")
+        if self.mix_min is not None:
+            from robcli.mixing.mixed import check_alpha_range
+
+            lo, hi = check_alpha_range(float(self.mix_min), float(self.mix_max))
+            s(self, "mix_min", float(lo))
+            s(self, "mix_max", float(hi))
+        if "mix_attack_weight" in spec.flags:
+            w = 1.0 if self.mix_attack_weight is None else float(self.mix_attack_weight)
+            if not (math.isfinite(w) and w >= 0):
+                raise UsageError(f"--mix-attack-weight {w:g} must be a finite number >= 0")
+            s(self, "mix_attack_weight", w)
+        if "n_targets" in spec.flags:
+            s(self, "n_targets", 9 if self.n_targets is None else int(self.n_targets))
+        if "n_queries" in spec.flags:
+            s(self, "n_queries", 5000 if self.n_queries is None else int(self.n_queries))
+
+    @property
+    def spec(self) -> AttackSpec:
+        return get_attack(self.attack).obj
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["eps"] = list(self.eps)
         d["aa_attacks"] = list(self.aa_attacks)
+        for k in ("mix_min", "mix_max", "mix_attack_weight", "n_targets", "n_queries"):
+            if d[k] is None:  # knobs of the mixture settings: recorded only where they apply
+                del d[k]
         extra = d.pop("extra")
         d.update(extra)
         return d
@@ -188,10 +277,23 @@ def _prepare(model, device, four_d: bool):
             self.net = net
             self.watch = FiniteWatch()
 
+        def _in(self, x):
+            return x.contiguous(memory_format=torch.channels_last) if four_d and x.dim() == 4 else x
+
         def forward(self, x):
-            if four_d and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.watch.see(self.net(x))
+            return self.watch.see(self.net(self._in(x)))
+
+        # a mixture's alpha(x) for the attacks that target it (mix-A .. mix-D) and its extra columns
+        def forward_with_alpha(self, x):
+            z, a = self.net.forward_with_alpha(self._in(x))
+            return self.watch.see(z), a
+
+        @property
+        def adaptive(self) -> bool:
+            return bool(getattr(self.net, "adaptive", False))
+
+        def gray_box(self):
+            return self.net.gray_box()
 
     return _Forward(model).eval()
 
@@ -241,36 +343,89 @@ def verify_points(x_adv, x, eps: float, norm: str, attack: str):
     return x_adv
 
 
-def _run_one(cfg: AttackConfig, fwd, x, y, eps: float, seed: int, num_classes: int, notes: list[str]):
-    """Attack ``x`` (moving away from labels ``y`` = clean predictions) at ``eps`` with the configured attack."""
+def _gen(seed: int, x):
+    from robcli.utils.seeding import make_generator
+
+    return make_generator(seed, x.device)
+
+
+def _run_pgd(cfg, fwd, x, y, eps, seed, num_classes, notes):
+    from robcli.attacks.apgd import pgd_restarts
+
+    return pgd_restarts(fwd, x, y, cfg.objective, eps=eps, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts,
+                        generator=_gen(seed, x))
+
+
+def _run_apgd_conf(cfg, fwd, x, y, eps, seed, num_classes, notes):
+    from robcli.attacks.apgd import apgd
+
+    return apgd(fwd, x, y, "conf", eps=eps, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts,
+                generator=_gen(seed, x))
+
+
+def _run_grid(cfg, fwd, x, y, eps, seed, num_classes, notes):
+    """APGD-CE, then the grid on the points APGD left robust (a cascade)."""
+    from robcli.attacks.apgd import apgd
+    from robcli.attacks.cascade import cascade
+    from robcli.attacks.grid import grid_search
+
+    gen = _gen(seed, x)
+    return cascade(fwd, x, y, [
+        lambda xs, ys: apgd(fwd, xs, ys, "ce", eps=eps, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts,
+                            generator=gen),
+        lambda xs, ys: grid_search(fwd, xs, ys, eps=eps, norm=cfg.norm, points=cfg.grid_points),
+    ])
+
+
+def _run_pyautoattack(cfg, fwd, x, y, eps, seed, num_classes, notes):
     import torch
 
     from robcli.attacks.aa import run_pyautoattack
-    from robcli.attacks.apgd import apgd, pgd_restarts
-    from robcli.attacks.grid import grid_search
-    from robcli.utils.seeding import make_generator
 
-    gen = make_generator(seed, x.device)
-    a = cfg.attack
-    if a == "pgd":
-        return pgd_restarts(fwd, x, y, cfg.objective, eps=eps, norm=cfg.norm, steps=cfg.steps,
-                            restarts=cfg.restarts, generator=gen)
-    if a == "apgd-conf":
-        return apgd(fwd, x, y, "conf", eps=eps, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts,
-                    generator=gen)
-    if a == "grid":
-        x1 = apgd(fwd, x, y, "ce", eps=eps, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts, generator=gen)
-        with torch.no_grad():
-            left = torch.nonzero(fwd(x1).argmax(1) == y).flatten()
-            if left.numel():
-                g = grid_search(fwd, x[left], y[left], eps=eps, norm=cfg.norm, points=cfg.grid_points)
-                hit = fwd(g).argmax(1) != y[left]
-                x1[left[hit]] = g[hit]
-        return x1
     with torch.no_grad():
-        return run_pyautoattack(a, fwd, x, y, eps=eps, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts,
-                                seed=seed, num_classes=num_classes, version=cfg.version,
+        return run_pyautoattack(cfg.attack, fwd, x, y, eps=eps, norm=cfg.norm, steps=cfg.steps,
+                                restarts=cfg.restarts, seed=seed, num_classes=num_classes, version=cfg.version,
                                 aa_attacks=cfg.aa_attacks, notes=notes)
+
+
+def _check_generic(cfg, shape, num_classes) -> None:
+    check_classes(cfg.attack, num_classes, cfg.version, cfg.aa_attacks)
+    check_inputs(cfg.attack, shape, cfg.version, cfg.aa_attacks)
+
+
+def _check_grid(cfg, shape, num_classes) -> None:
+    from robcli.attacks.grid import check_dim
+
+    check_dim(shape)
+    _check_generic(cfg, shape, num_classes)
+
+
+def _register_builtins() -> None:
+    sr = ("steps", "restarts")
+    add = ATTACK_REGISTRY.add
+    add("pgd", AttackSpec(_run_pgd, 40, "--steps counts PGD iterations", (*sr, "objective"), "pgd", _check_generic),
+        "Madry et al.'s PGD with random start (ours), objective margin or ce")
+    for name, what in (("apgd-ce", "APGD on cross-entropy"), ("apgd-dlr", "APGD on the DLR loss"),
+                       ("apgd-t", "targeted APGD-DLR"), ("fab-t", "targeted FAB")):
+        add(name, AttackSpec(_run_pyautoattack, 100, f"--steps counts {name} iterations", sr, name, _check_generic),
+            f"{what} (pyautoattack)")
+    add("square", AttackSpec(_run_pyautoattack, 5000, "--steps counts Square queries", sr, "square", _check_generic),
+        "Square Attack, score-based (pyautoattack)")
+    add("autoattack", AttackSpec(_run_pyautoattack, 100, "--steps counts APGD/FAB iterations of --version custom",
+                                 (*sr, "version", "aa_attacks"), "autoattack", _check_generic),
+        "AutoAttack (pyautoattack): standard, plus, rand or custom")
+    add("apgd-conf", AttackSpec(_run_apgd_conf, 100, "--steps counts APGD iterations", sr, "apgd-conf",
+                                _check_generic), "APGD on eq. 21's confidence objective (ours)")
+    add("grid", AttackSpec(_run_grid, 100, "--steps counts the APGD-CE iterations before the grid",
+                           (*sr, "grid_points"), "grid", _check_grid),
+        "APGD-CE, then an exhaustive grid over the ball (inputs of dimension <= 3)")
+
+
+_register_builtins()
+BUILTIN_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "apgd-conf", "fab-t", "square", "autoattack", "grid")
+MIX_ATTACKS = ("mix-A", "mix-B", "mix-C", "mix-D")
+ATTACK_NAMES = BUILTIN_ATTACKS + MIX_ATTACKS
+DEFAULT_STEPS = {n: ATTACK_REGISTRY._entries[n].obj.default_steps for n in BUILTIN_ATTACKS}
 
 
 def _row_block(idx, labels, eps, cfg, bi, clean_pred, clean_margin, clean_conf, adv_pred, adv_margin, pert,
@@ -280,12 +435,131 @@ def _row_block(idx, labels, eps, cfg, bi, clean_pred, clean_margin, clean_conf, 
     n = len(idx)
     return {
         "idx": idx, "label": labels, "eps": np.full(n, float(eps)), "norm": [cfg.norm] * n,
-        "attack": [cfg.attack] * n, "clean_pred": clean_pred, "adv_pred": adv_pred.copy(), "correct": correct,
-        "robust": robust, "clean_margin": clean_margin, "adv_margin": adv_margin.copy(), "pert_norm": pert.copy(),
-        "clean_conf": clean_conf, "adv_conf_other": adv_conf.copy(), "found_eps": found_eps.copy(),
-        "reused": reused.copy(), "steps": np.full(n, cfg.steps), "restarts": np.full(n, cfg.restarts),
-        "version": [cfg.version if cfg.attack == "autoattack" else ""] * n, "batch_index": np.full(n, bi),
+        "attack": [cfg.spec.table_name or cfg.attack] * n, "clean_pred": clean_pred, "adv_pred": adv_pred.copy(),
+        "correct": correct, "robust": robust, "clean_margin": clean_margin, "adv_margin": adv_margin.copy(),
+        "pert_norm": pert.copy(), "clean_conf": clean_conf, "adv_conf_other": adv_conf.copy(),
+        "found_eps": found_eps.copy(), "reused": reused.copy(), "steps": np.full(n, cfg.steps),
+        "restarts": np.full(n, cfg.restarts), "version": [cfg.version if cfg.attack == "autoattack" else ""] * n,
+        "batch_index": np.full(n, bi),
     }
+
+
+def columns(cfg: AttackConfig) -> list[str]:
+    """The columns of an attack table of this configuration (:data:`COLUMNS` plus the attack's own)."""
+    extra = [f"{c}_{w}" for c in cfg.spec.column_names for w in ("clean", "adv")]
+    return COLUMNS + extra
+
+
+class _Batch:
+    """The engine's state for one run: the prepared model, the checks, and the attack of one batch (= chunk)."""
+
+    def __init__(self, model, data, cfg: AttackConfig, device, progress, notes, total: int):
+        import torch
+
+        self.cfg, self.data, self.spec = cfg, data, cfg.spec
+        self.device = torch.device(device)
+        self.notes = notes
+        self.progress = progress
+        self.total = total
+        self.counts = {e: 0 for e in cfg.eps}
+        info = data.info
+        self.K = int(info.num_classes)
+        shape = tuple(info.input_shape)
+        if self.spec.check is not None:
+            self.spec.check(cfg, shape, self.K)
+        self.fwd = _prepare(model, self.device, len(shape) == 3)
+        self.all_idx = data.idx.numpy().astype(np.int64)
+        self.member_watches: dict = {}
+
+    def __call__(self, bi: int, lo: int, hi: int):
+        import pandas as pd
+        import torch
+
+        cfg, fwd, spec, device = self.cfg, self.fwd, self.spec, self.device
+        idx = self.all_idx[lo:hi]
+        xb, yb = self.data.get(torch.arange(lo, hi))
+        xb = xb.to(device)
+        with torch.no_grad():
+            logits = fwd(xb)
+            if logits.dim() != 2 or logits.shape[1] != self.K:
+                raise ModelError(f"model output has shape {tuple(logits.shape)}; expected (batch, {self.K}) logits")
+            cp_t = logits.argmax(1)
+            clean_pred = cp_t.cpu().numpy().astype(np.int64)
+            clean_margin = margins(logits, cp_t).double().cpu().numpy()
+            clean_conf = logits.softmax(1).amax(1).double().cpu().numpy()
+            extra_clean = spec.columns(fwd, xb) if spec.columns is not None else {}
+        labels = yb.numpy()
+        m = hi - lo
+        nonrob = np.zeros(m, dtype=bool)
+        adv_pred = np.zeros(m, dtype=np.int64)
+        adv_margin, pert, adv_conf = np.zeros(m), np.zeros(m), np.zeros(m)
+        extra_adv = {k: np.zeros(m) for k in extra_clean}
+        found = np.full(m, np.nan)
+        blocks = []
+        for eps in cfg.eps:
+            reused = nonrob.copy()
+            todo = np.nonzero(~nonrob)[0]
+            if todo.size:
+                t = torch.as_tensor(todo, device=device)
+                xs, ys = xb[t], cp_t[t]
+                self._reset()
+                try:
+                    if eps > 0:
+                        xa = spec.runner(cfg, fwd, xs, ys, eps, attack_seed(cfg.seed, bi, eps), self.K, self.notes)
+                        xa = verify_points(xa.detach().to(device), xs, eps, cfg.norm, cfg.attack)
+                    else:
+                        xa = xs.clone()
+                except Exception:
+                    self._raise_if_tripped(eps, idx[todo], None)
+                    raise
+                with torch.no_grad():
+                    la = fwd(xa)
+                    self._raise_if_tripped(eps, idx[todo], la)  # one sync per (batch, eps) block
+                    same = (xa == xs).flatten(1).all(1)
+                    la[same] = logits[t][same]  # the clean point itself: identical outputs by definition
+                    pa = la.argmax(1)
+                    adv_pred[todo] = pa.cpu().numpy()
+                    adv_margin[todo] = margins(la, ys).double().cpu().numpy()
+                    pert[todo] = _pert_norm(xa, xs, cfg.norm).cpu().numpy()
+                    adv_conf[todo] = la.softmax(1).scatter(1, ys[:, None], float("-inf")).amax(1).double().cpu().numpy()
+                    if extra_adv:
+                        for k, v in spec.columns(fwd, xa).items():
+                            extra_adv[k][todo] = v
+                flipped = adv_pred[todo] != clean_pred[todo]
+                newly = todo[flipped]
+                found[newly] = eps
+                nonrob[newly] = True
+            blk = _row_block(idx, labels, eps, cfg, bi, clean_pred, clean_margin, clean_conf, adv_pred,
+                             adv_margin, pert, adv_conf, found, reused)
+            for k in extra_clean:
+                blk[f"{k}_clean"] = np.asarray(extra_clean[k], dtype=float)
+                blk[f"{k}_adv"] = extra_adv[k].copy()
+            blocks.append(pd.DataFrame(blk))
+            self.counts[eps] += 1
+            if self.progress is not None:
+                self.progress(self.counts[eps], self.total, f"{cfg.spec.table_name or cfg.attack} eps={eps:.4g}")
+        return _frame(blocks, columns(cfg))
+
+    def _reset(self) -> None:
+        self.fwd.watch.reset()
+        for w in self.member_watches.values():
+            w.reset()
+
+    def _raise_if_tripped(self, eps, ids, logits) -> None:
+        for name, w in self.member_watches.items():  # a mixture's member first, so the message names it
+            if w.tripped():
+                _raise_nonfinite(self.cfg, eps, ids, None, member=name)
+        if self.fwd.watch.tripped():
+            from robcli.models.finite import nonfinite_rows
+
+            at = nonfinite_rows(logits).cpu().numpy() if logits is not None else None
+            _raise_nonfinite(self.cfg, eps, ids, at)
+
+
+def _pert_norm(xa, x, norm: str):
+    """Per-example perturbation norm, computed in float64 (the table's ``pert_norm``)."""
+    d64 = (xa.double() - x.double()).flatten(1)
+    return d64.abs().amax(1) if norm == "Linf" else d64.norm(dim=1)
 
 
 def run_attack(
@@ -294,8 +568,8 @@ def run_attack(
     cfg: AttackConfig,
     *,
     device,
-    done=None,
-    checkpoint: Callable | None = None,
+    run=None,
+    shard: tuple[int, int] | None = None,
     progress: Callable | None = None,
     notes: list[str] | None = None,
 ):
@@ -305,146 +579,73 @@ def run_attack(
         model: [0,1] inputs -> logits; moved to ``device``, put in eval mode, parameters frozen here.
         data: a :class:`robcli.data.SplitData`, already selected.
         cfg: the configuration.
-        done: rows of a partial table (resume): (batch, eps) blocks present there are taken, not recomputed.
-        checkpoint: ``checkpoint(df)`` after each (batch, eps) block with all rows so far.
+        run: a :class:`robcli.tables.run.TableRun` with chunk size ``cfg.batch``: only its pending chunks (batches)
+            are attacked, each stored as one part, and the parts are merged into its table at the end. Without
+            it everything is computed in memory.
+        shard: ``(I, K)``: attack only the pending chunks with ``id % K == I`` and leave the parts (no merge;
+            returns ``None``). Needs ``run``.
         progress: ``progress(done, total, desc)``, one task per eps.
         notes: receives warnings of pyautoattack's sanity checks.
 
     Returns:
-        pandas DataFrame with :data:`COLUMNS`, sorted by (idx, eps).
+        pandas DataFrame with :func:`columns`, sorted by (idx, eps) (``None`` with ``shard``).
 
     Non-finite logits: the clean logits of every example are checked before anything is attacked (one
     forward pass each), and every forward pass of every attack is watched on the device; a non-finite
     logit at a point of the ball makes that example's robustness undefined (it is neither robust nor a
     flip, and ``robust`` is a bool), so the run stops with :class:`~robcli.errors.NonFiniteOutput` naming
-    the examples and eps, instead of writing rows that would count it as either.
+    the examples and eps (and a mixture's member), instead of writing rows that would count it as either.
 
     Raises:
-        UsageError: grid on inputs of dimension > 3, or too few classes for a DLR attack.
+        UsageError: grid on inputs of dimension > 3, too few classes for a DLR attack, a mixture setting on a
+            model that is not one.
         ModelError: the model's output is not (batch, num_classes) logits.
         NonFiniteOutput: NaN/inf logits on a clean input, or met by the attack inside a ball.
         AttackInternalError: an attack returned an invalid point.
     """
-    import pandas as pd
-    import torch
+    import contextlib
 
-    from robcli.attacks.grid import check_dim
+    from robcli.models.finite import check_clean_logits, watching
+    from robcli.tables.run import plan_chunks
 
-    device = torch.device(device)
+    if shard is not None and run is None:
+        raise ValueError("shard needs a TableRun")  # a bug in the caller
     notes = notes if notes is not None else []
-    info = data.info
-    K = int(info.num_classes)
-    shape = tuple(info.input_shape)
-    if cfg.attack == "grid":
-        check_dim(shape)
-    check_classes(cfg.attack, K, cfg.version, cfg.aa_attacks)
-    check_inputs(cfg.attack, shape, cfg.version, cfg.aa_attacks)
-    fwd = _prepare(model, device, len(shape) == 3)
-    watch = fwd.watch
+    chunks = run.pending() if run is not None else plan_chunks(len(data), cfg.batch)
+    if shard is not None:
+        chunks = [c for c in chunks if c.id % shard[1] == shard[0]]
+    work = _Batch(model, data, cfg, device, progress, notes, len(chunks))
+    fwd = work.fwd
     saved = [(p, p.requires_grad) for p in fwd.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
-    n = len(data)
-    n_batches = (n + cfg.batch - 1) // cfg.batch
-    have: dict[tuple[int, float], dict] = {}
-    if done is not None and len(done):
-        for r in done[COLUMNS].to_dict("records"):
-            have[(int(r["idx"]), float(r["eps"]))] = r
-    blocks: list = []
-    if have:
-        blocks.append(pd.DataFrame(list(have.values()), columns=COLUMNS))
-    all_idx = data.idx.numpy().astype(np.int64)
-    counts = {e: 0 for e in cfg.eps}
+    frames = []
     try:
-        from robcli.models.finite import check_clean_logits
-
-        check_clean_logits(fwd, data, data.idx, batch=cfg.batch, device=device)  # before anything is attacked
-        for bi in range(n_batches):
-            lo, hi = bi * cfg.batch, min(n, (bi + 1) * cfg.batch)
-            idx = all_idx[lo:hi]
-            need = [e for e in cfg.eps if not all((int(i), float(e)) in have for i in idx)]
-            if need:
-                xb, yb = data.get(torch.arange(lo, hi))
-                xb = xb.to(device)
-                with torch.no_grad():
-                    logits = fwd(xb)
-                    if logits.dim() != 2 or logits.shape[1] != K:
-                        raise ModelError(f"model output has shape {tuple(logits.shape)}; expected (batch, {K}) logits")
-                    cp_t = logits.argmax(1)
-                    clean_pred = cp_t.cpu().numpy().astype(np.int64)
-                    clean_margin = margins(logits, cp_t).double().cpu().numpy()
-                    clean_conf = logits.softmax(1).amax(1).double().cpu().numpy()
-            labels = (yb.numpy() if need else None)
-            m = hi - lo
-            nonrob = np.zeros(m, dtype=bool)
-            adv_pred = np.zeros(m, dtype=np.int64)
-            adv_margin = np.zeros(m)
-            pert = np.zeros(m)
-            adv_conf = np.zeros(m)
-            found = np.full(m, np.nan)
-            for eps in cfg.eps:
-                key_rows = [have.get((int(i), float(eps))) for i in idx]
-                if all(r is not None for r in key_rows):  # resumed block: restore the sweep state from it
-                    nonrob = np.array([not r["robust"] for r in key_rows])
-                    adv_pred = np.array([r["adv_pred"] for r in key_rows], dtype=np.int64)
-                    adv_margin = np.array([r["adv_margin"] for r in key_rows], dtype=float)
-                    pert = np.array([r["pert_norm"] for r in key_rows], dtype=float)
-                    adv_conf = np.array([r["adv_conf_other"] for r in key_rows], dtype=float)
-                    found = np.array([r["found_eps"] for r in key_rows], dtype=float)
+        with contextlib.ExitStack() as stack:
+            if chunks:
+                for name in work.spec.members:  # before anything is attacked; each member on its own
+                    check_clean_logits(getattr(fwd.net, name), data, data.idx, batch=cfg.batch, device=work.device,
+                                       member=name)
+                check_clean_logits(fwd, data, data.idx, batch=cfg.batch, device=work.device)
+                if work.spec.members:
+                    work.member_watches = stack.enter_context(watching(fwd.net, *work.spec.members))
+            for c in chunks:
+                df = work(c.id, c.lo, c.hi)
+                if run is not None:
+                    run.write(c, df)
                 else:
-                    reused = nonrob.copy()
-                    todo = np.nonzero(~nonrob)[0]
-                    if todo.size:
-                        t = torch.as_tensor(todo, device=device)
-                        xs, ys = xb[t], cp_t[t]
-                        watch.reset()
-                        try:
-                            if eps > 0:
-                                xa = _run_one(cfg, fwd, xs, ys, eps, attack_seed(cfg.seed, bi, eps), K, notes)
-                                xa = verify_points(xa.detach().to(device), xs, eps, cfg.norm, cfg.attack)
-                            else:
-                                xa = xs.clone()
-                        except Exception:
-                            if watch.tripped():  # an attack that choked on NaN logits (e.g. NaN gradients)
-                                _raise_nonfinite(cfg, eps, idx[todo], None)
-                            raise
-                        with torch.no_grad():
-                            la = fwd(xa)
-                            if watch.tripped():  # one sync per (batch, eps) block, which syncs below anyway
-                                from robcli.models.finite import nonfinite_rows
-
-                                _raise_nonfinite(cfg, eps, idx[todo], nonfinite_rows(la).cpu().numpy())
-                            same = (xa == xs).flatten(1).all(1)
-                            la[same] = logits[t][same]  # the clean point itself: identical outputs by definition
-                            pa = la.argmax(1)
-                            d64 = (xa.double() - xs.double()).flatten(1)
-                            pn = d64.abs().amax(1) if cfg.norm == "Linf" else d64.norm(dim=1)
-                            adv_pred[todo] = pa.cpu().numpy()
-                            adv_margin[todo] = margins(la, ys).double().cpu().numpy()
-                            pert[todo] = pn.cpu().numpy()
-                            adv_conf[todo] = la.softmax(1).scatter(1, ys[:, None], float("-inf")).amax(1).double().cpu().numpy()
-                        flipped = adv_pred[todo] != clean_pred[todo]
-                        newly = todo[flipped]
-                        found[newly] = eps
-                        nonrob[newly] = True
-                    blk = _row_block(idx, labels, eps, cfg, bi, clean_pred, clean_margin, clean_conf, adv_pred,
-                                     adv_margin, pert, adv_conf, found, reused)
-                    df_blk = pd.DataFrame(blk, columns=COLUMNS)
-                    blocks.append(df_blk)
-                    for r in df_blk.to_dict("records"):
-                        have[(int(r["idx"]), float(r["eps"]))] = r
-                    if checkpoint is not None:
-                        checkpoint(_frame(blocks))
-                counts[eps] += 1
-                if progress is not None:
-                    progress(counts[eps], n_batches, f"{cfg.attack} eps={eps:.4g}")
+                    frames.append(df)
     finally:
         for p, rg in saved:
             p.requires_grad_(rg)
-    return _frame(blocks)
+    if run is None:
+        return _frame(frames, columns(cfg))
+    if shard is not None:
+        return None
+    return run.finish(sort_by=("idx", "eps"), frame=lambda fs: _frame(fs, columns(cfg)))
 
 
-def _raise_nonfinite(cfg: AttackConfig, eps: float, ids, at_points) -> None:
+def _raise_nonfinite(cfg: AttackConfig, eps: float, ids, at_points, member: str | None = None) -> None:
     """Stop the attack: the model's logits were non-finite somewhere in the eps-ball of these examples."""
     from robcli.errors import NonFiniteOutput
     from robcli.models.finite import describe
@@ -457,19 +658,20 @@ def _raise_nonfinite(cfg: AttackConfig, eps: float, ids, at_points) -> None:
     raise NonFiniteOutput(
         f"returned non-finite logits (NaN or inf) {where}, {cfg.attack} at {cfg.norm} eps {eps:.4g}: robustness "
         "there is undefined (neither robust nor a flip), so the attack stops and writes nothing; fix the model's "
-        "numerics or leave those examples out (--subset)"
+        "numerics or leave those examples out (--subset)", member=member,
     )
 
 
-def _frame(blocks):
+def _frame(blocks, cols=COLUMNS):
     import pandas as pd
 
-    df = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=COLUMNS)
+    blocks = [b for b in blocks if len(b)]
+    df = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=cols)
     df = df.drop_duplicates(subset=["idx", "eps"], keep="last")
     df = df.astype({"idx": "int64", "label": "int64", "clean_pred": "int64", "adv_pred": "int64",
                     "correct": bool, "robust": bool, "reused": bool, "steps": "int64", "restarts": "int64",
                     "batch_index": "int64"})
-    return df.sort_values(["idx", "eps"], kind="stable").reset_index(drop=True)[COLUMNS]
+    return df.sort_values(["idx", "eps"], kind="stable").reset_index(drop=True)[list(cols)]
 
 
 def summarize(df):

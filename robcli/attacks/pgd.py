@@ -48,7 +48,10 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
     return (x + delta).clamp(0, 1)
 
 
-def _step(grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+def _step(grad: torch.Tensor, step_size, norm: str) -> torch.Tensor:
+    """``step_size`` (a float or a (B,) tensor) times the ascent direction (sign for Linf, unit L2 otherwise)."""
+    if isinstance(step_size, torch.Tensor) and step_size.dim() == 1:
+        step_size = step_size.view(-1, *([1] * (grad.dim() - 1)))
     if norm == "Linf":
         return step_size * grad.sign()
     n = _flat_norm(grad, "L2").clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
@@ -70,6 +73,9 @@ def pgd(
 ) -> torch.Tensor:
     """Maximize ``objective(logits, x_adv)`` (per-example values, shape (B,)) over the eps-ball around ``x``.
 
+    ``eps`` may be a float or a (B,) tensor of per-example radii (randomized training radii; then
+    ``rand_init=False`` or ``x_init``).
+
     Args:
         model: maps [0,1] inputs to logits (put it in eval mode yourself if BatchNorm must not change).
         objective: per-example objective to MAXIMIZE (negate it to minimize).
@@ -79,8 +85,11 @@ def pgd(
     Returns:
         Adversarial inputs (detached), inside the ball and the [0,1] box.
     """
-    if eps == 0 or steps == 0:
+    per_example = isinstance(eps, torch.Tensor) and eps.dim() > 0
+    if steps == 0 or (float(eps.max()) == 0.0 if per_example else float(eps) == 0.0):
         return x.detach().clone()
+    if per_example and rand_init and x_init is None:
+        raise ValueError("per-example eps needs rand_init=False or x_init")  # a bug in the caller
     step = step_size if step_size is not None else 2.5 * eps / steps
     x = x.detach()
     if x_init is not None:

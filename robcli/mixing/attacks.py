@@ -1,4 +1,5 @@
-"""Adaptive attacks on mixed classifiers (004 Sec. 4.2, settings A-D).
+"""Adaptive attacks on mixed classifiers (004 Sec. 4.2, settings A-D), registered as ``robcli attack --attack
+mix-a|mix-b|mix-c|mix-d`` (tables: ``mix-A`` .. ``mix-D``) in the attack engine's registry.
 
 * A — gray-box PGD: gradients of g and h, none through the mixing network (alpha(x) detached).
 * B — white-box PGD through the whole mixture, alpha(x) included.
@@ -7,20 +8,19 @@
   AutoAttack to specifically target the mixing network", i.e. standard AutoAttack (APGD-CE, APGD-T, FAB-T,
   Square) whose APGD losses carry the extra term ``w * log(1 - alpha(x))`` that pushes alpha(x) down
   (towards the non-robust g), in BOTH the untargeted and the targeted APGD parts. Here, as AutoAttack's
-  cascade (each part runs on the examples all earlier parts failed on; the per-example worst case):
+  cascade (:func:`robcli.attacks.cascade.cascade`: each part runs on the examples all earlier parts failed on):
   adaptive APGD-CE -> adaptive APGD-T (top ``n_targets`` classes) -> the same APGD cascade WITHOUT the term
   (so the term can never make D weaker than plain APGD) -> FAB-T -> Square (pyautoattack, AutoAttack's
   standard parameters: FAB-T 1 restart over 9 targets, Square 5000 queries). FAB and Square have no loss
-  to add the term to (FAB works on the logits' decision boundary, Square is score-based), so they run
-  unchanged, exactly as in standard AutoAttack. pyautoattack's APGD hard-codes its losses on the logits
-  (``criterion_indiv(logits, y)``) and cannot see alpha(x), so this module implements APGD itself (Croce &
-  Hein 2020, Alg. 1: momentum 0.75, step size 2 eps halved at checkpoints when fewer than 75 % of steps
-  improved or the best loss stalled, restart from the best point; the checkpoint schedule of pyautoattack)
-  with a pluggable loss of (logits, alpha, y, target). As in AutoAttack, a targeted APGD run succeeds on
-  ANY misclassification (pred != y), not only on reaching its target.
+  to add the term to, so they run unchanged, exactly as in standard AutoAttack.
+
+The APGD is robcli's one implementation (:func:`robcli.attacks.apgd.apgd`): the mixture is wrapped in
+:class:`robcli.attacks.apgd.WithAlpha`, which hands APGD the logits and keeps alpha(x) of the same forward pass
+for the objective's alpha term; the PGD is :func:`robcli.attacks.pgd.pgd`. :func:`apgd` and :func:`pgd_mix`
+below are the loss-of-(logits, alpha, y, target) spellings of those two (used by mixnet training).
 
 All attacks return adversarial inputs inside the eps-ball and [0, 1]; randomness comes from an explicit
-``torch.Generator`` (pyautoattack reseeds the global RNG; we seed it from the generator for setting C).
+``torch.Generator`` (pyautoattack reseeds the global RNG; we seed it from the generator for settings C and D).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from robcli.attacks.pgd import project, random_start
+from robcli.attacks import apgd as _apgd
+from robcli.attacks.apgd import WithAlpha, alpha_term, obj_dlr, obj_dlr_targeted
+from robcli.attacks.cascade import cascade, still_robust
+from robcli.attacks.pgd import pgd
 from robcli.errors import UsageError
 from robcli.mixing.mixed import MixedClassifier
 
@@ -38,57 +41,9 @@ SETTINGS = ("A", "B", "C", "D")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def _flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
-    f = t.flatten(1)
-    return f.abs().amax(1) if norm == "Linf" else f.norm(p=2, dim=1)
-
-
-def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "Linf":
-        return grad.sign()
-    return grad / _view(_flat_norm(grad, "L2").clamp_min(1e-12), grad)
-
-
-def _proj(x_adv: torch.Tensor, x: torch.Tensor, eps, norm: str) -> torch.Tensor:
-    return (x + project(x_adv - x, eps, norm)).clamp(0, 1)
-
-
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Untargeted DLR loss (Croce & Hein 2020, eq. 5); needs K >= 3."""
-    zs, ind = logits.sort(1)
-    zy = logits.gather(1, y[:, None]).squeeze(1)
-    top_is_y = (ind[:, -1] == y).to(logits.dtype)
-    z_other = zs[:, -2] * top_is_y + zs[:, -1] * (1 - top_is_y)
-    return -(zy - z_other) / (zs[:, -1] - zs[:, -3] + 1e-12)
-
-
-def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR loss (eq. 6); for K < 4 the denominator uses z_pi1 - z_pi3 (K = 3) or 1 (K = 2)."""
-    zs, _ = logits.sort(1)
-    K = logits.shape[1]
-    if K >= 4:
-        den = zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12
-    elif K == 3:
-        den = zs[:, -1] - zs[:, -3] + 1e-12
-    else:
-        den = torch.ones_like(zs[:, 0])
-    zy = logits.gather(1, y[:, None]).squeeze(1)
-    zt = logits.gather(1, t[:, None]).squeeze(1)
-    return -(zy - zt) / den
-
-
-def alpha_term(alpha: torch.Tensor) -> torch.Tensor:
-    """log(1 - alpha): maximizing it pushes alpha(x) towards 0 (= minus the BCE towards the pseudo label 0)."""
-    return torch.log1p(-alpha.clamp(0.0, 1.0 - 1e-6))
-
-
 def make_loss(kind: str, alpha_weight: float = 0.0) -> LossFn:
-    """A per-example loss to MAXIMIZE: ``ce``, ``dlr``, ``ce-targeted``, ``dlr-targeted``, plus
-    ``alpha_weight * log(1 - alpha(x))`` (setting D's extra term)."""
+    """A per-example loss of (logits, alpha, y, target) to MAXIMIZE: ``ce``, ``dlr``, ``ce-targeted``,
+    ``dlr-targeted``, plus ``alpha_weight * log(1 - alpha(x))`` (setting D's extra term)."""
     if kind not in ("ce", "dlr", "ce-targeted", "dlr-targeted"):
         raise UsageError(f"unknown APGD loss {kind!r}")
 
@@ -96,11 +51,11 @@ def make_loss(kind: str, alpha_weight: float = 0.0) -> LossFn:
         if kind == "ce":
             val = F.cross_entropy(logits, y, reduction="none")
         elif kind == "dlr":
-            val = dlr_loss(logits, y)
+            val = obj_dlr(logits, y)
         elif kind == "ce-targeted":
             val = -F.cross_entropy(logits, t, reduction="none")
         else:
-            val = dlr_targeted_loss(logits, y, t)
+            val = obj_dlr_targeted(logits, y, t)
         if alpha_weight:
             val = val + alpha_weight * alpha_term(alpha)
         return val
@@ -108,17 +63,20 @@ def make_loss(kind: str, alpha_weight: float = 0.0) -> LossFn:
     return fn
 
 
+def _objective(wrapped: WithAlpha, loss: LossFn):
+    """``loss(logits, alpha, y, target)`` as an objective of (logits, y[, target]) reading ``wrapped.alpha``."""
+    return lambda z, y, t=None: loss(z, wrapped.alpha, y, t)
+
+
 def _forward(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(model, MixedClassifier):
-        return model.forward_with_alpha(x)
-    z = model(x)
-    return z, torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+    w = WithAlpha(model)
+    return w(x), w.alpha
 
 
 def pgd_mix(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "Linf", steps: int = 20,
             step_size: float | None = None, loss: LossFn | None = None, rand_init: bool = False,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """PGD maximizing ``loss(logits, alpha, y, None)`` (default CE) through ``model``.
+    """:func:`robcli.attacks.pgd.pgd` maximizing ``loss(logits, alpha, y, None)`` (default CE) through ``model``.
 
     ``eps`` may be a float or a (B,) tensor (randomized training radii). The default step size is
     2.5 eps / steps (Madry et al.). With ``rand_init=False`` it starts at x (004's "fixed initialization").
@@ -128,106 +86,32 @@ def pgd_mix(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "Linf",
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     if eps_t.dim() == 0:
         eps_t = eps_t.expand(x.shape[0])
-    if steps <= 0 or float(eps_t.max()) == 0.0:
-        return x.clone()
-    step = (2.5 * eps_t / steps) if step_size is None else torch.full_like(eps_t, float(step_size))
     if rand_init:
-        dev = generator.device if generator is not None else x.device
-        if norm == "Linf":
-            d = 2 * torch.rand(x.shape, generator=generator, device=dev).to(x) - 1
-        else:
-            d = torch.randn(x.shape, generator=generator, device=dev).to(x)
-            d = d / _view(_flat_norm(d, "L2").clamp_min(1e-12), d)
-        x_adv = _proj(x + d * _view(eps_t, x), x, eps_t, norm)
+        if float(eps_t.min()) != float(eps_t.max()):
+            raise ValueError("pgd_mix: a random start needs one radius for the batch")  # a bug in the caller
+        eps_arg = float(eps_t[0]) if eps_t.numel() else 0.0
     else:
-        x_adv = x.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            z, a = _forward(model, x_adv)
-            (grad,) = torch.autograd.grad(loss(z, a, y, None).sum(), x_adv)
-        with torch.no_grad():
-            x_adv = _proj(x_adv + _view(step, x) * _ascent(grad, norm), x, eps_t, norm)
-    return x_adv.detach()
+        eps_arg = eps_t
+    step = (2.5 * eps_t / steps) if step_size is None and steps > 0 else step_size
+    wrapped = WithAlpha(model)
+    obj = _objective(wrapped, loss)
+    return pgd(wrapped, x, lambda z, _xa: obj(z, y), eps=eps_arg, norm=norm, steps=steps, step_size=step,
+               rand_init=rand_init, generator=generator)
 
 
 def apgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", n_iter: int = 100,
          loss: LossFn | None = None, target: torch.Tensor | None = None, n_restarts: int = 1,
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """APGD (Croce & Hein 2020, Alg. 1) with a pluggable per-example loss of (logits, alpha, y, target).
+    """:func:`robcli.attacks.apgd.apgd` with a per-example loss of (logits, alpha, y, target) (default CE).
 
-    Keeps, per example, the first point that is misclassified (pred != y; for a targeted run too, as
-    AutoAttack's APGD-T counts any misclassification as success); otherwise the point of highest loss.
-    Returns adversarial inputs.
+    Success is any misclassification (pred != y), for a targeted run too (AutoAttack's APGD-T).
     """
     if norm not in ("Linf", "L2"):
         raise UsageError(f"unknown norm {norm!r}; choose Linf or L2")
-    loss = loss or make_loss("ce")
-    x = x.detach()
-    out = x.clone()
-    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    if eps <= 0 or n_iter <= 0:
-        return out
-    n2, nmin, decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
-
-    def success(z):
-        return z.argmax(1) != y
-
-    def evaluate(xa):
-        xa = xa.clone().requires_grad_(True)
-        with torch.enable_grad():
-            z, a = _forward(model, xa)
-            val = loss(z, a, y, target)
-            (gr,) = torch.autograd.grad(val.sum(), xa)
-        return z.detach(), val.detach(), gr.detach()
-
-    for _ in range(max(1, n_restarts)):
-        x_adv = random_start(x, eps, norm, generator) if norm == "Linf" else _proj(random_start(x, eps, norm, generator), x, eps, norm)
-        z, val, grad = evaluate(x_adv)
-        s = success(z) & ~done
-        out[s] = x_adv[s]
-        done |= s
-        step = torch.full((x.shape[0],), 2.0 * eps, device=x.device, dtype=x.dtype)
-        x_best, loss_best, grad_best = x_adv.clone(), val.clone(), grad.clone()
-        x_prev = x_adv.clone()
-        k, counter, n_incr = n2, 0, torch.zeros_like(val)
-        best_at_check = loss_best.clone()
-        reduced_at_check = torch.ones_like(val, dtype=torch.bool)
-        for i in range(n_iter):
-            with torch.no_grad():
-                zstep = _proj(x_adv + _view(step, x) * _ascent(grad, norm), x, eps, norm)
-                m = 0.75 if i > 0 else 1.0
-                x_new = _proj(x_adv + m * (zstep - x_adv) + (1 - m) * (x_adv - x_prev), x, eps, norm)
-                x_prev = x_adv
-            z, val_new, grad = evaluate(x_new)
-            s = success(z) & ~done
-            out[s] = x_new[s]
-            done |= s
-            n_incr += (val_new > val).to(val.dtype)
-            improved = val_new > loss_best
-            x_best[improved] = x_new[improved]
-            grad_best[improved] = grad[improved]
-            loss_best = torch.where(improved, val_new, loss_best)
-            x_adv, val = x_new, val_new
-            counter += 1
-            if counter == k:
-                osc = n_incr < 0.75 * k
-                stall = ~reduced_at_check & (best_at_check >= loss_best)
-                red = osc | stall
-                reduced_at_check = red.clone()
-                best_at_check = loss_best.clone()
-                if red.any():
-                    step[red] /= 2.0
-                    x_adv = x_adv.clone()
-                    x_adv[red] = x_best[red]
-                    grad = grad.clone()
-                    grad[red] = grad_best[red]
-                counter, n_incr = 0, torch.zeros_like(val)
-                k = max(k - decr, nmin)
-        if bool(done.all()):
-            break
-        out[~done] = x_best[~done]
-    return out
+    wrapped = WithAlpha(model)
+    obj = _objective(wrapped, loss or make_loss("ce"))
+    return _apgd.apgd(wrapped, x, y, obj, eps=eps, norm=norm, steps=n_iter, restarts=n_restarts,
+                      generator=generator, target=target)
 
 
 def top_targets(model, x: torch.Tensor, n_targets: int) -> list[torch.Tensor]:
@@ -241,37 +125,25 @@ def top_targets(model, x: torch.Tensor, n_targets: int) -> list[torch.Tensor]:
 def apgd_suite(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", n_iter: int = 100,
                n_targets: int = 9, alpha_weight: float = 0.0, n_restarts: int = 1,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """APGD-CE then targeted APGD-DLR over the top ``n_targets`` classes, each with the optional alpha term.
-
-    Runs only on the examples still correctly classified (AutoAttack's cascade) and returns per-example the
-    first successful adversarial input (else the last attempt).
-    """
-    x = x.detach()
-    x_out = x.clone()
+    """APGD-CE then targeted APGD-DLR over the top ``n_targets`` classes, each with the optional alpha term,
+    as a :func:`~robcli.attacks.cascade.cascade` (each part on what the earlier ones left robust)."""
     with torch.no_grad():
-        z, _ = _forward(model, x)
-    alive = z.argmax(1) == y
-    if alive.any():
-        xa = apgd(model, x[alive], y[alive], eps=eps, norm=norm, n_iter=n_iter,
-                  loss=make_loss("ce", alpha_weight), n_restarts=n_restarts, generator=generator)
-        x_out[alive] = xa
-        with torch.no_grad():
-            still = _forward(model, xa)[0].argmax(1) == y[alive]
-        idx = alive.nonzero().squeeze(1)
-        alive = torch.zeros_like(alive)
-        alive[idx[still]] = True
-    kind = "dlr-targeted" if z.shape[1] >= 3 else "ce-targeted"
-    for t_all in top_targets(model, x, n_targets):
-        if not alive.any():
-            break
-        sel = alive.nonzero().squeeze(1)
-        xa = apgd(model, x[sel], y[sel], eps=eps, norm=norm, n_iter=n_iter, loss=make_loss(kind, alpha_weight),
-                  target=t_all[sel], n_restarts=n_restarts, generator=generator)
-        with torch.no_grad():
-            broken = _forward(model, xa)[0].argmax(1) != y[sel]
-        x_out[sel[broken]] = xa[broken]
-        alive[sel[broken]] = False
-    return x_out
+        k = int(_forward(model, x[:1])[0].shape[1]) if x.shape[0] else 2
+    kind = "dlr-targeted" if k >= 3 else "ce-targeted"
+
+    def untargeted(xs, ys):
+        return apgd(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss=make_loss("ce", alpha_weight),
+                    n_restarts=n_restarts, generator=generator)
+
+    def targeted(j):
+        def part(xs, ys):
+            t = top_targets(model, xs, j + 1)[j]
+            return apgd(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, loss=make_loss(kind, alpha_weight),
+                        target=t, n_restarts=n_restarts, generator=generator)
+        return part
+
+    n_t = max(0, min(int(n_targets), k - 1))
+    return cascade(model, x, y, [untargeted, *[targeted(j) for j in range(n_t)]])
 
 
 def _aa_seed_device(generator: torch.Generator | None, device, x: torch.Tensor) -> tuple[int, str]:
@@ -347,6 +219,9 @@ def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, set
     """Adversarial inputs for attack setting A, B, C or D of 004 Sec. 4.2 (PGD: ``steps``; APGD and FAB:
     ``n_iter``; D's Square: ``n_queries``; D's targeted parts: ``n_targets``).
 
+    ``model``: a :class:`MixedClassifier`, or a wrapper exposing its ``forward_with_alpha``, ``gray_box`` and
+    ``adaptive`` (the attack engine's forward).
+
     Raises:
         UsageError: unknown setting, or setting A/D on a fixed-alpha mixture (no alpha network to detach or push).
     """
@@ -364,30 +239,80 @@ def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, set
         return pgd_mix(model, x, y, eps=eps, norm=norm, steps=steps)
     if s == "C":
         return autoattack(model, x, y, eps=eps, norm=norm, generator=generator, device=device)
-    # D: adaptive AutoAttack as a cascade (per-example worst case): the APGD parts with the alpha term, the
-    # plain APGD parts (only when the term is on: with w = 0 they are the same attack), then FAB-T and Square.
-    x_adv = apgd_suite(model, x, y, eps=eps, norm=norm, n_iter=n_iter, n_targets=n_targets,
-                       alpha_weight=alpha_weight, generator=generator)
-    parts = []
+    # D: the APGD parts with the alpha term, the plain APGD parts (only when the term is on: with w = 0 they are
+    # the same attack), then FAB-T and Square, as one cascade (per-example worst case)
+    parts = [lambda xs, ys: apgd_suite(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, n_targets=n_targets,
+                                       alpha_weight=alpha_weight, generator=generator)]
     if alpha_weight:
         parts.append(lambda xs, ys: apgd_suite(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter,
                                                n_targets=n_targets, alpha_weight=0.0, generator=generator))
     parts.append(lambda xs, ys: fab_square(model, xs, ys, eps=eps, norm=norm, n_iter=n_iter, n_targets=n_targets,
                                            n_queries=n_queries, generator=generator, device=device))
-    for part in parts:
-        alive = robust_mask(model, x_adv, y)
-        if not alive.any():
-            break
-        sel = alive.nonzero().squeeze(1)
-        x2 = part(x[sel], y[sel])
-        broken = ~robust_mask(model, x2, y[sel])
-        x_adv[sel[broken]] = x2[broken]
-    return x_adv
+    return cascade(model, x, y, parts)
 
 
-def robust_mask(model, x_adv: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Per example: the model still predicts ``y`` at ``x_adv``."""
+robust_mask = still_robust
+
+
+# ---- the settings in the attack engine's registry: `robcli attack --attack mix-a|mix-b|mix-c|mix-d` ----------
+
+
+def _runner(setting: str):
+    def run(cfg, fwd, x, y, eps, seed, num_classes, notes):
+        from robcli.utils.seeding import make_generator
+
+        return attack_mixture(fwd, x, y, setting, eps=eps, norm=cfg.norm, steps=cfg.steps, n_iter=cfg.steps,
+                              alpha_weight=cfg.mix_attack_weight or 0.0, n_targets=cfg.n_targets or 9,
+                              n_queries=cfg.n_queries or 5000, generator=make_generator(seed, x.device),
+                              device=x.device)
+
+    return run
+
+
+def _model_check(cfg, model) -> None:
+    from robcli.mixing.io import is_mixnet_dir
+
+    if not is_mixnet_dir(model):
+        raise UsageError(f"--attack {cfg.attack} applies to mixture models (compose --mix, finetune --loss mixnet); "
+                         f"{model} is not one")
+
+
+def _load(cfg, model, dataset_info, device):
+    from robcli.mixing.io import load_mixnet
+
+    rng = (cfg.mix_min, cfg.mix_max) if cfg.mix_min is not None else None
+    return load_mixnet(model, dataset_info=dataset_info, device=device, alpha_range=rng)
+
+
+def _check(setting: str):
+    def check(cfg, shape, num_classes) -> None:
+        if setting in ("C", "D"):  # their Square part samples image patches
+            from robcli.attacks.aa import check_inputs
+
+            check_inputs("square", shape)
+
+    return check
+
+
+def _alpha_column(fwd, x) -> dict:
     with torch.no_grad():
-        preds = torch.cat([model(x_adv[s:s + batch]).argmax(1) for s in range(0, x_adv.shape[0], batch)])
-    return preds == y
+        _, a = fwd.forward_with_alpha(x)
+    return {"alpha": a.double().cpu().numpy()}
 
+
+def _register() -> None:
+    from robcli.attacks.engine import ATTACK_REGISTRY, AttackSpec
+
+    what = {"A": ("gray-box PGD (alpha(x) detached)", 20, "--steps counts PGD steps", ("steps",)),
+            "B": ("white-box PGD through the whole mixture", 20, "--steps counts PGD steps", ("steps",)),
+            "C": ("AutoAttack (standard) on the mixture", 100, "standard AutoAttack uses its own settings", ()),
+            "D": ("adaptive AutoAttack: APGD parts with the w log(1 - alpha) term, then plain AutoAttack", 100,
+                  "--steps counts APGD and FAB iterations", ("steps", "mix_attack_weight", "n_targets", "n_queries"))}
+    for s, (desc, steps, counts, flags) in what.items():
+        name = f"mix-{s}"
+        ATTACK_REGISTRY.add(name, AttackSpec(
+            _runner(s), steps, counts, (*flags, "mix_min", "mix_max"), name, _check(s), _model_check, _load,
+            _alpha_column, ("alpha",), ("g", "h")), f"mixture setting {s}: {desc}", aliases=(name.lower(),))
+
+
+_register()
