@@ -223,7 +223,7 @@ def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, members, tmp_path
     assert cli("compose", "--mix", "0.6", "--core", members["g"], "--robust", members["h"], "--export", run,
                "-q").exit_code == 0
     out = tmp_path / "a.parquet"
-    _one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--setting", "A", "-o", out),
+    _one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--attack", "mix-a", "-o", out),
                     "fixed alpha")
     assert not out.exists()
 
