@@ -14,6 +14,7 @@ import torch.nn as nn
 from robcli.attacks.engine import AttackConfig, AttackInternalError, run_attack, summarize, verify_points
 from robcli.data.registry import DataInfo, SplitData
 from robcli.errors import UsageError
+from robcli.tables.io import read_table
 
 D, K = 5, 4
 
@@ -162,16 +163,20 @@ def test_eps_sweep_monotone_and_reuses(lin_points):
 
 
 def test_sweep_attacks_only_remaining_examples(lin_points, monkeypatch):
+    import dataclasses
+
     import robcli.attacks.engine as eng
 
     sizes = []
-    orig = eng._run_one
+    entry = eng.ATTACK_REGISTRY.get("pgd")
+    orig = entry.obj.runner
 
     def spy(cfg, fwd, x, y, eps, seed, k, notes):
         sizes.append((eps, x.shape[0]))
         return orig(cfg, fwd, x, y, eps, seed, k, notes)
 
-    monkeypatch.setattr(eng, "_run_one", spy)
+    spied = dataclasses.replace(entry, obj=dataclasses.replace(entry.obj, runner=spy))
+    monkeypatch.setitem(eng.ATTACK_REGISTRY._entries, "pgd", spied)
     df = run_attack(_linear(), _split(lin_points), AttackConfig(attack="pgd", eps=(0.03, 0.1), steps=10, batch=200),
                     device="cpu")
     n_small = int((~df[df["eps"] == 0.03]["robust"]).sum())
@@ -191,28 +196,37 @@ def test_robust_inaccuracy_uses_clean_prediction(lin_points):
 
 
 @pytest.mark.parametrize("attack", ["apgd-ce", "pgd"])
-def test_deterministic_and_resume_equals_uninterrupted(lin_points, attack):
+def test_deterministic_and_resume_equals_uninterrupted(lin_points, attack, tmp_path):
+    from robcli.tables.run import TableRun
+
     model = _linear()
     cfg = AttackConfig(attack=attack, eps=(0.02, 0.05), steps=5, batch=40, seed=7)
     full = run_attack(model, _split(lin_points), cfg, device="cpu")
     again = run_attack(model, _split(lin_points), cfg, device="cpu")
     pd.testing.assert_frame_equal(full, again)
 
-    saved: list[pd.DataFrame] = []
     calls = {"n": 0}
 
     def killer(done, total, desc):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 3:  # the first radius of the second batch (chunk)
             raise KeyboardInterrupt
+
+    data = _split(lin_points)
+    out = tmp_path / "a.parquet"
+
+    def table_run(resume):
+        return TableRun(out, "attack", cfg.as_dict(), ids=data.idx.tolist(), chunk_size=cfg.batch, resume=resume,
+                        row_keys=("eps",))
 
     torch.manual_seed(123)  # a different global RNG state must not matter
     with pytest.raises(KeyboardInterrupt):
-        run_attack(model, _split(lin_points), cfg, device="cpu", checkpoint=saved.append, progress=killer)
-    partial = saved[-1]
-    assert 0 < len(partial) < len(full)
-    resumed = run_attack(model, _split(lin_points), cfg, device="cpu", done=partial)
+        run_attack(model, data, cfg, device="cpu", run=table_run(False), progress=killer)
+    run = table_run(True)
+    assert run.done == {0} and not out.exists()
+    resumed = run_attack(model, _split(lin_points), cfg, device="cpu", run=run)
     pd.testing.assert_frame_equal(full, resumed)
+    pd.testing.assert_frame_equal(full, read_table(out, "attack").df)
 
 
 def test_global_rng_untouched_by_pyautoattack(lin_points):
