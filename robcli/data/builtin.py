@@ -93,7 +93,7 @@ def _digits():
     return info, load
 
 
-# Recommended finetune settings: the quickstart's (recipes/quickstart.toml). From scratch, batch 64 at lr 0.05
+# Recommended finetune settings: the quickstart's (recipes/paper.toml). From scratch, batch 64 at lr 0.05
 # for 15 epochs matches the generic batch 200 / lr 0.1 / 20 epochs (measured, std small_cnn, seeds 0-4: test
 # accuracy 0.987-0.996 vs 0.985-0.996, every class kept in both) in fewer epochs; fine-tuning (--init), 6
 # epochs at lr 0.01 replace the generic 50 epochs at lr 1e-3, which take ~8x longer on this CPU-sized set.
