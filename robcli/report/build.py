@@ -503,8 +503,18 @@ def _draw(ax, pnl: dict, colors) -> None:
                 name = _model_label(t)
                 if certificate_of(t)[1] and "[ESTIMATE]" not in name:
                     name += " (radius ESTIMATES)"
-                ax.step(rs, acc, where="post", color=colors(name), lw=1.4,
-                        linestyle=styles[all_sigmas.index(float(sg)) % len(styles)], label=f"{name} sigma={sg:g}")
+                style = styles[all_sigmas.index(float(sg)) % len(styles)]
+                method, _ = _certify_method(t, g)
+                targets = (t.config or {}).get("radii") if method.startswith("sequential") else None
+                if targets:  # a sequential table decides only its target radii: points there, not a curve
+                    tr = sorted(float(v) for v in targets)
+                    tacc = [100 * float((ok & (r >= v - 1e-12)).mean()) for v in tr]
+                    ax.plot(tr, tacc, marker="o", ms=5, color=colors(name + " sequential"), lw=0.8, linestyle=style,
+                            label=f"{name} sigma={sg:g}, {method}")
+                    ys += tacc
+                    continue
+                ax.step(rs, acc, where="post", color=colors(name), lw=1.4, linestyle=style,
+                        label=f"{name} sigma={sg:g}" + (f", {method}" if method != "fixed-N CERTIFY" else ""))
                 ys += [float(acc.max())]
         ax.set_xlim(0, rmax * 1.05)
         ax.set_ylim(0, padded_limits(ys + [0.0])[1])
