@@ -221,7 +221,8 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
                     srow[f"selacc@{r:g}"] = float(v.df["correct"][sel].mean()) if sel.any() else float("nan")
                 cert.append(row)
                 cert_sel.append(srow)
-                cert_lb.append(lrow)
+                if not certificate_of(t)[1]:  # radius estimates carry no per-example failure probability
+                    cert_lb.append(lrow)
         elif t.kind == "train_log":
             last = t.df.iloc[-1].to_dict()
             last = {"run": Path(t.path).parent.name, **last}
@@ -255,10 +256,13 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
             "sel@r: fraction of examples with certified radius >= r (not abstained); selacc@r: accuracy among them. "
             "For a composition at threat radius eps the sound robust selection is sel@(2*eps) (compose's default "
             "--selection-check 2eps); the paper's criterion is sel@eps." + est_note))
+    if cert_lb:
         rep.sections.append(Section(
             f"Certified accuracy with a confidence statement (rho = {rho:g}): acc_lb@r <= true certified accuracy "
             f"with probability >= {1 - rho:g}",
-            pd.DataFrame(cert_lb), confidence_note(rho)))
+            pd.DataFrame(cert_lb), confidence_note(rho) + (
+                " Tables of radius estimates are left out: an estimate has no failure probability alpha to "
+                "bound." if estimates else "")))
     if logs:
         rep.sections.append(Section("Training runs (last epoch)", pd.DataFrame(logs)))
     front = None
