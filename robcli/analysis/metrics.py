@@ -123,7 +123,7 @@ def check_certificate(table, *, allow_estimate: bool = False) -> None:
     if est and not allow_estimate:
         raise TableError(
             f"{table.path} holds radius ESTIMATES of {cm or 'a model'} (radius_is_estimate; certify --method mix-local-estimate, "
-            "004 App. C.3), not certificates: it cannot certify anything here; use an attack table or a certificate"
+            "the adaptive-smoothing paper's App. C.3), not certificates: it cannot certify anything here; use an attack table or a certificate"
         )
 
 

@@ -1,6 +1,6 @@
 """Wrappers around ``pyautoattack`` (APGD-CE/DLR, APGD-T, FAB-T, Square, AutoAttack).
 
-Traps handled here (see DESIGN.md): the package defaults to ``device='cpu'`` (we pass the model's device);
+Traps handled here: the package defaults to ``device='cpu'`` (we pass the model's device);
 ``n_iter`` fixes APGD's step-size schedule at construction (we construct a fresh attack per call); every
 attack reseeds the *global* torch RNG with its ``seed`` (we pass a derived seed right before each call and
 run it inside ``torch.random.fork_rng`` so the caller's RNG state is left untouched); it returns no

@@ -11,7 +11,7 @@ from robcli.cli.common import check_out, given, refuse_given
 
 METHOD_HELP = (
     "What is certified. cohen (default): Cohen et al.'s CERTIFY of the --model as its run directory computes it, "
-    "smoothed with --sigma. For a fixed-alpha mixture run directory (robcli compose --mix): mix-lipschitz (002 Thm "
+    "smoothed with --sigma. For a fixed-alpha mixture run directory (robcli compose --mix): mix-lipschitz (the mixing paper's Thm "
     "1, --lipschitz L of h's probabilities: the run directory's own mixture, certified_model mixture); "
     "mix-smoothed-h (Thm 2) and mix-lipschitz-rs (Thm 1, Lip = sqrt(2/pi)/sigma) certify the mixture with the "
     "Gaussian-SMOOTHED h (certified_model mixture-with-smoothed-h, which no run directory computes; compose, "
@@ -62,7 +62,7 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
     check_samples(run, cfg)
     check_out(out, force)
     if run["alpha"] <= 0.5 and not quiet:
-        typer.echo("note: a mixture weight <= 1/2 certifies nothing (002 Lemma 1: g may outvote h); every example "
+        typer.echo("note: a mixture weight <= 1/2 certifies nothing (the mixing paper's Lemma 1: g may outvote h); every example "
                    "abstains", err=True)
     from robcli.tables.io import provenance, write_table
     from robcli.tables.schema import CERTIFIED_MODELS

@@ -79,8 +79,8 @@ def compose(
     export_inner_steps: Annotated[int, typer.Option("--export-inner-steps", help="Robustness-indicator and sr export: PGD steps of the inner attack run in every forward of the exported model.")] = 20,
     export_inner_restarts: Annotated[int, typer.Option("--export-inner-restarts", help="Robustness-indicator and sr export: starts of the inner attack (the first from x).")] = 1,
     steps: Annotated[Optional[int], typer.Option("--steps", help="PGD steps of the confidence attack on --robust-model (default 50; 2 starts, the first from x); --mix-sweep: PGD steps of each STD/ROB/MIX attack (default 20).")] = None,
-    mix: Annotated[Optional[str], typer.Option("--mix", help="Mixture weight A in [0, 1] on the robust MODEL: writes the fixed-alpha mixture log((1-A) softmax(g) + A softmax(h)) (paper 002) of --core g and --robust h to --export RUN.")] = None,
-    mix_sweep: Annotated[bool, typer.Option("--mix-sweep", help="Natural vs STD/ROB/MIX-attacked accuracy of fixed-alpha mixtures of the MODELS --core/--robust over the --mix-grid weights (002 Fig. 2/4).")] = False,
+    mix: Annotated[Optional[str], typer.Option("--mix", help="Mixture weight A in [0, 1] on the robust MODEL: writes the fixed-alpha mixture log((1-A) softmax(g) + A softmax(h)) (the mixing paper) of --core g and --robust h to --export RUN.")] = None,
+    mix_sweep: Annotated[bool, typer.Option("--mix-sweep", help="Natural vs STD/ROB/MIX-attacked accuracy of fixed-alpha mixtures of the MODELS --core/--robust over the --mix-grid weights (the mixing paper's Fig. 2/4).")] = False,
     mix_grid: Annotated[Optional[list[str]], typer.Option("--mix-grid", help="--mix-sweep: mixture weights in [0, 1]; repeatable (default 0, 0.1, ..., 1).")] = None,
     mix_space: MixSpaceOpt = "prob",
     scale_g: ScaleGOpt = 1.0,
@@ -118,7 +118,7 @@ def compose(
     composition_alpha (column and config). For a composition-level alpha A, certify each table at
     A / (m + 1).
 
-    Mixtures of MODELS (paper 002; --core g and --robust h are then run dirs or checkpoints): --mix A --export
+    Mixtures of MODELS (Mixing Classifiers, Bai et al.; --core g and --robust h are then run dirs or checkpoints): --mix A --export
     RUN writes the fixed-alpha mixture log((1-A) softmax(g) + A softmax(h)) as a run dir; --mix-sweep evaluates
     natural and STD/ROB/MIX-attacked accuracy over the --mix-grid weights (a compose table, one row per weight).
     Steps: --steps counts the PGD steps of the confidence attack on --robust-model (default 50) or, with

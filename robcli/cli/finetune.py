@@ -54,7 +54,7 @@ OLD_FLAGS = {"old_alpha_min": "--mix-min", "old_alpha_max": "--mix-max", "old_al
 @handle_errors
 def finetune(
     ctx: typer.Context,
-    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra, or mixnet (the adaptive mixing network alpha(x) of the frozen --core/--robust models, paper 004).")],
+    loss: Annotated[str, typer.Option("--loss", help="std, trades, era, dga, noise, cra, or mixnet (the adaptive mixing network alpha(x) of the frozen --core/--robust models, the adaptive-smoothing paper).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory to create.")],
     dataset: DatasetOpt = "gaussians",
     data_dir: DataDirOpt = None,
@@ -85,7 +85,7 @@ def finetune(
     core: Annotated[Optional[str], typer.Option("--core", "-c", help="mixnet: accurate core model g (run dir or checkpoint), frozen.")] = None,
     robust: Annotated[Optional[str], typer.Option("--robust", "-r", help="mixnet: robust model h (run dir or checkpoint), frozen.")] = None,
     train_attack: Annotated[str, typer.Option("--train-attack", help="mixnet: training attack A (gray-box PGD), B (white-box PGD) or C (APGD).")] = "B",
-    c_ce: Annotated[float, typer.Option("--c-ce", help="mixnet: composite loss weight of CE (004 eq. 8).")] = 0.0,
+    c_ce: Annotated[float, typer.Option("--c-ce", help="mixnet: composite loss weight of CE (the adaptive-smoothing paper's eq. 8).")] = 0.0,
     c_bce: Annotated[float, typer.Option("--c-bce", help="mixnet: composite loss weight of BCE.")] = 1.5,
     c_prod: Annotated[float, typer.Option("--c-prod", help="mixnet: composite loss weight of CE*BCE.")] = 0.2,
     ema: Annotated[Optional[float], typer.Option("--ema", help="mixnet: EMA decay of the mixing network's weights (paper: 0.8).")] = None,
@@ -119,7 +119,7 @@ def finetune(
     era/dga by robust accuracy minus robust inaccuracy (PGD, plus a grid over the ball for inputs of
     dimension <= 3); last.safetensors is the last epoch.
 
-    --loss mixnet trains the adaptive mixing network alpha_theta(x) of paper 004 (Sec. 4.3) on the frozen
+    --loss mixnet trains the adaptive mixing network alpha_theta(x) of the adaptive-smoothing paper (Sec. 4.3) on the frozen
     --core/--robust models (AdamW; defaults --epochs 10, --lr 1e-3, --batch 128) on the train split (--n-ex:
     its first N examples) and writes an adaptive mixture run dir. Steps: --epochs counts passes over the data,
     --attack-steps the training attack's steps (mixnet: the most, drawn per batch), --era-steps ERA's inner descent.

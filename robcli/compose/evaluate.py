@@ -3,7 +3,7 @@
 H(x) = F_1(x) if S_1(x) else F_2(x) if S_2(x) else ... else F_core(x). Two members give eq. 15; more give
 the cascade of the paper's future-work item (models tried in order before the core model).
 
-Soundness rule (DESIGN.md "Known traps"). An example counts as robust and accurate for H only when every
+Soundness rule (README "Compositions: when an example counts"). An example counts as robust and accurate for H only when every
 x' in B_eps(x) gets the label y:
 
 * let j* be the first member that robustly selects (``rsel``: selects on the whole ball). Members before

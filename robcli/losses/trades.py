@@ -4,7 +4,7 @@
 
 * The KL is summed over classes and averaged over the batch ("batchmean", as in the TRADES paper and
   code: ``(1/B) * KLDivLoss(reduction='sum')``), NOT averaged over classes (the reference ERA code's
-  ``mean`` reduction silently divides beta by K; DESIGN.md "Known traps").
+  ``mean`` reduction silently divides beta by K; README "Training choices").
 * The inner max is a 10-step (``cfg.attack_steps``) PGD on the KL started, as TRADES does, at
   ``x + 0.001 * N(0, I)`` (the KL has zero gradient at ``x'`` = ``x``), step size ``cfg.step_size`` or
   ``eps / 4`` (TRADES: 0.007 at eps 0.031), signed steps for Linf and normalized steps for L2, projected on

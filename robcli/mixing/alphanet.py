@@ -1,4 +1,4 @@
-"""The adaptive mixing network alpha_theta(x) (004 Sec. 4.3, Fig. 3 and 10, App. C.2, D.1).
+"""The adaptive mixing network alpha_theta(x) (the adaptive-smoothing paper's Sec. 4.3, Fig. 3 and 10, App. C.2, D.1).
 
 Inputs: features tapped from two depths ("shallow" = upstream, "middle") of both frozen base models, in the
 same forward pass that produces their logits. Architecture (Fig. 3/10, scaled to our models):

@@ -1,10 +1,10 @@
-"""Adaptive attacks on mixed classifiers (004 Sec. 4.2, settings A-D), registered as ``robcli attack --attack
+"""Adaptive attacks on mixed classifiers (the adaptive-smoothing paper's Sec. 4.2, settings A-D), registered as ``robcli attack --attack
 mix-a|mix-b|mix-c|mix-d`` (tables: ``mix-A`` .. ``mix-D``) in the attack engine's registry.
 
 * A — gray-box PGD: gradients of g and h, none through the mixing network (alpha(x) detached).
 * B — white-box PGD through the whole mixture, alpha(x) included.
 * C — AutoAttack on the mixture (pyautoattack, end-to-end gradients).
-* D — adaptive AutoAttack. 004 Sec. 4.2: "we add an APGD loss component that aims to decrease alpha into
+* D — adaptive AutoAttack. the adaptive-smoothing paper's Sec. 4.2: "we add an APGD loss component that aims to decrease alpha into
   AutoAttack to specifically target the mixing network", i.e. standard AutoAttack (APGD-CE, APGD-T, FAB-T,
   Square) whose APGD losses carry the extra term ``w * log(1 - alpha(x))`` that pushes alpha(x) down
   (towards the non-robust g), in BOTH the untargeted and the targeted APGD parts. Here, as AutoAttack's
@@ -216,7 +216,7 @@ def attack_mixture(model: MixedClassifier, x: torch.Tensor, y: torch.Tensor, set
                    norm: str = "Linf", steps: int = 20, n_iter: int = 100, alpha_weight: float = 1.0,
                    n_targets: int = 9, n_queries: int = 5000, generator: torch.Generator | None = None,
                    device=None) -> torch.Tensor:
-    """Adversarial inputs for attack setting A, B, C or D of 004 Sec. 4.2 (PGD: ``steps``; APGD and FAB:
+    """Adversarial inputs for attack setting A, B, C or D of the adaptive-smoothing paper's Sec. 4.2 (PGD: ``steps``; APGD and FAB:
     ``n_iter``; D's Square: ``n_queries``; D's targeted parts: ``n_targets``).
 
     ``model``: a :class:`MixedClassifier`, or a wrapper exposing its ``forward_with_alpha``, ``gray_box`` and

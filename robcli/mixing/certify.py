@@ -2,12 +2,12 @@
 
 Each method's name says which classifier it certifies (the table's ``method`` and ``certified_model``):
 
-* ``mix-smoothed-h`` (002 Thm 2) and ``mix-lipschitz-rs`` (002 Thm 1 with Lip = sqrt(2/pi)/sigma): the mixture
+* ``mix-smoothed-h`` (the mixing paper's Thm 2) and ``mix-lipschitz-rs`` (the mixing paper's Thm 1 with Lip = sqrt(2/pi)/sigma): the mixture
   whose robust member is the Gaussian-SMOOTHED hard classifier of h (certified_model
   ``mixture-with-smoothed-h``): not what the run directory computes; compose, partition and report refuse them.
-* ``mix-lipschitz`` (002 Thm 1 with a given Lipschitz constant of h's probabilities): the run directory's own
+* ``mix-lipschitz`` (the mixing paper's Thm 1 with a given Lipschitz constant of h's probabilities): the run directory's own
   deterministic mixture (certified_model ``mixture``).
-* ``mix-local-estimate`` (004 App. C.3): an ESTIMATE of the run directory's radius (``radius_is_estimate``).
+* ``mix-local-estimate`` (the adaptive-smoothing paper's App. C.3): an ESTIMATE of the run directory's radius (``radius_is_estimate``).
 
 The certificate holds whatever the core model g does, so only the robust member h is loaded.
 """
@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from robcli.errors import UsageError
 
 METHODS: dict[str, str] = {
-    "mix-smoothed-h": "002 Thm 2: the mixture with the Gaussian-smoothed h (needs --sigma)",
-    "mix-lipschitz-rs": "002 Thm 1, Lip = sqrt(2/pi)/sigma: the mixture with the Gaussian-smoothed h (needs --sigma)",
-    "mix-lipschitz": "002 Thm 1 with --lipschitz L of h's probabilities: the mixture run directory itself",
-    "mix-local-estimate": "004 App. C.3: an ESTIMATE of the mixture run directory's radius in the --eps ball",
+    "mix-smoothed-h": "the mixing paper's Thm 2: the mixture with the Gaussian-smoothed h (needs --sigma)",
+    "mix-lipschitz-rs": "the mixing paper's Thm 1, Lip = sqrt(2/pi)/sigma: the mixture with the Gaussian-smoothed h (needs --sigma)",
+    "mix-lipschitz": "the mixing paper's Thm 1 with --lipschitz L of h's probabilities: the mixture run directory itself",
+    "mix-local-estimate": "the adaptive-smoothing paper's App. C.3: an ESTIMATE of the mixture run directory's radius in the --eps ball",
 }
 SMOOTHED = ("mix-smoothed-h", "mix-lipschitz-rs")
 # names `robcli mix certify --method` used, refused with the new one

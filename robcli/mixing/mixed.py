@@ -202,12 +202,12 @@ class FeatureTaps:
 
 
 class MixedClassifier(nn.Module):
-    """h^alpha(x) = log((1 - alpha(x)) softmax(s_g g(x)) + alpha(x) softmax(s_h h(x))) (002 eq. 4; 004 eq. 5).
+    """h^alpha(x) = log((1 - alpha(x)) softmax(s_g g(x)) + alpha(x) softmax(s_h h(x))) (the mixing paper's eq. 4; the adaptive-smoothing paper's eq. 5).
 
     Args:
         g: accurate core model ([0,1] inputs -> logits).
         h: robust model ([0,1] inputs -> logits).
-        alpha: fixed weight in [0, 1], or an ``AlphaNet`` (adaptive smoothing, 004 Sec. 4.3).
+        alpha: fixed weight in [0, 1], or an ``AlphaNet`` (adaptive smoothing, the adaptive-smoothing paper's Sec. 4.3).
         mix_space: ``prob`` (the paper's mixture) or ``logit``.
         scale_g, scale_h: logit scales (App. D.1).
         alpha_range: (alpha_min, alpha_max) applied to an adaptive alpha while ``use_range`` is True.
@@ -287,7 +287,7 @@ class MixedClassifier(nn.Module):
 
     @contextmanager
     def full_range(self) -> Iterator[MixedClassifier]:
-        """Temporarily ignore ``alpha_range`` (training uses the full (0, 1) range, 004 App. D.1)."""
+        """Temporarily ignore ``alpha_range`` (training uses the full (0, 1) range, the adaptive-smoothing paper's App. D.1)."""
         old = self.use_range
         self.use_range = False
         try:

@@ -1,15 +1,15 @@
-"""Certified radii of a fixed-alpha mixture h^alpha (002 Lemma 1, Thm 1, Thm 2; 004 Lemma 3.2, Thm 3.5, A.2).
+"""Certified radii of a fixed-alpha mixture h^alpha (the mixing paper's Lemma 1, Thm 1, Thm 2; the adaptive-smoothing paper's Lemma 3.2, Thm 3.5, A.2).
 
 All results certify that argmax_i h^alpha_i(x + delta) = y := argmax_i h_i(x) for ||delta|| <= r, whatever the
 core model g does (Lemma 1: g is an adversary here). They need alpha >= 1/2; below, or when r <= 0, there is no
 certificate (radius 0, ``certified`` False).
 
-* Lipschitz-based (002 Thm 1 / 004 Thm 3.5), any l_p norm:
+* Lipschitz-based (the mixing paper's Thm 1 / the adaptive-smoothing paper's Thm 3.5), any l_p norm:
       r = min_{i != y} (alpha (h_y - h_i) + alpha - 1) / (alpha (Lip(h_y) + Lip(h_i))).
   Lipschitz constants of the probabilities h_i: given by the user; sqrt(2/pi)/sigma (l_2) for a Gaussian
-  randomized-smoothing h (002 Sec. III, after Assumption 1); or a LOCAL ESTIMATE (004 App. C.3, eq. 12) by
+  randomized-smoothing h (the mixing paper's Sec. III, after Assumption 1); or a LOCAL ESTIMATE (the adaptive-smoothing paper's App. C.3, eq. 12) by
   PGD, which is not a certificate and is flagged as such.
-* Smoothing-based (002 Thm 2 / 004 Thm A.2), l_2, h = E[hbar(x + xi)], xi ~ N(0, sigma^2 I):
+* Smoothing-based (the mixing paper's Thm 2 / the adaptive-smoothing paper's Thm A.2), l_2, h = E[hbar(x + xi)], xi ~ N(0, sigma^2 I):
       r = sigma/2 (Phi^-1(alpha h_y) - Phi^-1(alpha h_y' + 1 - alpha)).
 
 Monte-Carlo h (randomized smoothing): the smoothed probabilities are unknown, so — unlike the reference code,
@@ -326,7 +326,7 @@ def certify_lipschitz_mixture(h: torch.nn.Module, x: torch.Tensor, *, alpha: flo
 def estimate_local_lipschitz(h: torch.nn.Module, x: torch.Tensor, *, eps: float, norm: str = "Linf",
                              steps: int = 20, scale_h: float = 1.0, generator: torch.Generator | None = None,
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """004 App. C.3, eq. (12): one-sided local Lipschitz constants of softmax(h) in the eps-ball, by PGD.
+    """the adaptive-smoothing paper's App. C.3, eq. (12): one-sided local Lipschitz constants of softmax(h) in the eps-ball, by PGD.
 
     For the predicted class y, PGD maximizes the DECREASE h_y(x) - h_y(x + delta); for every other class i the
     INCREASE h_i(x + delta) - h_i(x) (classes decoupled, as in the paper). Each maximum over eps is the
@@ -374,7 +374,7 @@ def certify_local_estimate(h: torch.nn.Module, x: torch.Tensor, *, alpha: float,
     """Radius ESTIMATE from App. C.3: eps where Thm 1 with the local constants gives a radius >= eps, else 0.
 
     The local constants only hold inside the eps-ball, so the only statement they support is "robust at
-    eps" (004 App. C.3, second condition). Flagged ``estimate=True``.
+    eps" (the adaptive-smoothing paper's App. C.3, second condition). Flagged ``estimate=True``.
     """
     a = check_alpha(alpha)
     p, y, lip = estimate_local_lipschitz(h, x, eps=eps, norm=norm, steps=steps, scale_h=scale_h, generator=generator)

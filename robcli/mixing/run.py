@@ -3,8 +3,8 @@ them: importable functions that return a path or DataFrames (the CLI only parses
 
 * :func:`build_fixed_mixture`: the fixed-alpha mixture of two models, written as a run directory.
 * :func:`sweep_fixed_mixtures`: natural and STD/ROB/MIX-attacked accuracy over a grid of fixed alpha, as
-  compose-table rows (paper 002 Fig. 2, 004 Fig. 4).
-* :func:`train_adaptive_mixture`: the adaptive mixing network alpha_theta(x) on two frozen models (004 Sec. 4).
+  compose-table rows (the mixing paper's Fig. 2, the adaptive-smoothing paper's Fig. 4).
+* :func:`train_adaptive_mixture`: the adaptive mixing network alpha_theta(x) on two frozen models (the adaptive-smoothing paper's Sec. 4).
 
 User mistakes raise robcli's typed errors; nothing is written before the inputs are checked.
 """

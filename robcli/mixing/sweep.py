@@ -1,4 +1,4 @@
-"""Fixed-alpha sweep (002 Sec. IV-A, Fig. 2; 004 Sec. 5.1.1, Fig. 4): natural and attacked accuracy of h^alpha
+"""Fixed-alpha sweep (the mixing paper's Sec. IV-A, Fig. 2; the adaptive-smoothing paper's Sec. 5.1.1, Fig. 4): natural and attacked accuracy of h^alpha
 over a grid of alpha, under PGD attacks that target g (STD), h (ROB) and the mixture itself (MIX).
 
 STD and ROB adversarial inputs do not depend on alpha and are computed once ("transfer" attacks) on the

@@ -1,6 +1,6 @@
-"""Training the mixing network alpha_theta (004 Sec. 4.2, 4.4, 5.2, App. C.2, D.1).
+"""Training the mixing network alpha_theta (the adaptive-smoothing paper's Sec. 4.2, 4.4, 5.2, App. C.2, D.1).
 
-Composite loss (004 eq. 8), per example, with pseudo label alpha~ = 0 for clean inputs (prefer g) and 1 for
+Composite loss (the adaptive-smoothing paper's eq. 8), per example, with pseudo label alpha~ = 0 for clean inputs (prefer g) and 1 for
 attacked inputs (prefer h):
 
     c_CE * CE(h^alpha(x'), y) + c_BCE * BCE(alpha(x'), alpha~) + c_prod * CE(h^alpha(x'), y) * BCE(alpha(x'), alpha~)
@@ -47,7 +47,7 @@ class MixnetConfig:
     Attributes:
         eps, norm: training threat model. steps: max attack steps (randomized in [1, steps]).
         eps_low: radii are drawn from U(eps_low * eps, eps) per example.
-        setting: training attack, A, B or C (004 Sec. 4.2).
+        setting: training attack, A, B or C (the adaptive-smoothing paper's Sec. 4.2).
         alpha_weight: max weight of the log(1 - alpha) attack term (B, C); drawn per batch from U(0, max).
         c_ce, c_bce, c_prod: composite loss constants (eq. 8); defaults from App. C.2.
         epochs, batch, lr, weight_decay: AdamW training (Sec. 5.2).
@@ -108,7 +108,7 @@ class MixnetConfig:
 
 def composite_loss(logits: torch.Tensor, alpha: torch.Tensor, y: torch.Tensor, pseudo: torch.Tensor,
                    c_ce: float, c_bce: float, c_prod: float) -> tuple[torch.Tensor, dict]:
-    """004 eq. (8), batch mean. ``alpha`` in (0, 1) (B,), ``pseudo`` in {0, 1} (B,)."""
+    """the adaptive-smoothing paper's eq. (8), batch mean. ``alpha`` in (0, 1) (B,), ``pseudo`` in {0, 1} (B,)."""
     ce = F.cross_entropy(logits, y, reduction="none")
     bce = F.binary_cross_entropy(alpha.clamp(1e-6, 1 - 1e-6), pseudo.to(alpha.dtype), reduction="none")
     loss = (c_ce * ce + c_bce * bce + c_prod * ce * bce).mean()
@@ -173,7 +173,7 @@ def mixnet_step(model: MixedClassifier, opt: torch.optim.Optimizer, x: torch.Ten
 
 
 class EMA:
-    """Exponential moving average of the alpha network's parameters and buffers (004 App. D.1)."""
+    """Exponential moving average of the alpha network's parameters and buffers (the adaptive-smoothing paper's App. D.1)."""
 
     def __init__(self, net: torch.nn.Module, decay: float):
         self.decay = decay

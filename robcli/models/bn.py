@@ -1,6 +1,6 @@
 """BatchNorm handling for adversarial training.
 
-Policy (DESIGN.md "Known traps"; the reference ERA code never updates BN statistics at all):
+Policy (README "Training choices"; the reference ERA code never updates BN statistics at all):
 
 * adversarial examples are *generated* with the model in eval mode (:func:`eval_mode`): BN normalizes with
   its running statistics and nothing is updated;

@@ -246,7 +246,7 @@ def build_report(tables, radii=DEFAULT_RADII, pareto: tuple[str, str] | None = N
         seq_note = (" samples/ex: mean noise samples drawn per example (fixed-N: N0 + N; sequential: the selection "
                     "and estimation samples it used, n_used). With --against label the table measures certified "
                     "accuracy; inacc@r is then 0 by construction (wrong predictions are never tested).")
-        est_note = (" Rows marked [ESTIMATE] are built on radius estimates (certify --method mix-local-estimate, 004 App. C.3), "
+        est_note = (" Rows marked [ESTIMATE] are built on radius estimates (certify --method mix-local-estimate, the adaptive-smoothing paper's App. C.3), "
                     "not certificates: their numbers are estimates." if estimates else "")
         rep.sections.append(Section("Certified accuracy (acc@r) and certified robust inaccuracy (inacc@r) at L2 radii (Tables 2/3)",
                                     pd.DataFrame(cert), (est_note + seq_note).strip()))

@@ -1,4 +1,4 @@
-"""The Parquet table schemas (the contract in DESIGN.md). One place for every table kind.
+"""The Parquet table schemas (the contract in the README's "Tables" section). One place for every table kind.
 
 Each kind lists its required columns with their Arrow type names. Extra columns are allowed and kept.
 Columns listed in ``FRACTIONS`` must lie in [0, 1] (accuracies are fractions, never percent).
