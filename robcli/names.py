@@ -14,17 +14,16 @@ MODELS = ("mlp", "resnet18", "resnet18_tiny", "resnet50", "small_cnn", "tiny_cnn
           "wrn-34-10", "wrn_tiny")
 # robcli.losses.LOSSES (finetune --loss)
 LOSSES = ("cra", "dga", "era", "mixnet", "noise", "std", "trades")
-# robcli.attacks.ATTACKS (attack --attack, partition --attack)
-ATTACKS = ("apgd-ce", "apgd-conf", "apgd-dlr", "apgd-t", "autoattack", "fab-t", "grid", "pgd", "square")
+# robcli.attacks.ATTACKS (attack --attack, partition --attack), as users type them (mix-a..mix-d: any case)
+ATTACKS = ("apgd-ce", "apgd-conf", "apgd-dlr", "apgd-t", "autoattack", "fab-t", "grid", "mix-a", "mix-b", "mix-c",
+           "mix-d", "pgd", "square")
 # robcli.compose.selectors.SELECTORS (compose --selector; the aliases are accepted but not offered)
 SELECTORS = ("ri", "sr", "sr-pointwise")
 # robcli.utils.parse.NORMS (--norm)
 NORMS = ("Linf", "L2")
 # robcli.attacks.aa.AA_VERSIONS (attack --version)
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
-# robcli.mixing.attacks.SETTINGS (attack/mix attack --setting) and robcli.mixing.train.TRAIN_SETTINGS
-# (finetune/mix train --train-attack)
-MIX_SETTINGS = ("A", "B", "C", "D")
+# robcli.mixing.train.TRAIN_SETTINGS (finetune --loss mixnet --train-attack)
 TRAIN_SETTINGS = ("A", "B", "C")
 # robcli.compose.export.INNER_ATTACKS (compose --export-inner-attack)
 INNER_ATTACKS = ("pgd", "apgd-ce")
@@ -35,5 +34,5 @@ REPORT_FORMATS = ("markdown", "csv", "latex", "json", "html", "cohen-tsv")
 # what `robcli list` lists
 LISTS = ("datasets", "models", "losses", "attacks")
 
-__all__ = ["AA_VERSIONS", "ATTACKS", "CERTIFY_MODES", "DATASETS", "INNER_ATTACKS", "LISTS", "LOSSES", "MIX_SETTINGS",
-           "MODELS", "NORMS", "REPORT_FORMATS", "SELECTORS", "TRAIN_SETTINGS"]
+__all__ = ["AA_VERSIONS", "ATTACKS", "CERTIFY_MODES", "DATASETS", "INNER_ATTACKS", "LISTS", "LOSSES", "MODELS",
+           "NORMS", "REPORT_FORMATS", "SELECTORS", "TRAIN_SETTINGS"]

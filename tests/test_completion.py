@@ -22,22 +22,20 @@ def test_names_equal_the_live_registries():
     from robcli.compose.export import INNER_ATTACKS
     from robcli.compose.selectors import SELECTORS
     from robcli.data.registry import list_datasets
-    from robcli.losses import LOSSES, _ensure_registered
-    from robcli.mixing.attacks import SETTINGS
+    from robcli.losses import list_losses
     from robcli.mixing.train import TRAIN_SETTINGS
     from robcli.models.registry import list_models
     from robcli.report.render import FORMATS
     from robcli.utils.parse import NORMS
 
-    _ensure_registered()
     assert names.DATASETS == tuple(list_datasets())
     assert names.MODELS == tuple(list_models())
-    assert names.LOSSES == tuple(sorted(LOSSES))
-    assert names.ATTACKS == tuple(sorted(ATTACKS))
+    assert names.LOSSES == tuple(list_losses())
+    assert names.ATTACKS == tuple(sorted(a.lower() for a in ATTACKS))
     assert names.SELECTORS == tuple(SELECTORS)
     assert names.NORMS == tuple(NORMS)
     assert names.AA_VERSIONS == tuple(AA_VERSIONS)
-    assert names.MIX_SETTINGS == tuple(SETTINGS) and names.TRAIN_SETTINGS == tuple(TRAIN_SETTINGS)
+    assert names.TRAIN_SETTINGS == tuple(TRAIN_SETTINGS)
     assert names.INNER_ATTACKS == tuple(INNER_ATTACKS)
     assert names.CERTIFY_MODES == tuple(MODES)
     assert names.REPORT_FORMATS == (*FORMATS, "cohen-tsv")
@@ -95,8 +93,8 @@ def test_completing_attack_names_lists_apgd_without_importing_torch():
     ("robcli compose --selector ", list(names.SELECTORS)),
     ("robcli partition --attack apgd-c", ["apgd-ce", "apgd-conf"]),
     ("robcli report --format co", ["cohen-tsv"]),
-    ("robcli mix attack --setting ", list(names.MIX_SETTINGS)),
-    ("robcli mix certify --norm ", list(names.NORMS)),
+    ("robcli attack --attack mix-", ["mix-a", "mix-b", "mix-c", "mix-d"]),
+    ("robcli certify --norm ", list(names.NORMS)),
     ("robcli list ", list(names.LISTS)),
 ])
 def test_completion_lists_the_registered_names(words, want):

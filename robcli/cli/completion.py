@@ -26,10 +26,7 @@ BY_COMMAND: dict[tuple[str, str], tuple[str, ...]] = {
     ("attack", "--attack"): names.ATTACKS,
     ("partition", "--attack"): names.ATTACKS,
     ("attack", "--version"): names.AA_VERSIONS,
-    ("attack", "--setting"): names.MIX_SETTINGS,
-    ("mix attack", "--setting"): names.MIX_SETTINGS,
     ("finetune", "--train-attack"): names.TRAIN_SETTINGS,
-    ("mix train", "--train-attack"): names.TRAIN_SETTINGS,
     ("compose", "--export-inner-attack"): names.INNER_ATTACKS,
     ("certify", "--mode"): names.CERTIFY_MODES,
     ("report", "--format"): names.REPORT_FORMATS,
@@ -51,7 +48,7 @@ def _completer(choices: tuple[str, ...]):
 
 
 def choices_for(path: str, param) -> tuple[str, ...] | None:
-    """The names that ``param`` of the command ``path`` (``"mix attack"``) completes from, or None."""
+    """The names that ``param`` of the command ``path`` (``"attack"``) completes from, or None."""
     keys = list(getattr(param, "opts", ())) or [param.name]
     for k in keys:
         if (path, k) in BY_COMMAND:
