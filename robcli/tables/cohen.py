@@ -46,6 +46,8 @@ from typing import Any
 from robcli.errors import TableError, UsageError
 
 FORMAT = "cohen-tsv"
+from robcli.tables.io import is_cohen_log  # noqa: E402,F401  (the sniff lives beside the reader)
+
 CERTIFY_HEADER = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_HEADER = ("idx", "label", "predict", "correct", "time")
 ABSTAIN = -1
@@ -62,22 +64,6 @@ class CohenLog:
     config: dict = field(default_factory=dict)
     prov: dict = field(default_factory=dict)
     path: str = ""
-
-
-def is_cohen_log(path: str | Path) -> bool:
-    """Whether ``path`` is a text file whose first line is a Cohen-format header (not a Parquet file)."""
-    p = Path(path)
-    if not p.is_file():
-        return False
-    try:
-        with open(p, "rb") as f:
-            head = f.read(256)
-    except OSError:
-        return False
-    if head.startswith(b"PAR1"):
-        return False
-    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
-    return first.split("\t")[0].strip() == "idx" and "\t" in first
 
 
 def max_radius(sigma: float, N: int, alpha: float) -> float:

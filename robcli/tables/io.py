@@ -272,8 +272,6 @@ def _read_one(path: Path) -> Table:
     try:
         t = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        from robcli.tables.cohen import is_cohen_log
-
         if is_cohen_log(path):
             raise TableError(f"{path} is a Cohen-format certification log, not a robcli table: import it with its "
                              "sigma, N and alpha first (robcli.tables.cohen.import_cohen_log), or give it to report "
@@ -417,3 +415,21 @@ def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> T
         if t.kind not in kinds:
             raise TableError(f"{path} is a {t.kind} table; expected {' or '.join(kinds)}")
     return t
+
+
+def is_cohen_log(path: str | Path) -> bool:
+    """Whether ``path`` is a text file whose first line is a Cohen et al. log header (``idx\tlabel...``), not
+    a Parquet file. Lives here, beside the reader, so that :mod:`robcli.tables.cohen` depends on this module and
+    not the other way round."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    if head.startswith(b"PAR1"):
+        return False
+    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    return first.split("\t")[0].strip() == "idx" and "\t" in first
