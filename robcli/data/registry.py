@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from robcli.errors import DataError
+from robcli.utils.registry import Registry
 
 SPLITS = ("train", "val", "test", "train_full")
 VAL_FRACTION = 0.1
@@ -163,17 +164,30 @@ class DatasetEntry:
     train_defaults: dict[str, TrainDefaults] = field(default_factory=dict)  # architecture name or "*" -> defaults
 
 
-DATASETS: dict[str, DatasetEntry] = {}
+DATASETS: Registry[DatasetEntry] = Registry("data set", modules=("robcli.data.builtin",), error=DataError)
+"""Every registered data set (filled by importing :mod:`robcli.data.builtin` on first read)."""
 
 
 def register_dataset(name: str, description: str, train_defaults: dict[str, TrainDefaults] | None = None):
+    """Decorator: the decorated function returns ``(info_fn, load_fn)``; registered under ``name``."""
+
     def deco(fn):
-        # fn returns (info_fn, load_fn)
         info_fn, load_fn = fn()
-        DATASETS[name] = DatasetEntry(info_fn, load_fn, description, dict(train_defaults or {}))
+        DATASETS.add(name, DatasetEntry(info_fn, load_fn, description, dict(train_defaults or {})), description)
         return fn
 
     return deco
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registered entry of ``name``; DataError naming the choices if unknown."""
+    return DATASETS.get(name).obj
+
+
+def recommends_training(name: str) -> bool:
+    """Whether data set ``name`` is registered and carries recommended training settings."""
+    key = DATASETS.resolve(name)
+    return key is not None and bool(DATASETS.get(key).obj.train_defaults)
 
 
 def recommended_training(name: str, arch: str | None, finetune: bool) -> tuple[dict, str]:
@@ -185,10 +199,10 @@ def recommended_training(name: str, arch: str | None, finetune: bool) -> tuple[d
         (settings, source): settings keyed by :data:`TRAIN_DEFAULT_KEYS` (empty when the data set recommends
         nothing, or is unknown), and a description of the entry, e.g. ``"gaussians/mlp from scratch (App. A.2)"``.
     """
-    _ensure_registered()
-    entry = DATASETS.get(name)
-    if entry is None:
+    key = DATASETS.resolve(name)
+    if key is None:
         return {}, ""
+    entry = DATASETS.get(key).obj
     key = arch if arch in entry.train_defaults else "*"
     rec = entry.train_defaults.get(key)
     if rec is None:
@@ -199,19 +213,11 @@ def recommended_training(name: str, arch: str | None, finetune: bool) -> tuple[d
 
 
 def list_datasets() -> list[str]:
-    _ensure_registered()
-    return sorted(DATASETS)
-
-
-def _ensure_registered() -> None:
-    from robcli.data import builtin  # noqa: F401  (registers the built-in data sets)
+    return DATASETS.names()
 
 
 def get_info(name: str, **opts) -> DataInfo:
-    _ensure_registered()
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")
-    return DATASETS[name].info(**opts)
+    return dataset_entry(name).info(**opts)
 
 
 def load_split(
@@ -229,14 +235,11 @@ def load_split(
     """
     import torch
 
-    _ensure_registered()
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    entry = dataset_entry(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if image_size is not None and int(image_size) < 1:
         raise DataError(f"--image-size {image_size} must be a positive number of pixels")
-    entry = DATASETS[name]
     opts = {"data_dir": data_dir, "download": download, "image_size": image_size}
     info = entry.info(**opts)
     base = "test" if split == "test" else "train"

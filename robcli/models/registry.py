@@ -2,53 +2,33 @@
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass
 from typing import Callable
 
 from robcli.errors import ModelError
+from robcli.utils.registry import Entry, Registry
 
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    builder: Callable
-    description: str
-    tiny: bool = False
-
-
-_MODELS: dict[str, ModelEntry] = {}
+MODELS: Registry[Callable] = Registry("model", modules=("robcli.models.archs",), error=ModelError)
+"""Every registered architecture (builders ``(num_classes, input_shape, **kw) -> nn.Module``; meta ``tiny``)."""
 
 
 def register_model(name: str, description: str = "", tiny: bool = False):
-    def deco(fn):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = ModelEntry(name, fn, description, tiny)
-        return fn
-
-    return deco
-
-
-def _ensure_registered() -> None:
-    from robcli.models import archs  # noqa: F401  (registers the built-in architectures)
+    """Decorator registering an architecture builder under ``name`` (``tiny``: a test-size member)."""
+    return MODELS.register(name, description, tiny=bool(tiny))
 
 
 def list_models(pattern: str = "*", *, tiny: bool | None = None) -> list[str]:
-    _ensure_registered()
-    return sorted(
-        n for n, e in _MODELS.items() if fnmatch.fnmatch(n, pattern) and (tiny is None or e.tiny == tiny)
-    )
+    return MODELS.names(pattern, **({} if tiny is None else {"tiny": bool(tiny)}))
 
 
 def is_model(name: str) -> bool:
-    _ensure_registered()
-    return name in _MODELS
+    return MODELS.resolve(name) is not None
+
+
+def model_entry(name: str) -> Entry[Callable]:
+    """The registered entry (builder, description, meta) of ``name``; ModelError naming the choices if unknown."""
+    return MODELS.get(name)
 
 
 def create_model(name: str, num_classes: int, input_shape, **kwargs):
     """Build a registered architecture (no normalization; see :func:`robcli.models.build`)."""
-    _ensure_registered()
-    if name not in _MODELS:
-        raise ModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name].builder(num_classes, tuple(input_shape), **kwargs)
+    return MODELS.get(name).obj(num_classes, tuple(input_shape), **kwargs)

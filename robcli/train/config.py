@@ -110,10 +110,9 @@ class FinetuneConfig:
         if self.init is None:
             if self.model is not None:
                 return self.model
-            from robcli.data.registry import DATASETS, _ensure_registered, get_info
+            from robcli.data.registry import get_info, recommends_training
 
-            _ensure_registered()
-            if self.dataset not in DATASETS or not DATASETS[self.dataset].train_defaults:
+            if not recommends_training(self.dataset):
                 return None  # nothing to look up (and on-disk data sets need not be read for this)
             return "small_cnn" if get_info(self.dataset).is_image else "mlp"
         import json
