@@ -272,7 +272,8 @@ class _Pool:
         self.slots: dict[int, _Slot] = {}
         self.needs: deque[int] = deque()
         self.parts: list = []  # new noisy blocks, not yet concatenated
-        self.part_owner: list[tuple[int, int]] = []  # (sid, size) of each new block
+        self.part_sid: list[int] = []  # owner (slot id) of each new block
+        self.part_size: list[int] = []  # and its size
         self.left_x = None  # inputs queued but not yet run (< batch)
         self.left_own = None
         self.fifo: deque[tuple[int, int, bool]] = deque()  # (sid, end offset in the input stream, ends a look)
@@ -296,7 +297,8 @@ class _Pool:
         t.normal_(0.0, self.sigma, generator=sl.gen)
         t += sl.x
         self.parts.append(t)
-        self.part_owner.append((sl.sid, b))
+        self.part_sid.append(sl.sid)
+        self.part_size.append(b)
         self.enq += b
         sl.inputs += b
         self.fifo.append((sl.sid, self.enq, look))
@@ -350,14 +352,14 @@ class _Pool:
         q = self.queued()
         m = q - q % self.batch if q >= self.batch else q
         if self.parts:
-            sids = torch.tensor([s for s, _ in self.part_owner], dtype=torch.long)
-            sizes = torch.tensor([b for _, b in self.part_owner], dtype=torch.long)
-            own_new = torch.repeat_interleave(sids, sizes).to(self.device)
+            own_np = np.repeat(np.fromiter(self.part_sid, np.int64, len(self.part_sid)),
+                               np.fromiter(self.part_size, np.int64, len(self.part_size)))
+            own_new = torch.from_numpy(own_np).to(self.device)
             xs = ([self.left_x] if self.left_x is not None else []) + self.parts
             owns = ([self.left_own] if self.left_own is not None else []) + [own_new]
             buf = torch.cat(xs) if len(xs) > 1 else xs[0]
             own = torch.cat(owns) if len(owns) > 1 else owns[0]
-            self.parts, self.part_owner = [], []
+            self.parts, self.part_sid, self.part_size = [], [], []
         else:
             buf, own = self.left_x, self.left_own
         with torch.inference_mode():
@@ -405,9 +407,10 @@ class _Pool:
         else:
             stop = ~(new == at.UNDECIDED).any(1)
             reason = np.where((new == at.CAPPED).any(1), "cap", "decided")
+        fresh = (old == at.UNDECIDED) & (new != at.UNDECIDED)
+        decided = np.where(fresh, plan.looks[k][:, None], np.stack([sl.decided_n for sl in est]))
         for i, sl in enumerate(est):
-            fresh = (old[i] == at.UNDECIDED) & (new[i] != at.UNDECIDED)
-            sl.decided_n[fresh] = self.looks[k[i]]
+            sl.decided_n = decided[i]
             sl.status = new[i]
             sl.look_i += 1
             if stop[i]:
