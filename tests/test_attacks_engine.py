@@ -124,6 +124,24 @@ def test_mix_settings_get_verify_points(runs, digits_data, monkeypatch):
         run_attack(_mix(runs), digits_data, AttackConfig(attack="mix-b", eps=("0.1",), steps=2), device="cpu")
 
 
+def test_mix_attacks_target_the_clean_prediction_not_the_label(runs, digits_data, monkeypatch):
+    """Mixture attack tables judge robustness against the model's own prediction (as every attack table), so
+    wrong predictions are attacked too and robust inaccuracy is measured."""
+    import torch
+
+    import robcli.mixing.attacks as A
+
+    seen = []
+    monkeypatch.setattr(A, "attack_mixture", lambda model, x, y, s, eps, **kw: seen.append(y.clone()) or x.clone())
+    m = _mix(runs)
+    df = run_attack(m, digits_data, AttackConfig(attack="mix-b", eps=("0.1",), steps=1, batch=24), device="cpu")
+    x, _ = digits_data.get(torch.arange(len(digits_data)))
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    assert torch.equal(torch.cat(seen), pred)
+    assert df["robust"].all() and (df["clean_pred"].to_numpy() == pred.numpy()).all()
+
+
 def test_mix_eps_sweep_is_monotone_and_records_alpha(runs, digits_data):
     cfg = AttackConfig(attack="mix-b", eps=("0.05", "0.3"), steps=5, batch=8)
     df = run_attack(_mix(runs), digits_data, cfg, device="cpu")
