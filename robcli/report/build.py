@@ -152,7 +152,9 @@ def _certify_method(t, g) -> tuple[str, float]:
         what = "mixture certificate"
     else:
         what = "fixed-N CERTIFY"
-    return what, float((g["N0"] + g["N"]).mean()) if len(g) else float("nan")
+    if not len(g) or not {"N0", "N"} <= set(g.columns):
+        return what, float("nan")
+    return what, float((g["N0"] + g["N"]).mean())
 
 
 def certify_alpha(g) -> float:
