@@ -278,27 +278,11 @@ def partition(table, *, eps: float | str | None = None, radius: float | str | No
     Raises:
         UsageError, TableError: as the command.
     """
-    from robcli.analysis.metrics import view_from_table
-    from robcli.analysis.partition import partition_frame, split_summary
+    from robcli.analysis.partition import partition_frame, partition_view, split_summary
     from robcli.tables.io import provenance
-    from robcli.utils.parse import parse_eps, parse_norm
 
     t = _table(table, ("attack", "certify"))
-    nrm = parse_norm(norm) if norm is not None else None
-    if t.kind == "attack":
-        if radius is not None or sigma is not None:
-            raise UsageError(f"{t.path} is an attack table: use eps (radius/sigma are for certify tables)")
-        e = parse_eps(str(eps), nrm or "Linf") if eps is not None else None
-        view = view_from_table(t, e, attack=attack, norm=nrm)
-    else:
-        if attack is not None:
-            raise UsageError(f"{t.path} is a certify table: attack does not apply")
-        if radius is not None and eps is not None:
-            raise UsageError("give radius or eps, not both")
-        r = radius if radius is not None else eps
-        if r is None:
-            raise UsageError(f"{t.path} is a certify table: give the threat radius with radius=")
-        view = view_from_table(t, parse_eps(str(r), "L2"), sigma=sigma, norm=nrm or "L2")
+    view = partition_view(t, eps=eps, radius=radius, sigma=sigma, attack=attack, norm=norm, flag="")
     part = partition_frame(view)
     summary = split_summary(part)
     config = {"table": t.path, "eps": view.eps, "norm": view.norm, "kind": t.kind, "attacks": list(view.attacks),

@@ -25,6 +25,38 @@ def split_names(correct, robust):
     return names
 
 
+def partition_view(t, *, eps=None, radius=None, sigma=None, attack=None, norm: str | None = None,
+                   name: str | None = None, flag: str = "--") -> ModelView:
+    """The per-example view of an attack or certify table that ``partition`` splits (one rule for the CLI and
+    the API). ``eps`` for attack tables; ``radius`` (or ``eps``) and ``sigma`` for certify tables. ``name``: the
+    table as the user gave it; ``flag``: how options are spelled in messages (``"--"`` on the command line,
+    ``""`` for keyword arguments).
+
+    Raises:
+        UsageError: options that do not apply to the table's kind, or no threat radius for a certify table.
+    """
+    from robcli.analysis.metrics import view_from_table
+    from robcli.errors import UsageError
+    from robcli.utils.parse import parse_eps, parse_norm
+
+    name = name or t.path
+    nrm = parse_norm(norm) if norm is not None else None
+    if t.kind == "attack":
+        if radius is not None or sigma is not None:
+            raise UsageError(f"{name} is an attack table: use {flag}eps ({flag}radius/{flag}sigma are for certify "
+                             "tables)")
+        e = parse_eps(str(eps), nrm or "Linf") if eps is not None else None
+        return view_from_table(t, e, attack=attack, norm=nrm)
+    if attack is not None:
+        raise UsageError(f"{name} is a certify table: {flag}attack does not apply")
+    if radius is not None and eps is not None:
+        raise UsageError(f"give {flag}radius or {flag}eps, not both")
+    r = radius if radius is not None else eps
+    if r is None:
+        raise UsageError(f"{name} is a certify table: give the threat radius with {flag}radius" + ("=" if not flag else ""))
+    return view_from_table(t, parse_eps(str(r), "L2"), sigma=sigma, norm=nrm or "L2")
+
+
 def partition_frame(view: ModelView):
     """One row per example: ``idx, label, split`` plus ``pred, correct, robust, eps, norm``."""
     import pandas as pd

@@ -27,13 +27,12 @@ def partition(
     quiet: QuietOpt = False,
 ) -> None:
     """Assign every example to robust/non-robust x accurate/inaccurate and print the Table 8-style summary."""
-    from robcli.analysis.metrics import view_from_table
-    from robcli.analysis.partition import partition_frame, split_summary
+    from robcli.analysis.partition import partition_frame, partition_view, split_summary
     from robcli.errors import UsageError
     from robcli.report.render import render_partition_summary
     from robcli.tables.io import provenance, read_table, write_table
     from robcli.tables.schema import PARTITION_SPLITS
-    from robcli.utils.parse import parse_eps, parse_norm
+    from robcli.utils.parse import parse_norm
 
     if (export_split is None) != (export is None):
         raise UsageError("--export-split and --export go together: name the split and the file to write")
@@ -44,7 +43,7 @@ def partition(
             raise UsageError(f"unknown split {export_split!r}; choose {SPLIT_HELP}")
     if fmt not in ("text", "markdown", "csv", "json"):
         raise UsageError(f"unknown --format {fmt!r}; choose text, markdown, csv or json")
-    nrm = parse_norm(norm) if norm is not None else None
+    nrm = parse_norm(norm) if norm is not None else None  # checked before anything is read
     for p in (out, export):
         if p is not None:
             check_out(p, force)
@@ -52,20 +51,7 @@ def partition(
         raise UsageError("--out and --export name the same file")
 
     t = read_table(table, ("attack", "certify"))
-    if t.kind == "attack":
-        if radius is not None or sigma is not None:
-            raise UsageError(f"{table} is an attack table: use --eps (--radius/--sigma are for certify tables)")
-        e = parse_eps(eps, nrm or "Linf") if eps is not None else None
-        view = view_from_table(t, e, attack=attack, norm=nrm)
-    else:
-        if attack is not None:
-            raise UsageError(f"{table} is a certify table: --attack does not apply")
-        if radius is not None and eps is not None:
-            raise UsageError("give --radius or --eps, not both")
-        r = radius if radius is not None else eps
-        if r is None:
-            raise UsageError(f"{table} is a certify table: give the threat radius with --radius")
-        view = view_from_table(t, parse_eps(r, "L2"), sigma=sigma, norm=nrm or "L2")
+    view = partition_view(t, eps=eps, radius=radius, sigma=sigma, attack=attack, norm=nrm, name=str(table))
 
     part = partition_frame(view)
     summary = split_summary(part)
