@@ -47,7 +47,7 @@ import numpy as np
 from robcli.certify import anytime as at
 from robcli.certify.bounds import ABSTAIN, check_params
 from robcli.certify.smoothing import COLUMNS as CERTIFY_COLUMNS
-from robcli.certify.smoothing import NOISE_BLOCK, VoteCounter, noise_seed
+from robcli.certify.smoothing import NOISE_BLOCK, VoteCounter, noise_seed, shard_positions
 from robcli.errors import UsageError
 
 AGAINST = ("prediction", "label")
@@ -503,10 +503,7 @@ def run_sequential(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    pos = np.arange(len(data))
-    if shard is not None:
-        i, k = shard
-        pos = pos[pos % k == i]
+    pos = shard_positions(len(data), shard)
     shape = tuple(data.info.input_shape)
     counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile,
                           image=len(shape) == 3)

@@ -258,6 +258,15 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "sigma", "N0"
            "pA_lower", "radius_linf", "cA", "mode", "counts"]
 
 
+def shard_positions(n: int, shard: tuple[int, int] | None):
+    """The positions (0..n-1) shard ``(I, K)`` takes: every K-th from I (all of them without a shard)."""
+    pos = np.arange(n)
+    if shard is not None:
+        i, k = shard
+        pos = pos[pos % k == i]
+    return pos
+
+
 def run_certify(
     model,
     data,
@@ -292,10 +301,7 @@ def run_certify(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    pos = np.arange(len(data))
-    if shard is not None:
-        i, k = shard
-        pos = pos[pos % k == i]
+    pos = shard_positions(len(data), shard)
     counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile,
                           image=len(data.info.input_shape) == 3)
     # check on the data set's first examples, not the shard's: a shard may be empty (K > number of examples)
