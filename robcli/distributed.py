@@ -259,6 +259,13 @@ class Heartbeat:
     def done(self) -> None:
         self._path("done", self.world.rank).write_text(str(time.time()))
 
+    def fail(self, error: BaseException) -> None:
+        """Tell the main rank why this rank stopped (its typed error's name and one-line message)."""
+        try:
+            self._path("failed", self.world.rank).write_text(f"{type(error).__name__}\n{error}")
+        except OSError:  # pragma: no cover - the folder is gone: the job is being torn down
+            pass
+
     def lost(self, stale_s: float = STALE_S) -> list[int]:
         """Ranks that have not finished and whose heartbeat is older than ``stale_s`` seconds."""
         now = time.time()
@@ -282,4 +289,226 @@ class Heartbeat:
         return False
 
 
-__all__ = ["Group", "Heartbeat", "LAUNCHERS", "World", "agree", "detect", "first_host"]
+def restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """How often the launcher restarted this job: torchrun's ``--max-restarts`` or a SLURM requeue."""
+    env = os.environ if environ is None else environ
+    return max(_int(env, "TORCHELASTIC_RESTART_COUNT") or 0, _int(env, "SLURM_RESTART_COUNT") or 0)
+
+
+FAULT_ENV = "ROBCLI_TEST_FAULT"  # "RANK:CHUNKS": that rank exits hard after storing CHUNKS parts (tests only)
+
+
+def _fault_hook(world: World) -> Callable[[], None] | None:
+    """Fault injection for the tests: the named rank dies (``os._exit``) after its n-th part, first attempt only."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or restart_count() > 0:
+        return None
+    rank, _, n = spec.partition(":")
+    if int(rank) != world.rank:
+        return None
+    left = [int(n or 1)]
+
+    def hook() -> None:
+        left[0] -= 1
+        if left[0] <= 0:
+            os._exit(17)
+
+    return hook
+
+
+class PartsLock:
+    """An advisory lock on ``OUT.parts``: one run (all its ranks) at a time, or any number of shards/array tasks.
+
+    A single process or the main rank of a launched job takes it exclusively; ``--shard`` processes and SLURM
+    array tasks share it (they split the plan between them). A second run on the same ``--out`` (e.g. workers
+    that outlived a killed launcher) is refused with one line instead of racing. The kernel drops the lock
+    when its process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, parts: Path, shared: bool = False):
+        self.path = Path(parts).with_name(Path(parts).name + ".lock")
+        self.shared = shared
+        self._fd: int | None = None
+
+    def __enter__(self) -> PartsLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no advisory locks (Windows): run unlocked
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            who = "shards of it are" if not self.shared else "a run of it is"
+            raise UsageError(f"another robcli process is writing {self.path.name[:-5]} ({who} running); wait for "
+                             "it to end (or stop it) and rerun with --resume") from None
+        self._fd = fd
+        return self
+
+    def release(self, remove: bool = False) -> None:
+        if self._fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _wait_for_ranks(hb: Heartbeat, run, progress: Callable[[], None] | None, poll_s: float = 0.5) -> None:
+    """The main rank waits until every rank has stored its share; a failed or lost rank ends the wait."""
+    while True:
+        failed = sorted(hb.folder.glob("failed-*"))
+        if failed:
+            name, _, msg = failed[0].read_text().partition("\n")
+            import robcli.errors as errors
+
+            cls = getattr(errors, name, None)
+            rank = failed[0].name.split("-", 1)[1]
+            if isinstance(cls, type) and issubclass(cls, RobcliError):
+                raise cls(msg)
+            raise RobcliError(f"rank {rank} failed: {msg}; rerun the same command with --resume")
+        if all((hb.folder / f"done-{r}").exists() for r in range(hb.world.size)):
+            return
+        lost = hb.lost()
+        if lost:
+            raise RobcliError(f"rank {lost[0]} stopped working (no heartbeat for {STALE_S:.0f} s); the finished "
+                              "chunks are kept: rerun the same command with --resume")
+        if progress is not None:
+            progress()
+        time.sleep(poll_s)
+
+
+def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: Callable[[Any, list, Any], None], *,
+              world: World | None = None, resume: bool = False, force: bool = False,
+              progress: Callable[[int, int, str], None] | None = None, desc: str = "working",
+              finish: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+    """Run the chunk plan of one table over every process of the job, and merge it once.
+
+    Args:
+        out: the final table.
+        open_run: ``open_run(resume, force) -> TableRun`` (validates the configuration against existing parts).
+        compute: ``compute(run, chunks, progress)`` computes the given chunks and stores each with ``run.write``.
+        world: where this process stands (default :func:`detect`).
+        resume, force: the user's flags. A launcher's restart (torchrun ``--max-restarts``, a SLURM requeue)
+            resumes by itself: the parts are this job's own.
+        progress: ``progress(done, total, desc)`` in chunks of the whole job, on the main rank only.
+        finish: ``finish(run) -> DataFrame`` (default ``run.finish()``).
+
+    Every process takes its share of the pending chunks: a single process all of them; the ranks of a launched
+    job (torchrun, srun) ``pending[rank::size]`` of the pending chunks the main rank planned and broadcast; a
+    ``--shard I/K`` process or SLURM array task the chunks with ``id % K == I`` (no process group). A launched
+    job's main rank waits for every rank (heartbeat files in ``OUT.parts/ranks``, so a lost rank ends the job
+    within :data:`STALE_S` seconds), checks the parts and writes ``OUT``; shards and array tasks leave their
+    parts for ``robcli merge`` (or the same command with ``--resume``).
+
+    Returns:
+        ``(DataFrame or None, run)``: the table on the process that wrote it (``None`` elsewhere).
+    """
+    from robcli.tables.run import parts_path
+
+    world = world or detect()
+    if restart_count() > 0:
+        resume, force = True, False
+    parts = parts_path(out)
+    finish = finish or (lambda r: r.finish())
+    if world.launcher in ("shard", "array"):
+        if force:
+            raise UsageError(f"--force does not apply to one {'shard' if world.launcher == 'shard' else 'array task'} "
+                             "of a run (it would delete the other processes' parts)")
+        with PartsLock(parts, shared=True):
+            run = open_run(True, False)
+            if run.complete:
+                return run.table.df, run
+            run.start()
+            mine = [c for c in run.pending() if c.id % world.size == world.rank]
+            _attach(run, world, None, None, desc)
+            compute(run, mine, progress)
+            return None, run
+    if not world.grouped:
+        with PartsLock(parts) as lock:
+            run = open_run(resume, force)
+            if run.complete:
+                return run.table.df, run
+            _attach(run, world, None, None, desc)
+            try:
+                compute(run, run.pending(), progress)
+            except BaseException:
+                run.abandon()  # nothing stored yet: leave nothing behind
+                raise
+            df = finish(run)
+            lock.release(remove=True)
+            return df, run
+    import contextlib
+
+    with Group(world) as group, contextlib.ExitStack() as stack:
+        def plan() -> dict:
+            lock = stack.enter_context(PartsLock(parts))
+            stack.callback(lock.release)
+            r = open_run(resume, force)
+            if not r.complete:
+                r.start()
+                import shutil
+
+                shutil.rmtree(r.parts / "ranks", ignore_errors=True)  # heartbeats of an earlier attempt
+            return {"complete": r.complete, "pending": [c.id for c in r.pending()], "run": r}
+
+        if world.is_main:
+            state: dict = {}
+
+            def plan_main() -> dict:
+                state.update(plan())
+                return {"complete": state["complete"], "pending": state["pending"]}
+
+            info = agree(group, plan_main)
+            run = state["run"]
+        else:
+            info = agree(group, lambda: None)
+            run = None if info["complete"] else open_run(True, False)
+        if info["complete"]:
+            return (run.table.df if world.is_main else None), run
+        pending = set(info["pending"])
+        mine = [c for c in run.chunks if c.id in pending][world.rank::world.size]
+        total = len(run.chunks)
+
+        def report() -> None:
+            if progress is not None and world.is_main:
+                progress(len(run._scan()), total, desc)
+
+        with Heartbeat(run.parts / "ranks", world) as hb:
+            _attach(run, world, report, hb, desc)
+            try:
+                compute(run, mine, None)
+            except BaseException as e:
+                hb.fail(e)
+                raise
+            hb.done()
+            if not world.is_main:
+                return None, run
+            _wait_for_ranks(hb, run, report)
+        df = finish(run)
+        return df, run
+
+
+def _attach(run, world: World, report: Callable[[], None] | None, hb: Heartbeat | None, desc: str) -> None:
+    """After each stored part: the main rank's whole-job progress, and the tests' fault injection."""
+    fault = _fault_hook(world)
+    if report is None and fault is None:
+        return
+
+    def after(chunk) -> None:
+        if report is not None:
+            report()
+        if fault is not None:
+            fault()
+
+    run.after_write = after
+
+
+__all__ = ["Group", "Heartbeat", "LAUNCHERS", "PartsLock", "World", "agree", "detect", "first_host", "restart_count",
+           "run_table"]

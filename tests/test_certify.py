@@ -425,23 +425,30 @@ def _with_flag(argv, flag, value):
     return out
 
 
-def test_cli_shards_folder_and_resume_after_kill(cli, tmp_path, monkeypatch):
+def test_cli_shards_merge_and_resume_after_kill(cli, tmp_path, monkeypatch):
+    import json
+
     import pandas.testing as pdt
 
     import robcli.certify.smoothing as sm
-    from robcli.tables.io import partial_path, read_table
+    from robcli.tables.io import read_table
+    from robcli.tables.run import parts_path
 
-    common = ["--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "6", "--N0", "10", "--N", "200",
-              "--alpha", "0.01", "--quiet", "--seed", "4", "--batch", "200"]
+    common = ["--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "7", "--N0", "10", "--N", "200",
+              "--alpha", "0.01", "--quiet", "--seed", "4", "--batch", "200", "--chunk", "2"]
     full = tmp_path / "full.parquet"
     _ok(cli("certify", *common, "--out", full))
-    for i, batch in enumerate(("200", "350")):  # shards on different GPUs often run with different --batch
-        argv = _with_flag(common, "--batch", batch)
-        _ok(cli("certify", *argv, "--shard", f"{i}/2", "--out", tmp_path / "shards" / f"s{i}.parquet"))
     a = read_table(full, "certify").df
-    b = read_table(tmp_path / "shards", "certify").df
-    pdt.assert_frame_equal(_drop_time(a), _drop_time(b))
     assert read_table(full, "certify").config["device_type"] == "cpu"
+    sh = tmp_path / "sh.parquet"
+    for i, batch in enumerate(("200", "350")):  # shards on different GPUs often run with different --batch
+        _ok(cli("certify", *_with_flag(common, "--batch", batch), "--shard", f"{i}/2", "--out", sh))
+        assert not sh.exists()
+    # shard 0 took chunks 0 and 2 (examples 0-1, 4-5), shard 1 chunks 1 and 3
+    assert sorted(p.name for p in parts_path(sh).glob("chunk-*")) == [f"chunk-00000{k}.parquet" for k in range(4)]
+    _ok(cli("merge", parts_path(sh), "--out", sh))
+    assert not parts_path(sh).exists()
+    pdt.assert_frame_equal(_drop_time(a), _drop_time(read_table(sh, "certify").df))
 
     real = sm.certify_group
     n = {"calls": 0}
@@ -455,49 +462,57 @@ def test_cli_shards_folder_and_resume_after_kill(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(sm, "certify_group", dying)
     out = tmp_path / "r.parquet"
     r = cli("certify", *common, "--out", out)
-    assert r.exit_code == 130 and not out.exists() and partial_path(out).exists()
-    assert len(read_table(partial_path(out), "certify").df) == 2
+    parts = parts_path(out)
+    assert r.exit_code == 130 and not out.exists() and len(list(parts.glob("chunk-*"))) == 1  # chunk 0 kept
     monkeypatch.setattr(sm, "certify_group", real)
+    r = cli("certify", *common, "--out", out)
+    assert r.exit_code != 0 and "pass --resume to continue it" in r.output
     r = cli("certify", *[c if c != "4" else "5" for c in common], "--out", out, "--resume")
-    assert r.exit_code != 0 and "different configuration" in r.output
-    # a partial table computed on CUDA (faked in its metadata) cannot be continued on this CPU
-    from robcli.tables.io import write_table
-
-    t = read_table(partial_path(out), "certify")
-    real_bytes = partial_path(out).read_bytes()
-    write_table(t.df, partial_path(out), "certify", config={**t.config, "device_type": "cuda"},
-                prov={**t.meta, "device": "cuda:0"})
+    assert r.exit_code != 0 and "different configuration (seed: 4 vs 5)" in r.output
+    r = cli("certify", *_with_flag(common, "--chunk", "3"), "--out", out, "--resume")
+    assert r.exit_code != 0 and "--chunk?" in r.output
+    # parts computed on CUDA (faked in the plan) cannot be continued on this CPU
+    plan = json.loads((parts / "plan.json").read_text())
+    real_plan = (parts / "plan.json").read_text()
+    plan["config"]["device_type"] = "cuda"
+    (parts / "plan.json").write_text(json.dumps(plan))
     r = cli("certify", *common, "--out", out, "--resume")
     assert r.exit_code != 0 and "computed on cuda, this run is on cpu" in r.output
-    partial_path(out).write_bytes(real_bytes)
+    (parts / "plan.json").write_text(real_plan)
     # ...while another --batch (results do not depend on it) resumes fine
     _ok(cli("certify", *_with_flag(common, "--batch", "300"), "--out", out, "--resume"))
-    assert not partial_path(out).exists()
+    assert not parts.exists()
     pdt.assert_frame_equal(_drop_time(read_table(out, "certify").df), _drop_time(a))
     # the same refusal for a complete table
+    from robcli.tables.io import write_table
+
     t = read_table(out, "certify")
     write_table(t.df, out, "certify", config={**t.config, "device_type": "cuda"}, prov={**t.meta, "device": "cuda"})
     r = cli("certify", *common, "--out", out, "--resume")
     assert r.exit_code != 0 and "computed on cuda" in r.output
 
 
-def test_cli_empty_shard_and_folder_reads_as_full_table(cli, tmp_path):
+def test_cli_shard_without_chunks_writes_nothing_and_merge_checks_parts(cli, tmp_path):
     import pandas.testing as pdt
 
     from robcli.tables.io import read_table
+    from robcli.tables.run import parts_path
 
     common = ["--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "2", "--N0", "10", "--N", "100",
-              "--alpha", "0.01", "--seed", "1"]
+              "--alpha", "0.01", "--seed", "1", "--chunk", "1"]
     full = tmp_path / "full.parquet"
     _ok(cli("certify", *common, "--quiet", "--out", full))
-    r = cli("certify", *common, "--shard", "2/3", "--out", tmp_path / "shards" / "s2.parquet")
+    out = tmp_path / "s.parquet"
+    r = cli("certify", *common, "--shard", "2/3", "--out", out)  # 2 chunks, 3 shards: shard 2 has none
     _ok(r)
-    assert "no examples" in r.output
-    assert len(read_table(tmp_path / "shards" / "s2.parquet", "certify").df) == 0
-    for i in range(2):
-        _ok(cli("certify", *common, "--quiet", "--shard", f"{i}/3", "--out", tmp_path / "shards" / f"s{i}.parquet"))
-    pdt.assert_frame_equal(_drop_time(read_table(tmp_path / "shards", "certify").df),
-                           _drop_time(read_table(full, "certify").df))
+    assert "wrote the parts of shard 2/3" in r.output and "robcli merge" in r.output
+    assert list(parts_path(out).glob("chunk-*")) == []
+    _ok(cli("certify", *common, "--quiet", "--shard", "0/3", "--out", out))
+    r = cli("merge", parts_path(out), "--out", out)
+    assert r.exit_code == 2 and "lacks 1 of 2 chunks" in r.output and not out.exists()
+    _ok(cli("certify", *common, "--quiet", "--shard", "1/3", "--out", out))
+    _ok(cli("merge", parts_path(out), "--out", out))
+    pdt.assert_frame_equal(_drop_time(read_table(out, "certify").df), _drop_time(read_table(full, "certify").df))
 
 
 @pytest.fixture

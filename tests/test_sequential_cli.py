@@ -218,7 +218,8 @@ def test_resume_after_kill_shards_and_batch_give_the_uninterrupted_table(cli, ta
     import pandas.testing as pdt
 
     import robcli.certify.sequential as sq
-    from robcli.tables.io import partial_path, read_table
+    from robcli.tables.io import read_table
+    from robcli.tables.run import parts_path
 
     A = tables["argv"]
     full = read_table(tables["seq"], "certify").df
@@ -226,11 +227,12 @@ def test_resume_after_kill_shards_and_batch_give_the_uninterrupted_table(cli, ta
     b = tmp_path / "b.parquet"
     _ok(cli("certify", *A, *SEQ, "--batch", "77", "--out", b))
     pdt.assert_frame_equal(_drop_time(read_table(b, "certify").df), _drop_time(full))
-    # shards with different batches read as the full table
+    # shards (chunks of 2 examples) with different batches merge to the full table
+    sh = tmp_path / "sh.parquet"
     for i, batch in enumerate(("300", "1000")):
-        _ok(cli("certify", *A, *SEQ, "--batch", batch, "--shard", f"{i}/2",
-                "--out", tmp_path / "shards" / f"s{i}.parquet"))
-    pdt.assert_frame_equal(_drop_time(read_table(tmp_path / "shards", "certify").df), _drop_time(full))
+        _ok(cli("certify", *A, *SEQ, "--batch", batch, "--chunk", "2", "--shard", f"{i}/2", "--out", sh))
+    _ok(cli("merge", parts_path(sh), "--out", sh))
+    pdt.assert_frame_equal(_drop_time(read_table(sh, "certify").df), _drop_time(full))
 
     real = sq._Pool._finish
     n = {"rows": 0}
@@ -243,15 +245,16 @@ def test_resume_after_kill_shards_and_batch_give_the_uninterrupted_table(cli, ta
 
     monkeypatch.setattr(sq._Pool, "_finish", dying)
     out = tmp_path / "r.parquet"
-    r = cli("certify", *A, *SEQ, "--out", out)
-    assert r.exit_code == 130 and not out.exists() and partial_path(out).exists()
-    assert len(read_table(partial_path(out), "certify").df) == 3
+    r = cli("certify", *A, *SEQ, "--chunk", "2", "--out", out)
+    assert r.exit_code == 130 and not out.exists()
+    assert len(read_table(parts_path(out) / "chunk-000000.parquet", "certify").df) == 2  # the finished chunk
+    assert len(list(parts_path(out).glob("chunk-*"))) == 1
     monkeypatch.setattr(sq._Pool, "_finish", real)
-    # a fixed-N run cannot continue a sequential partial table, nor another radius list
-    r = cli("certify", *A, "--out", out, "--resume")
+    # a fixed-N run cannot continue a sequential run's parts, nor another radius list
+    r = cli("certify", *A, "--chunk", "2", "--out", out, "--resume")
     assert r.exit_code == 2 and "different configuration" in r.output
-    r = cli("certify", *_with(A, "--N", "2000"), *SEQ, "--out", out, "--resume")
+    r = cli("certify", *_with(A, "--N", "2000"), *SEQ, "--chunk", "2", "--out", out, "--resume")
     assert r.exit_code == 2 and "different configuration" in r.output
-    _ok(cli("certify", *A, *SEQ, "--batch", "123", "--out", out, "--resume"))
-    assert not partial_path(out).exists()
+    _ok(cli("certify", *A, *SEQ, "--batch", "123", "--chunk", "2", "--out", out, "--resume"))
+    assert not parts_path(out).exists()
     pdt.assert_frame_equal(_drop_time(read_table(out, "certify").df), _drop_time(full))

@@ -569,7 +569,8 @@ def run_attack(
     *,
     device,
     run=None,
-    shard: tuple[int, int] | None = None,
+    chunks=None,
+    merge: bool = True,
     progress: Callable | None = None,
     notes: list[str] | None = None,
 ):
@@ -582,13 +583,15 @@ def run_attack(
         run: a :class:`robcli.tables.run.TableRun` with chunk size ``cfg.batch``: only its pending chunks (batches)
             are attacked, each stored as one part, and the parts are merged into its table at the end. Without
             it everything is computed in memory.
-        shard: ``(I, K)``: attack only the pending chunks with ``id % K == I`` and leave the parts (no merge;
-            returns ``None``). Needs ``run``.
+        chunks: with ``run``: attack only these chunks of its plan (this process's share) instead of all
+            pending ones.
+        merge: with ``run``: merge the parts into its table at the end (``False``: leave them, return ``None``;
+            :func:`robcli.distributed.run_table` merges once every process is done).
         progress: ``progress(done, total, desc)``, one task per eps.
         notes: receives warnings of pyautoattack's sanity checks.
 
     Returns:
-        pandas DataFrame with :func:`columns`, sorted by (idx, eps) (``None`` with ``shard``).
+        pandas DataFrame with :func:`columns`, sorted by (idx, eps) (``None`` with ``merge=False``).
 
     Non-finite logits: the clean logits of every example are checked before anything is attacked (one
     forward pass each), and every forward pass of every attack is watched on the device; a non-finite
@@ -608,12 +611,11 @@ def run_attack(
     from robcli.models.finite import check_clean_logits, watching
     from robcli.tables.run import plan_chunks
 
-    if shard is not None and run is None:
-        raise ValueError("shard needs a TableRun")  # a bug in the caller
+    if chunks is not None and run is None:
+        raise ValueError("chunks needs a TableRun")  # a bug in the caller
     notes = notes if notes is not None else []
-    chunks = run.pending() if run is not None else plan_chunks(len(data), cfg.batch)
-    if shard is not None:
-        chunks = [c for c in chunks if c.id % shard[1] == shard[0]]
+    if chunks is None:
+        chunks = run.pending() if run is not None else plan_chunks(len(data), cfg.batch)
     work = _Batch(model, data, cfg, device, progress, notes, len(chunks))
     fwd = work.fwd
     saved = [(p, p.requires_grad) for p in fwd.parameters()]
@@ -640,7 +642,7 @@ def run_attack(
             p.requires_grad_(rg)
     if run is None:
         return _frame(frames, columns(cfg))
-    if shard is not None:
+    if not merge:
         return None
     return run.finish(sort_by=("idx", "eps"), frame=lambda fs: _frame(fs, columns(cfg)))
 

@@ -48,14 +48,16 @@ def read_subset(path: str, split_name: str | None, dataset: str, split: str) -> 
 
 @dataclass
 class AttackResult:
-    """What :func:`attack_table` did: ``df`` the table (``None`` for a shard), ``complete`` when ``out`` already
-    held it (``--resume`` of a finished run), ``notes`` pyautoattack's warnings, ``parts`` the parts folder."""
+    """What :func:`attack_table` did: ``df`` the table (``None`` on a process that did not write it: a shard, an
+    array task, a rank other than 0), ``complete`` when ``out`` already held it (``--resume`` of a finished
+    run), ``notes`` pyautoattack's warnings, ``parts`` the parts folder, ``world`` where this process stood."""
 
     df: object
     out: Path
     parts: Path
     complete: bool = False
     notes: list | None = None
+    world: object = None
 
 
 def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path, split: str = "test",
@@ -63,20 +65,21 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
                  arch: str | None = None, num_classes: int | None = None, input_shape: str | None = None,
                  data_dir: str | None = None, download: bool = False, image_size: int | None = None,
                  device: str = "auto", resume: bool = False, force: bool = False,
-                 shard: tuple[int, int] | None = None, progress: Callable | None = None,
-                 command: list[str] | None = None) -> AttackResult:
+                 world=None, progress: Callable | None = None, command: list[str] | None = None) -> AttackResult:
     """Attack ``model`` on the selected examples of ``dataset`` and write the attack table ``out``.
 
     ``image_size``: the side length for imagefolder images (the CLI reads a run directory's card for it).
-    ``shard=(I, K)``: compute only the chunks (batches) with ``id % K == I`` and leave their parts in
-    ``OUT.parts/`` (no merge; any number of shards may run at once); a later run without ``shard`` and with
-    ``resume`` computes what is missing and merges.
+    ``world``: a :class:`robcli.distributed.World` (default: detected from the launcher's environment, see
+    :func:`robcli.distributed.run_table`): the chunks (batches) of the plan are spread over the job's processes;
+    a ``--shard I/K`` process or SLURM array task computes the chunks with ``id % K == I`` and leaves their
+    parts in ``OUT.parts/`` (merged by ``robcli merge`` or a later run with ``resume``).
 
     Raises:
         UsageError, DataError, ModelError: bad input, found before anything is written.
         NonFiniteOutput: NaN/inf logits (the parts this run created are removed: nothing is written).
     """
     from robcli.data.registry import load_split
+    from robcli.distributed import detect, run_table
     from robcli.errors import NonFiniteOutput, UsageError
     from robcli.models import load_model
     from robcli.tables.io import provenance
@@ -86,12 +89,11 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     out = Path(out)
     if out.suffix != ".parquet":
         raise UsageError(f"--out {out}: give a file name ending in .parquet")
-    if shard is not None and force:
-        raise UsageError("--force does not apply with --shard (it would delete the other shards' parts)")
+    world = world or detect()
     spec = cfg.spec
     if spec.model_check is not None:
         spec.model_check(cfg, model)
-    dev = resolve_device(device)
+    dev = resolve_device(device, local_rank=world.local_rank if world.grouped else None)
     ids = read_subset(subset, subset_split, dataset, split) if subset is not None else None
     data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)
@@ -103,21 +105,28 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     prov = provenance(seed=cfg.seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=command or [])
     parts = parts_path(out)
     existed = parts.exists()
-    run = TableRun(out, "attack", cfg.as_dict(), ids=data.idx.tolist(), chunk_size=cfg.batch, prov=prov,
-                   resume=resume or shard is not None, force=force, row_keys=("eps",))
-    if run.complete:
-        return AttackResult(run.table.df, out, parts, complete=True, notes=[])
     notes: list[str] = []
+
+    def open_run(resume_: bool, force_: bool) -> TableRun:
+        return TableRun(out, "attack", cfg.as_dict(), ids=data.idx.tolist(), chunk_size=cfg.batch, prov=prov,
+                        resume=resume_, force=force_, row_keys=("eps",))
+
+    def compute(run: TableRun, chunks, prog) -> None:
+        run_attack(lm.model, data, cfg, device=dev, run=run, chunks=chunks, merge=False, progress=prog, notes=notes)
+
+    def finish(run: TableRun):
+        from robcli.attacks.engine import _frame, columns
+
+        return run.finish(sort_by=("idx", "eps"), frame=lambda fs: _frame(fs, columns(cfg)))
+
     try:
-        df = run_attack(lm.model, data, cfg, device=dev, run=run, shard=shard, progress=progress, notes=notes)
+        df, run = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,
+                            desc=f"{cfg.attack} {cfg.norm}", finish=finish)
     except NonFiniteOutput:
-        if not existed:
+        if not existed and not world.grouped and world.launcher == "single":
             shutil.rmtree(parts, ignore_errors=True)
         raise
-    except BaseException:
-        run.abandon()
-        raise
-    return AttackResult(df, out, parts, notes=notes)
+    return AttackResult(df, out, parts, complete=bool(run is not None and run.already), notes=notes, world=world)
 
 
 __all__ = ["AttackResult", "attack_table", "read_subset"]

@@ -482,6 +482,8 @@ def run_sequential(
     progress: Callable | None = None,
     shard: tuple[int, int] | None = None,
     checkpoint_seconds: float = 10.0,
+    blocks=None,
+    on_block: Callable | None = None,
 ):
     """Sequentially certify every selected example at every sigma (same shape as ``run_certify``).
 
@@ -495,6 +497,9 @@ def run_sequential(
             more when the run stops early (exception or interrupt).
         progress: ``progress(done, total, desc)`` as examples finish.
         shard: ``(I, K)``: keep positions ``p`` with ``p % K == I``.
+        blocks: instead of ``shard``: lists of positions (a table run's chunks), each certified at every sigma
+            (its own pool) before the next, so an example's forward-pass company depends only on its block.
+        on_block: ``on_block(i, df)`` with the rows of block ``i`` as soon as it is done.
 
     Returns:
         pandas DataFrame with :data:`COLUMNS`, sorted by (idx, sigma).
@@ -503,7 +508,8 @@ def run_sequential(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    pos = shard_positions(len(data), shard)
+    blocks = [list(b) for b in blocks] if blocks is not None else [[int(p) for p in shard_positions(len(data), shard)]]
+    pos = [p for b in blocks for p in b]
     shape = tuple(data.info.input_shape)
     counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile,
                           image=len(shape) == 3)
@@ -515,29 +521,34 @@ def run_sequential(
     dim = int(np.prod(shape))
     state = {"last": time.monotonic()}
 
+    n_done = {float(s): sum((int(idx_all[p]), float(s)) in have for p in pos) for s in cfg.sigmas}
+
     def emit(row: dict) -> None:
         rows.append(row)
-        state["n_done"] += 1
+        n_done[float(state["sigma"])] += 1
         if progress is not None:
-            progress(state["n_done"], len(pos), f"sequential sigma={state['sigma']:g}")
+            progress(n_done[float(state["sigma"])], len(pos), f"sequential sigma={state['sigma']:g}")
         if checkpoint is not None and time.monotonic() - state["last"] >= checkpoint_seconds:
             checkpoint(_frame(rows))
             state["last"] = time.monotonic()
 
     try:
-        for sigma in cfg.sigmas:
-            todo = [int(p) for p in pos if (int(idx_all[p]), float(sigma)) not in have]
-            state["n_done"] = len(pos) - len(todo)
-            state["sigma"] = sigma
-            pool = _Pool(counter, cfg, sigma, shape, dim, emit)
-            feed = _Feed(data, todo, device)
-            while True:
-                pool.fill(feed.next_into)
-                if pool.queued() == 0:
-                    if pool.active() or feed.left():  # pragma: no cover - an engine bug, never a user error
-                        raise RuntimeError("sequential pool stalled")
-                    break
-                pool.run()
+        for b, block in enumerate(blocks):
+            mark = len(rows)
+            for sigma in cfg.sigmas:
+                todo = [int(p) for p in block if (int(idx_all[p]), float(sigma)) not in have]
+                state["sigma"] = sigma
+                pool = _Pool(counter, cfg, sigma, shape, dim, emit)
+                feed = _Feed(data, todo, device)
+                while True:
+                    pool.fill(feed.next_into)
+                    if pool.queued() == 0:
+                        if pool.active() or feed.left():  # pragma: no cover - an engine bug, never a user error
+                            raise RuntimeError("sequential pool stalled")
+                        break
+                    pool.run()
+            if on_block is not None:
+                on_block(b, _frame(rows[mark:]))
     except BaseException:
         if checkpoint is not None and rows:
             checkpoint(_frame(rows))

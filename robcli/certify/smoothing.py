@@ -23,7 +23,7 @@ import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -278,6 +278,8 @@ def run_certify(
     checkpoint: Callable | None = None,
     checkpoint_seconds: float = 10.0,
     progress: Callable | None = None,
+    blocks: Sequence[Sequence[int]] | None = None,
+    on_block: Callable | None = None,
 ):
     """Certify (or predict) every selected example at every sigma.
 
@@ -293,6 +295,10 @@ def run_certify(
         checkpoint: ``checkpoint(df)`` is called with all rows so far at most every ``checkpoint_seconds``
             and once more when the run stops early (exception or interrupt), so a killed run can resume.
         progress: ``progress(done, total, desc)``.
+        blocks: instead of ``shard``: lists of positions (the chunks of a :class:`robcli.tables.run.TableRun`),
+            each certified at every sigma before the next; groups never span two blocks, so an example's
+            forward-pass company depends only on its block.
+        on_block: ``on_block(i, df)`` with the rows of block ``i`` as soon as it is done.
 
     Returns:
         pandas DataFrame with :data:`COLUMNS`, sorted by (idx, sigma).
@@ -301,7 +307,8 @@ def run_certify(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    pos = shard_positions(len(data), shard)
+    blocks = [list(b) for b in blocks] if blocks is not None else [list(shard_positions(len(data), shard))]
+    pos = [p for b in blocks for p in b]
     counter = VoteCounter(model, data.info.num_classes, device, cfg.batch, compile=cfg.compile,
                           image=len(data.info.input_shape) == 3)
     # check on the data set's first examples, not the shard's: a shard may be empty (K > number of examples)
@@ -318,20 +325,24 @@ def run_certify(
     idx_all = data.idx.numpy()
     G = group_size(cfg)
     last = time.monotonic()
+    n_done = {float(s): sum((int(idx_all[p]), float(s)) in have for p in pos) for s in cfg.sigmas}
     try:
-        for sigma in cfg.sigmas:
-            todo = [p for p in pos if (int(idx_all[p]), float(sigma)) not in have]
-            n_done = len(pos) - len(todo)  # one progress bar per sigma, each out of this shard's examples
-            for start in range(0, len(todo), G):
-                grp = torch.as_tensor(todo[start:start + G], dtype=torch.long)
-                xb, yb = data.get(grp)
-                rows += certify_group(counter, xb.to(device), data.idx[grp].tolist(), yb.tolist(), sigma, cfg)
-                n_done += len(grp)
-                if progress is not None:
-                    progress(n_done, len(pos), f"{cfg.mode} sigma={sigma:g}")
-                if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
-                    checkpoint(_frame(rows))
-                    last = time.monotonic()
+        for b, block in enumerate(blocks):
+            mark = len(rows)
+            for sigma in cfg.sigmas:
+                todo = [p for p in block if (int(idx_all[p]), float(sigma)) not in have]
+                for start in range(0, len(todo), G):
+                    grp = torch.as_tensor(todo[start:start + G], dtype=torch.long)
+                    xb, yb = data.get(grp)
+                    rows += certify_group(counter, xb.to(device), data.idx[grp].tolist(), yb.tolist(), sigma, cfg)
+                    n_done[float(sigma)] += len(grp)
+                    if progress is not None:  # one progress bar per sigma, each out of the selected examples
+                        progress(n_done[float(sigma)], len(pos), f"{cfg.mode} sigma={sigma:g}")
+                    if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
+                        checkpoint(_frame(rows))
+                        last = time.monotonic()
+            if on_block is not None:
+                on_block(b, _frame(rows[mark:]))
     except BaseException as e:
         from robcli.errors import NonFiniteOutput
 

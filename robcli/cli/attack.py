@@ -60,7 +60,7 @@ def attack(
     subset: Annotated[Str, _opt("--subset", "Only these examples: a text file of indices (one per line) or a partition table.")] = None,
     subset_split: Annotated[Str, _opt("--subset-split", "With a partition table as --subset: which split, e.g. robust_inaccurate.")] = None,
     batch: Annotated[int, typer.Option("--batch", "--batch-size", help="Examples per attack call = one chunk of the run (part of the seeding).")] = 256,
-    shard: Annotated[Str, _opt("--shard", "I/K: attack only the batches with number % K == I and write their parts to OUT.parts/ (no table); then run the same command without --shard, with --resume, to merge.")] = None,
+    shard: Annotated[Str, _opt("--shard", "I/K: attack only the chunks (batches of --batch examples, in example order) with number % K == I and write their parts to OUT.parts/ (no table); then robcli merge OUT.parts --out OUT.")] = None,
     setting: Annotated[Str, _opt("--setting", "", hidden=True)] = None,
     alpha_weight: Annotated[Float, _opt("--alpha-weight", "", hidden=True)] = None,
     alpha_min: Annotated[Float, _opt("--alpha-min", "", hidden=True)] = None,
@@ -85,12 +85,13 @@ def attack(
         console,
         given,
         image_size_for,
+        job_world,
         naming_nonfinite,
+        parts_left_text,
         progress,
         refuse_given,
     )
     from robcli.errors import UsageError
-    from robcli.utils.parse import parse_shard
 
     old = given(ctx, *OLD)
     if old:
@@ -107,16 +108,18 @@ def attack(
         extra={"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
                "subset": subset, "subset_split": subset_split, "image_size": image_size},
     )
+    world = job_world(shard)
+    quiet = quiet or (world.grouped and not world.is_main)  # one progress bar and summary per job
     with naming_nonfinite(model), progress(quiet) as prog:
         res = attack_table(cfg, model=model, dataset=dataset, out=out, split=split, n_ex=n_ex, skip=skip,
                            subset=subset, subset_split=subset_split, arch=arch, num_classes=num_classes,
                            input_shape=input_shape, data_dir=data_dir, download=download,
                            image_size=image_size_for(image_size, model), device=device, resume=resume,
-                           force=force, shard=parse_shard(shard), progress=ProgressCallback(prog), command=argv())
-    if quiet:
+                           force=force, world=world, progress=ProgressCallback(prog), command=argv())
+    if quiet or (res.df is None and world.grouped):
         return
     if res.df is None:
-        msg = f"wrote this shard's parts to {res.parts}; merge with the same command, without --shard, with --resume"
+        msg = parts_left_text(world, res.parts, res.out)
     elif res.complete:
         msg = f"{res.out} is already complete\n" + summary_text(res.df)
     else:

@@ -54,7 +54,8 @@ def certify(
     split: SplitOpt = "test",
     n_ex: NExOpt = None,
     skip: SkipOpt = 0,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="I/K: this process takes every K-th example starting at I.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/K: this process certifies the chunks (--chunk consecutive examples each) with number % K == I and writes their parts to OUT.parts/ (no table); then robcli merge OUT.parts --out OUT.")] = None,
+    chunk: Annotated[Optional[int], typer.Option("--chunk", help="Examples per chunk = one part file in OUT.parts/ and the unit that --resume, --shard and launched ranks share out (default 8; 64 with --sequential). Does not change results.")] = None,
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
     input_shape: InputShapeOpt = None,
@@ -97,92 +98,50 @@ def certify(
         from robcli.cli.certify_mix import certify_mix
 
         return certify_mix(ctx, **{k: v for k, v in locals().items() if k != "ctx"})
-    from pathlib import Path
-
-    from robcli.certify.smoothing import CertifyConfig, run_certify, same_config, summary_text
+    from robcli.certify.smoothing import CertifyConfig, summary_text
+    from robcli.certify.table import certify_table
     from robcli.cli.common import (
         ProgressCallback,
         argv,
-        check_out,
         console,
         image_size_for,
+        job_world,
         naming_nonfinite,
+        parts_left_text,
         progress,
         refuse_given,
     )
-    from robcli.errors import UsageError
-    from robcli.utils.device import resolve_device
-    from robcli.utils.parse import parse_float_expr, parse_shard
+    from robcli.utils.parse import parse_float_expr
 
     if not sequential:
         refuse_given(ctx, ("radius", "radius_tol", "against"), "without --sequential (fixed-N CERTIFY certifies "
                      "its own prediction and reports each example's radius)")
     sigmas = tuple(parse_float_expr(s, "--sigma") for s in (sigma or ["0.12"]))
-    shard_t = parse_shard(shard)
-    dev = resolve_device(device)
-    # the device type is part of the configuration: CPU and CUDA generators draw different noise, so
-    # resuming or merging shards across device types would mix two noise streams
-    extra = {"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
-             "shard": shard, "device_type": dev.type}
+    extra = {"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip}
     if sequential:
-        from robcli.certify.sequential import SequentialConfig, run_sequential, sample_text
+        from robcli.certify.sequential import SequentialConfig, sample_text
 
         cfg = SequentialConfig(
             sigmas=sigmas, radii=tuple(parse_float_expr(r, "--radius") for r in (radius or [])),
             against=against or "prediction", radius_tol=radius_tol, N0=n0, N=n, alpha=alpha, batch=batch,
             mode=mode, seed=seed, compile=compile_, extra=extra)
-        runner = run_sequential
     else:
         cfg = CertifyConfig(sigmas=sigmas, N0=n0, N=n, alpha=alpha, batch=batch, mode=mode.strip().lower(),
                             seed=seed, compile=compile_, extra=extra)
-        runner = run_certify
-    out_p = Path(out)
-    if out_p.suffix != ".parquet":
-        raise UsageError(f"--out {out}: give a file name ending in .parquet")
-    check_out(out_p, force, resume)
-
-    from robcli.data.registry import load_split
-    from robcli.models import load_model
-    from robcli.tables.io import device_type, partial_path, provenance, read_table, write_table
-
-    def check_resumable(t, path, hint: str) -> None:
-        old = device_type(t)
-        if old is not None and old != dev.type:
-            raise UsageError(f"{path} was computed on {old}, this run is on {dev.type}: their noise streams "
-                             f"differ, so the rows cannot be combined; run on {old} or {hint}")
-        if not same_config({"device_type": dev.type, **t.config}, cfg.as_dict()):  # older tables lack it
-            raise UsageError(f"{path} was made with a different configuration; {hint}")
-
-    part = partial_path(out_p)
-    if resume and out_p.exists() and not part.exists():
-        t = read_table(out_p, "certify")
-        check_resumable(t, out_p, "use --force to start over")
-        if not quiet:
-            console().print(f"{out_p} is already complete\n" + summary_text(t.df), highlight=False, soft_wrap=True)
+    world = job_world(shard)
+    quiet = quiet or (world.grouped and not world.is_main)  # one progress bar and summary per job
+    with naming_nonfinite(model), progress(quiet) as prog:
+        res = certify_table(cfg, model=model, dataset=dataset, out=out, split=split, n_ex=n_ex, skip=skip, arch=arch,
+                            num_classes=num_classes, input_shape=input_shape, data_dir=data_dir,
+                            image_size=image_size_for(image_size, model), device=device, resume=resume, force=force,
+                            world=world, chunk=chunk, progress=ProgressCallback(prog), command=argv())
+    if quiet or (res.df is None and world.grouped):
         return
-
-    data = load_split(dataset, split, data_dir=data_dir,
-                      image_size=image_size_for(image_size, model)).select(n_ex=n_ex, skip=skip)
-    lm = load_model(model, arch=arch, dataset_info=data.info, seed=seed, num_classes=num_classes,
-                    input_shape=input_shape)
-    prov = provenance(seed=seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=argv())
-    config = cfg.as_dict()
-
-    done = None
-    if resume and part.exists():
-        t = read_table(part, "certify")
-        check_resumable(t, part, "drop --resume (or use --force) to start over")
-        done = t.df
-
-    def checkpoint(df) -> None:
-        write_table(df, part, "certify", config=config, prov=prov)
-
-    with naming_nonfinite(model, part), progress(quiet) as prog:
-        df = runner(lm.model, data, cfg, device=dev, shard=shard_t, done=done, checkpoint=checkpoint,
-                    progress=ProgressCallback(prog))
-    write_table(df, out_p, "certify", config=config, prov=prov)
-    if part.exists():
-        part.unlink()
-    if not quiet:
-        more = ("\n" + sample_text(df)) if sequential and len(df) else ""
-        console().print(summary_text(df) + more + f"\nwrote {out_p} ({len(df)} rows)", highlight=False, soft_wrap=True)
+    if res.df is None:
+        msg = parts_left_text(world, res.parts, res.out)
+    elif res.complete:
+        msg = f"{res.out} is already complete\n" + summary_text(res.df)
+    else:
+        more = ("\n" + sample_text(res.df)) if sequential and len(res.df) else ""
+        msg = summary_text(res.df) + more + f"\nwrote {res.out} ({len(res.df)} rows)"
+    console().print(msg, highlight=False, soft_wrap=True)

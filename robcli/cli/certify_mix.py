@@ -25,7 +25,7 @@ ScaleHOpt = Annotated[Optional[float], typer.Option("--scale-h", help="--method 
 MixNormOpt = Annotated[Optional[str], typer.Option("--norm", help="--method mix-lipschitz / mix-local-estimate: L2 (default) or Linf.")]
 
 MIX_ONLY = ("lipschitz", "eps", "norm", "mix", "scale_h")
-COHEN_ONLY = ("mode", "shard", "arch", "num_classes", "input_shape", "image_size", "compile_", "resume",
+COHEN_ONLY = ("mode", "shard", "chunk", "arch", "num_classes", "input_shape", "image_size", "compile_", "resume",
               "sequential", "radius", "against", "radius_tol")
 
 
@@ -43,6 +43,11 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
         raise AssertionError("certify_mix called for --method cohen without mixture flags")  # a bug in the dispatch
     m = check_method(method)
     refuse_given(ctx, COHEN_ONLY, f"to --method {m} (a mixture certificate)")
+    from robcli.cli.common import job_world
+
+    if job_world(None).size > 1:
+        raise UsageError(f"--method {m} runs in one process (not spread over ranks or array tasks yet); start it "
+                         "without torchrun/srun or the job array")
     smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
     if not smoothed:
         refuse_given(ctx, ("sigma",), f"to --method {m} (it smooths nothing)")

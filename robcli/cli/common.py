@@ -227,3 +227,18 @@ def image_size_for(image_size: int | None, *models: str | None) -> int | None:
         if isinstance(shape, list) and len(shape) == 3:
             return int(shape[-1])
     return None
+
+
+def job_world(shard: str | None):
+    """Where this process stands in its job: ``--shard I/K``, torchrun/srun ranks, a SLURM array task or alone."""
+    from robcli.distributed import detect
+    from robcli.utils.parse import parse_shard
+
+    return detect(shard=parse_shard(shard))
+
+
+def parts_left_text(world, parts, out) -> str:
+    """What a shard or array task that leaves its parts tells the user."""
+    who = f"shard {world.rank}/{world.size}" if world.launcher == "shard" else f"array task {world.rank}/{world.size}"
+    return (f"wrote the parts of {who} to {parts}; when every one is done: robcli merge {parts} --out {out} "
+            "(or the same command without --shard, with --resume)")

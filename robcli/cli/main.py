@@ -37,7 +37,7 @@ def _root(
 
 
 def _register() -> None:
-    from robcli.cli import attack, certify, compose, finetune, listing, partition, report, run
+    from robcli.cli import attack, certify, compose, finetune, listing, merge, partition, report, run
 
     app.command("finetune", help="Train or fine-tune a model (std, trades, era, dga, noise, cra; mixnet: the adaptive mixing network).")(finetune.finetune)
     app.command("attack", help="Empirical robustness per example (PGD, APGD, AutoAttack, APGD-conf, grid).")(attack.attack)
@@ -45,6 +45,7 @@ def _register() -> None:
     app.command("partition", help="The four robustness/accuracy splits of a data set.")(partition.partition)
     app.command("compose", help="Robust model + selector + core model compositions; --mix / --mix-sweep: mixtures of models.")(compose.compose)
     app.command("report", help="Paper-style tables and plots from robcli tables.")(report.report)
+    app.command("merge", help="Join the parts of shards or SLURM array tasks (OUT.parts/) into one table.")(merge.merge)
     app.command("run", help="Run a recipe (TOML): an ordered list of robcli commands.")(run.run)
     app.command("list", help="List registered data sets, models, losses or attacks.")(listing.list_cmd)
     # the removed `robcli mix` group: one line naming the new spelling (robcli/cli/mix.py)

@@ -32,7 +32,7 @@ from robcli.utils.fsio import atomic_target
 
 META_PREFIX = "robcli."
 # the columns that identify a row: two shards of one table never share a key
-_ROW_KEYS: dict[str, tuple[str, ...]] = {
+ROW_KEYS: dict[str, tuple[str, ...]] = {
     "attack": ("idx", "eps", "attack"),
     "certify": ("idx", "sigma"),
     "partition": ("idx",),
@@ -389,7 +389,7 @@ def read_table(path: str | Path, kind: str | tuple[str, ...] | None = None) -> T
             if [m.get("sha256") for m in p.meta.get("models") or [] if isinstance(m, dict)] != models0:
                 raise TableError(f"shards in {path} were made with different model files ({Path(p.path).name})")
         _check_shards_complete(path, parts)
-        keys = [c for c in _ROW_KEYS.get(parts[0].kind, ()) if c in parts[0].df.columns]
+        keys = [c for c in ROW_KEYS.get(parts[0].kind, ()) if c in parts[0].df.columns]
         if keys:
             seen: dict[tuple, str] = {}
             for p in parts:

@@ -87,6 +87,11 @@ def config_difference(a: dict, b: dict, free: Iterable[str] = ()) -> str | None:
     return None
 
 
+def _json_form(cfg: dict) -> dict:
+    """A configuration as it reads back from JSON (tuples become lists), so recorded and live ones compare."""
+    return json.loads(json.dumps(cfg, sort_keys=True, default=str))
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -141,7 +146,9 @@ class TableRun:
         self._check = check
         self.parts = parts_path(self.out)
         self.chunks = plan_chunks(len(self.ids), self.chunk_size)
-        self.complete = False  # True: ``out`` already holds this table (resume of a finished run)
+        self.complete = False  # True: ``out`` holds this table (finished, or found finished at the start)
+        self.already = False  # True: ``out`` already held this table when the run was opened (``--resume``)
+        self.after_write: Callable[[Chunk], None] | None = None  # called after each stored part
         self._done: set[int] = set()
         self._open(resume, force)
 
@@ -149,12 +156,13 @@ class TableRun:
 
     def _plan_record(self) -> dict:
         return {"kind": self.kind, "config": self.config, "chunk_size": self.chunk_size, "n": len(self.ids),
-                "ids_sha256": _ids_digest(self.ids)}
+                "ids_sha256": _ids_digest(self.ids), "ids": self.ids, "prov": self.prov,
+                "free_keys": list(self.free_keys), "row_keys": list(self.row_keys)}
 
     def _compare(self, old: dict, where: str, hint: str) -> None:
         if self._check is not None:
             self._check(old, where)
-        diff = config_difference(old, self.config, self.free_keys)
+        diff = config_difference(_json_form(old), _json_form(self.config), self.free_keys)
         if diff is not None:
             raise UsageError(f"{where} was made with a different configuration ({diff}); {hint}")
 
@@ -171,7 +179,7 @@ class TableRun:
 
             t = read_table(self.out, self.kind)
             self._compare(t.config, str(self.out), "use --force to start over")
-            self.complete = True
+            self.complete = self.already = True
             self.table = t
             return
         if has_parts:
@@ -183,7 +191,7 @@ class TableRun:
                           "drop --resume (or use --force) to start over")
             if plan.get("chunk_size") != self.chunk_size or plan.get("ids_sha256") != _ids_digest(self.ids):
                 raise UsageError(f"{self.parts} planned other examples or chunks than this run (another --n-ex, "
-                                 "--skip, --subset or --batch?); drop --resume (or use --force) to start over")
+                                 "--skip, --subset, --batch or --chunk?); drop --resume (or use --force) to start over")
             self._done = self._scan()
 
     def _read_plan(self) -> dict:
@@ -244,6 +252,8 @@ class TableRun:
         path = self.parts / part_name(chunk.id)
         write_table(df, path, self.kind, config=self.config, prov=self.prov, fsync=True)
         self._done.add(chunk.id)
+        if self.after_write is not None:
+            self.after_write(chunk)
         return path
 
     def rows(self, chunk_ids: Iterable[int] | None = None):
@@ -267,11 +277,28 @@ class TableRun:
             raise TableError(f"{self.parts} lacks {len(missing)} of {len(self.chunks)} chunks (e.g. chunk "
                              f"{missing[0]}); run the command again with --resume to compute them")
 
-    def finish(self, sort_by: Sequence[str] = ("idx",), frame: Callable | None = None):
+    def _check_part(self, chunk: Chunk, part) -> None:
+        """A part must hold exactly its chunk's examples and be made with the run's configuration."""
+        import numpy as np
+
+        name = part_name(chunk.id)
+        diff = config_difference(_json_form(part.config), _json_form(self.config), self.free_keys)
+        if diff is not None:
+            raise TableError(f"{self.parts / name} was made with another configuration ({diff}); remove it "
+                             "(or rerun with --force)")
+        got = np.asarray(part.df["idx"], dtype=np.int64).tolist() if len(part.df) else []
+        want = set(self.ids[chunk.lo:chunk.hi])
+        if set(got) != want:
+            extra = sorted(set(got) - want)
+            what = (f"example {extra[0]}, which belongs to another chunk (a duplicated part?)" if extra else
+                    f"only {len(set(got))} of its {len(want)} examples")
+            raise TableError(f"{self.parts / name} holds {what}; remove it and rerun with --resume")
+
+    def finish(self, sort_by: Sequence[str] | None = None, frame: Callable | None = None):
         """Merge the parts into ``out`` (atomic) after checking the plan's examples, then remove the parts.
 
         Args:
-            sort_by: the row order of the final table.
+            sort_by: the row order of the final table (default: the kind's row key, e.g. idx then eps).
             frame: turns the list of part frames into the final frame (e.g. to keep column order / types of an
                 empty table); default ``pandas.concat``.
 
@@ -279,18 +306,23 @@ class TableRun:
             The final table as a pandas DataFrame.
 
         Raises:
-            TableError: a chunk is missing, an example is missing or appears twice, or rows outside the plan.
+            TableError: a chunk is missing, a part holds another chunk's examples or was made with another
+                configuration, an example appears twice, or rows outside the plan. Nothing is written then.
         """
         import numpy as np
         import pandas as pd
 
-        from robcli.tables.io import read_table, write_table
+        from robcli.tables.io import ROW_KEYS, read_table, write_table
 
         if self.complete:
             return self.table.df
         self.start()
         self.check_parts()
-        frames = [read_table(self.parts / part_name(c.id), self.kind).df for c in self.chunks]
+        frames = []
+        for c in self.chunks:
+            part = read_table(self.parts / part_name(c.id), self.kind)
+            self._check_part(c, part)
+            frames.append(part.df)
         df = frame(frames) if frame is not None else pd.concat(frames, ignore_index=True)
         key = ["idx", *[k for k in self.row_keys if k in df.columns]]
         if len(df):
@@ -305,7 +337,7 @@ class TableRun:
             extra, lost = sorted(have - want), sorted(want - have)
             what = f"example {lost[0]} is missing" if lost else f"example {extra[0]} is not in the plan"
             raise TableError(f"{self.parts} does not hold the planned examples ({what}); use --force to start over")
-        cols = [c for c in sort_by if c in df.columns]
+        cols = [c for c in (ROW_KEYS.get(self.kind, ("idx",)) if sort_by is None else sort_by) if c in df.columns]
         if cols and len(df):
             df = df.sort_values(cols, kind="stable").reset_index(drop=True)
         write_table(df, self.out, self.kind, config=self.config, prov=self.prov, fsync=True)
@@ -313,6 +345,43 @@ class TableRun:
         _fsync_dir(self.out.parent)
         self.complete = True
         return df
+
+    @classmethod
+    def from_parts(cls, parts: str | Path, out: str | Path, *, force: bool = False) -> TableRun:
+        """The run whose parts folder is ``parts`` (its ``plan.json`` gives kind, configuration and examples),
+        to be finished into ``out`` (``robcli merge``).
+
+        Raises:
+            TableError: not a robcli parts folder, or a corrupt plan.
+            UsageError: ``out`` exists (without ``force``), or does not end in ``.parquet``.
+        """
+        parts = Path(parts)
+        out = Path(out)
+        if not parts.is_dir():
+            raise TableError(f"{parts} is not a folder of parts (robcli writes them to OUT.parts/)")
+        try:
+            plan = json.loads((parts / PLAN).read_text())
+        except FileNotFoundError:
+            raise TableError(f"{parts} has no {PLAN}: not a robcli parts folder") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise TableError(f"{parts / PLAN} is corrupt") from None
+        need = ("kind", "config", "chunk_size", "ids")
+        if not isinstance(plan, dict) or any(k not in plan for k in need):
+            raise TableError(f"{parts / PLAN} lacks {', '.join(need)}: made by an older robcli; rerun the command "
+                             "with --resume instead")
+        if out.exists() and not force:
+            raise UsageError(f"{out} exists; pass --force to overwrite it")
+        run = cls.__new__(cls)
+        run.out, run.kind, run.config = out, str(plan["kind"]), dict(plan["config"])
+        run.ids, run.chunk_size = [int(i) for i in plan["ids"]], int(plan["chunk_size"])
+        run.prov, run._check = dict(plan.get("prov") or {}), None
+        run.free_keys, run.row_keys = tuple(plan.get("free_keys") or ()), tuple(plan.get("row_keys") or ())
+        run.parts, run.chunks = parts, plan_chunks(len(run.ids), run.chunk_size)
+        run.complete, run.already, run.after_write = False, False, None
+        if out.suffix != ".parquet":
+            raise UsageError(f"--out {out}: give a file name ending in .parquet")
+        run._done = run._scan()
+        return run
 
     def abandon(self) -> None:
         """Remove the parts folder (a run that failed on bad input before any work: nothing is left behind)."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 from robcli.errors import UsageError
 
 
-def resolve_device(spec: str = "auto"):
+def resolve_device(spec: str = "auto", local_rank: int | None = None):
     """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` are checked.
+
+    ``local_rank``: this process's index on its node under a launcher (torchrun, srun): ``auto`` and a bare
+    ``cuda`` then pick ``cuda:LOCAL_RANK`` (modulo the number of GPUs), so each rank drives its own GPU.
 
     Raises:
         UsageError: an unknown or unavailable device.
@@ -15,7 +18,11 @@ def resolve_device(spec: str = "auto"):
 
     s = (spec or "auto").strip().lower()
     if s == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        s = "cuda"
+    if s == "cuda" and local_rank is not None and torch.cuda.is_available():
+        return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
     if s == "cuda" or s.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
