@@ -234,7 +234,7 @@ def certify(
                                input_shape=input_shape)
     cfg = CertifyConfig(sigmas=sigmas, N0=N0, N=N, alpha=alpha, batch=batch, mode=str(mode).strip().lower(),
                         seed=seed, extra={"model": mname, "arch": arch, "dataset": dname, "split": split,
-                                          "n_ex": n_ex, "skip": skip, "shard": None, "device_type": dev.type})
+                                          "n_ex": n_ex, "skip": skip, "device_type": dev.type})
     prov = provenance(seed=seed, device=dev, models=files, data=d.fingerprint(), command=None)
     if mname is None:
         prov["models"] = [_module_entry(net)]

@@ -157,9 +157,24 @@ class Group:
             if not dist.is_initialized():
                 _rendezvous_env(self.world)
                 dist.init_process_group(self.backend, rank=self.world.rank, world_size=self.world.size,
-                                        timeout=timedelta(seconds=self.timeout_s))
+                                        timeout=timedelta(seconds=self.timeout_s), store=self._store())
                 self._owns = True
         return self
+
+    def _store(self):
+        """The rendezvous store, with keys of its own for each attempt of the job.
+
+        Under torchrun the workers share the agent's store, which outlives a ``--max-restarts`` restart; the
+        process group's keys of the failed attempt (e.g. a dead rank's address) would otherwise be read by the
+        next one, so every attempt gets a prefix of its own.
+        """
+        import torch.distributed as dist
+
+        host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() == "true"
+        base = dist.TCPStore(host, port, self.world.size, is_master=(not agent and self.world.rank == 0),
+                             timeout=timedelta(seconds=self.timeout_s), wait_for_workers=False)
+        return dist.PrefixStore(f"robcli/attempt-{restart_count()}", base)
 
     def __exit__(self, *exc) -> bool:
         if self._owns:
@@ -448,8 +463,7 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
 
     with Group(world) as group, contextlib.ExitStack() as stack:
         def plan() -> dict:
-            lock = stack.enter_context(PartsLock(parts))
-            stack.callback(lock.release)
+            state["lock"] = stack.enter_context(PartsLock(parts))
             r = open_run(resume, force)
             if not r.complete:
                 r.start()
@@ -458,9 +472,8 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
                 shutil.rmtree(r.parts / "ranks", ignore_errors=True)  # heartbeats of an earlier attempt
             return {"complete": r.complete, "pending": [c.id for c in r.pending()], "run": r}
 
+        state: dict = {}
         if world.is_main:
-            state: dict = {}
-
             def plan_main() -> dict:
                 state.update(plan())
                 return {"complete": state["complete"], "pending": state["pending"]}
@@ -492,6 +505,7 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
                 return None, run
             _wait_for_ranks(hb, run, report)
         df = finish(run)
+        state["lock"].release(remove=True)
         return df, run
 
 

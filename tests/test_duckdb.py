@@ -78,20 +78,26 @@ def test_sql_reads_the_robcli_metadata(attack_table):
     assert attack[0] == "grid" and dataset[0] == "gaussians"
 
 
-def test_sql_on_a_folder_of_certify_shards(cli, tmp_path):
+def test_sql_on_the_parts_of_certify_shards(cli, tmp_path):
+    from robcli.tables.run import parts_path
+
+    out = tmp_path / "cert.parquet"
     common = ["certify", "--model", "tiny_mlp", "--dataset", "gaussians", "--n-ex", "12", "--N0", "10",
-              "--N", "200", "--alpha", "0.01", "--sigma", "0.25", "--quiet"]
+              "--N", "200", "--alpha", "0.01", "--sigma", "0.25", "--quiet", "--chunk", "4", "--out", out]
     for i in range(3):
-        r = cli(*common, "--shard", f"{i}/3", "--out", tmp_path / "shards" / f"s{i}.parquet")
+        r = cli(*common, "--shard", f"{i}/3")
         assert r.exit_code == 0, r.output
-    glob = str(tmp_path / "shards" / "*.parquet")
+    # the parts of a run (finished or still going) are robcli tables too: SQL reads them before the merge
+    glob = str(parts_path(out) / "chunk-*.parquet")
     n, acc = duckdb.execute(
         "SELECT count(*), avg(CASE WHEN predict = label AND radius >= 0.1 THEN 1 ELSE 0 END) FROM read_parquet($g)",
         {"g": glob}).fetchone()
-    t = read_table(tmp_path / "shards", "certify")
+    seeds = duckdb.execute(
+        "SELECT DISTINCT json_extract_string(decode(value), '$.sigmas[0]') FROM parquet_kv_metadata($g) "
+        "WHERE decode(key) = 'robcli.config'", {"g": glob}).fetchall()
+    assert seeds == [("0.25",)]
+    r = cli("merge", parts_path(out), "--out", out)
+    assert r.exit_code == 0, r.output
+    t = read_table(out, "certify")
     v = certify_view(t, 0.1)
     assert n == 12 == len(t.df) and acc == pytest.approx(float((v.df["robust"] & v.df["correct"]).mean()))
-    shards = duckdb.execute(
-        "SELECT json_extract_string(decode(value), '$.shard') FROM parquet_kv_metadata($g) "
-        "WHERE decode(key) = 'robcli.config' ORDER BY file_name", {"g": glob}).fetchall()
-    assert [s[0] for s in shards] == ["0/3", "1/3", "2/3"]
