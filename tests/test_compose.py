@@ -705,3 +705,15 @@ def test_help_states_the_composition_alpha(cli):
     flat = "".join(ch for ch in cli("compose", "--help").stdout if ch not in "│╭╮╰╯─ \n")
     for part in ("upto m+1", "composition_alpha", "certifyeachtableatA/(m+1)", "sr-pointwise", "eq.16"):
         assert part.replace(" ", "") in flat, part
+
+
+def test_mixture_functions_are_the_library_behind_compose_mix(tmp_path):
+    """robcli.compose.mixtures: the --mix/--mix-sweep checks raise typed errors before anything is written."""
+    from robcli.compose.mixtures import export_mixture, sweep_mixtures
+    from robcli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"mix one --robust model with the --core model \(got 2\)"):
+        export_mixture("g", ["h1", "h2"], "0.5", str(tmp_path / "mix"))
+    with pytest.raises(UsageError, match="--mix-sweep needs --dataset and --eps"):
+        sweep_mixtures("tiny_mlp", ["tiny_mlp"], dataset=None, eps="0.1", out=str(tmp_path / "s.parquet"))
+    assert list(tmp_path.iterdir()) == []

@@ -284,6 +284,13 @@ def export_summary(comp: Composition) -> str:
     return f"wrote composite model {comp.export} ({what})"
 
 
+def certificates_note(comp: Composition) -> str:
+    """One line on the union bound of a composition of certify tables (for the CLI to print)."""
+    k = len(comp.certs)
+    return (f"composition_alpha {comp.composition_alpha:g}: one example's claim rests on up to {k} certificates "
+            f"(union bound of their alphas); certify each table at A/{k} for a composition-level alpha A")
+
+
 def check_run_matches_table(run: str, table) -> None:
     """Refuse a --robust-model/--core-model whose weights are not the model the table was made with (for a
     mixture certificate: that is not the mixture run directory it certifies)."""
