@@ -1,8 +1,9 @@
 """The names robcli registers, as plain tuples: for shell completion and messages that must stay quick.
 
 Importing this module imports nothing else (no torch, no numpy): shell completion runs on every TAB press.
-Each tuple is a copy of a live registry or constant; ``tests/test_names.py`` checks that they agree, so adding a
-data set, model, loss or attack without adding its name here fails the tests.
+Each tuple is a copy of a live registry (:class:`robcli.utils.registry.Registry`) or constant;
+``tests/test_completion.py`` checks that they agree and that every registry has its tuple here, so adding a
+data set, model, loss, attack or selector without adding its name here fails the tests.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ DATASETS = ("cifar10", "cifar100", "digits", "gaussians", "imagefolder", "mnist"
 # robcli.models.registry.list_models(): the registered architectures (--arch, and --model when not a path)
 MODELS = ("mlp", "resnet18", "resnet18_tiny", "resnet50", "small_cnn", "tiny_cnn", "tiny_mlp", "wrn-28-10",
           "wrn-34-10", "wrn_tiny")
-# robcli.losses.LOSSES (finetune --loss)
+# robcli.losses.list_losses(): the LOSSES registry + the routed ones (mixnet; finetune --loss)
 LOSSES = ("cra", "dga", "era", "mixnet", "noise", "std", "trades")
 # robcli.attacks.ATTACKS (attack --attack, partition --attack), as users type them (mix-a..mix-d: any case)
 ATTACKS = ("apgd-ce", "apgd-conf", "apgd-dlr", "apgd-t", "autoattack", "fab-t", "grid", "mix-a", "mix-b", "mix-c",
            "mix-d", "pgd", "square")
-# robcli.compose.selectors.SELECTORS (compose --selector; the aliases are accepted but not offered)
+# robcli.compose.selectors.list_selectors() (compose --selector; the aliases are accepted but not offered)
 SELECTORS = ("ri", "sr", "sr-pointwise")
 # robcli.utils.parse.NORMS (--norm)
 NORMS = ("Linf", "L2")

@@ -43,15 +43,10 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cli_cert(run, tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from robcli.cli.main import app
-
+def cli_cert(cli, run, tmp_path_factory):
     out = tmp_path_factory.mktemp("apicli") / "cert.parquet"
-    r = CliRunner().invoke(app, ["certify", "--model", str(run), "--dataset", "gaussians", "--n-ex", "30",
-                                 "--sigma", "0.12", "--sigma", "0.25", "--N0", "20", "--N", "300", "--alpha", "0.01",
-                                 "--seed", "3", "--quiet", "--out", str(out)])
+    r = cli("certify", "--model", run, "--dataset", "gaussians", "--n-ex", "30", "--sigma", "0.12", "--sigma", "0.25",
+            "--N0", "20", "--N", "300", "--alpha", "0.01", "--seed", "3", "--quiet", "--out", out)
     assert r.exit_code == 0, r.output
     return out
 

@@ -12,14 +12,6 @@ from robcli.tables.io import read_table
 from robcli.tables.run import parts_path
 
 
-def _one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robcli: error:"), res.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A gaussians MLP run, digits members g, h, an adaptive mixture (mixing network, alpha in [0.2, 0.9]) and
@@ -204,7 +196,7 @@ def test_mix_attack_resumes_to_the_identical_table(cli, runs, tmp_path, monkeypa
 # ---- shards ------------------------------------------------------------------------------------------------------
 
 
-def test_shards_write_parts_only_and_merge_to_the_unsharded_table(cli, runs, tmp_path):
+def test_shards_write_parts_only_and_merge_to_the_unsharded_table(cli, one_line_error, runs, tmp_path):
     base = ["attack", "--model", runs["gauss"], "-d", "gaussians", "--attack", "pgd", "--steps", "5", "--eps", "0.05",
             "--eps", "0.1", "--n-ex", "40", "--batch", "8", "-q"]
     ref, out = tmp_path / "ref.parquet", tmp_path / "s.parquet"
@@ -218,19 +210,19 @@ def test_shards_write_parts_only_and_merge_to_the_unsharded_table(cli, runs, tmp
     r = cli(*base, "--out", out, "--resume")  # merges; computes nothing
     assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(read_table(out, "attack").df, read_table(ref, "attack").df)
-    _one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "0/2", "--force"), "--force does not apply with --shard")
-    _one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "2/2"), "--shard")
+    one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "0/2", "--force"), "--force does not apply with --shard")
+    one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "2/2"), "--shard")
     assert not (tmp_path / "f.parquet").exists() and not parts_path(tmp_path / "f.parquet").exists()
 
 
-def test_old_mixture_flags_are_refused_naming_the_new_spelling(cli, runs, tmp_path):
+def test_old_mixture_flags_are_refused_naming_the_new_spelling(cli, one_line_error, runs, tmp_path):
     out = tmp_path / "o.parquet"
     base = ["attack", "--model", runs["adaptive"], "-d", "digits", "--eps", "0.1", "--n-ex", "8", "--out", out]
     for bad, new in ((["--setting", "C"], "--attack mix-a|mix-b|mix-c|mix-d"),
                      (["--attack", "mix-d", "--alpha-weight", "2"], "--mix-attack-weight"),
                      (["--attack", "mix-b", "--alpha-max", "0.5"], "--mix-max"),
                      (["--attack", "apgd-ce", "--setting", "B"], "--attack mix-a")):
-        _one_line_error(cli(*base, *bad), "was renamed", new)
-    _one_line_error(cli(*base, "--attack", "apgd-ce", "--mix-attack-weight", "1"),
+        one_line_error(cli(*base, *bad), "was renamed", new)
+    one_line_error(cli(*base, "--attack", "apgd-ce", "--mix-attack-weight", "1"),
                     "--mix-attack-weight does not apply to --attack apgd-ce")
     assert not out.exists() and not parts_path(out).exists()

@@ -31,14 +31,6 @@ def models(tmp_path_factory):
     return paths
 
 
-def _one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robcli: error:"), res.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_compose_mix_exports_the_same_mixture_as_the_library(cli, models, tmp_path):
     from safetensors.torch import load_file
 
@@ -90,7 +82,7 @@ def test_compose_mix_sweep_matches_the_library(cli, models, tmp_path):
     assert list(ta.df["nat_acc"]) == pytest.approx(accs)
 
 
-def test_finetune_loss_mixnet_then_attack_setting(cli, models, tmp_path):
+def test_finetune_loss_mixnet_then_attack_setting(cli, one_line_error, models, tmp_path):
     from robcli.tables.io import read_table
 
     run = tmp_path / "adaptive"
@@ -130,7 +122,7 @@ def test_finetune_loss_mixnet_then_attack_setting(cli, models, tmp_path):
                        (["--alpha-weight", "0.5"], ["--alpha-weight was renamed", "--mix-attack-weight"]),
                        (["--alpha-min", "0.1", "--alpha-max", "0.5"], ["--alpha-min was renamed", "--mix-min"])):
         e = tmp_path / "e.parquet"
-        _one_line_error(cli("attack", *base, *bad, "--out", e), *words)
+        one_line_error(cli("attack", *base, *bad, "--out", e), *words)
         assert not e.exists() and not (tmp_path / "e.parquet.parts").exists()
 
 
@@ -167,7 +159,7 @@ def test_listed_losses_include_mixnet_and_the_generic_ones(cli):
     ("finetune", ["--model", "tiny_cnn"], ["--model does not apply to --loss mixnet"]),
     ("finetune", ["--train-attack", "D"], ["--train-attack", "choose A"]),
 ])
-def test_bad_input_one_line_nothing_written(cli, models, tmp_path, kind, args, words):
+def test_bad_input_one_line_nothing_written(cli, one_line_error, models, tmp_path, kind, args, words):
     out = tmp_path / "out"
     rob = models["k7"] if "--robust-k7" in args else models["table"] if "--robust-table" in args else models["h"]
     core = models["table"] if "--core-table" in args else models["g"]
@@ -182,17 +174,17 @@ def test_bad_input_one_line_nothing_written(cli, models, tmp_path, kind, args, w
     else:
         cmd = ["attack", "--model", models["g"], "-d", "digits", "--eps", "0.1", "--n-ex", "8", "--out", f"{out}.parquet", *extra]
         out = tmp_path / "out.parquet"
-    _one_line_error(cli(*cmd), *words)
+    one_line_error(cli(*cmd), *words)
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_compose_without_mix_still_reads_tables_and_rejects_mix_only_flags(cli, models, tmp_path):
+def test_compose_without_mix_still_reads_tables_and_rejects_mix_only_flags(cli, one_line_error, models, tmp_path):
     res = cli("compose", "--core", "c.parquet", "--robust", "r.parquet", "--eps", "0.1", "--scale-g", "2")
-    _one_line_error(res, "--scale-g does not apply without --mix/--mix-sweep")
+    one_line_error(res, "--scale-g does not apply without --mix/--mix-sweep")
     res = cli("compose", "--core", "c.parquet", "--robust", "r.parquet", "--eps", "0.1", "--mix-grid", "0.5")
-    _one_line_error(res, "--mix-grid does not apply without --mix/--mix-sweep")
+    one_line_error(res, "--mix-grid does not apply without --mix/--mix-sweep")
     res = cli("compose", "--core", "c.parquet", "--robust", "r.parquet")
-    _one_line_error(res, "missing --eps")
+    one_line_error(res, "missing --eps")
 
 
 @pytest.mark.parametrize("sub,words", [
@@ -203,13 +195,13 @@ def test_compose_without_mix_still_reads_tables_and_rejects_mix_only_flags(cli, 
     ("certify", ["robcli mix certify is gone", "robcli certify --method mix-"]),
     (None, ["robcli mix is gone", "compose --mix"]),
 ])
-def test_the_mix_group_is_gone_and_names_the_new_spelling(cli, models, tmp_path, sub, words):
+def test_the_mix_group_is_gone_and_names_the_new_spelling(cli, one_line_error, models, tmp_path, sub, words):
     out = tmp_path / "out"
     args = [] if sub is None else [sub, "--core", models["g"], "--robust", models["h"], "--alpha", "0.5",
                                    "--export", out, "--out", out]
-    _one_line_error(cli("mix", *args), *words)
+    one_line_error(cli("mix", *args), *words)
     assert not list(tmp_path.iterdir())
-    _one_line_error(cli("mix", *args, "--help"), *words)
+    one_line_error(cli("mix", *args, "--help"), *words)
 
 
 def _mixrun(cli, models, tmp_path, a="0.9"):
@@ -236,10 +228,10 @@ def _mixrun(cli, models, tmp_path, a="0.9"):
     (["--lipschitz", "1"], ["--lipschitz does not apply to --method cohen"]),
     (["--method", "cohen", "--mix", "0.9", "--sigma", "0.25"], ["--mix does not apply to --method cohen"]),
 ])
-def test_certify_method_flags_are_refused_where_they_do_not_apply(cli, models, tmp_path, args, words):
+def test_certify_method_flags_are_refused_where_they_do_not_apply(cli, one_line_error, models, tmp_path, args, words):
     run = _mixrun(cli, models, tmp_path)
     out = tmp_path / "c.parquet"
-    _one_line_error(cli("certify", "--model", run, "-d", "digits", "--n-ex", "4", "--N0", "10", "--N", "100",
+    one_line_error(cli("certify", "--model", run, "-d", "digits", "--n-ex", "4", "--N0", "10", "--N", "100",
                         "--alpha", "0.01", "-o", out, *args), *words)
     assert not out.exists()
 

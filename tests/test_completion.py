@@ -20,7 +20,7 @@ def test_names_equal_the_live_registries():
     from robcli.attacks.aa import AA_VERSIONS
     from robcli.certify.smoothing import MODES
     from robcli.compose.export import INNER_ATTACKS
-    from robcli.compose.selectors import SELECTORS
+    from robcli.compose.selectors import list_selectors
     from robcli.data.registry import list_datasets
     from robcli.losses import list_losses
     from robcli.mixing.train import TRAIN_SETTINGS
@@ -32,13 +32,54 @@ def test_names_equal_the_live_registries():
     assert names.MODELS == tuple(list_models())
     assert names.LOSSES == tuple(list_losses())
     assert names.ATTACKS == tuple(sorted(a.lower() for a in ATTACKS))
-    assert names.SELECTORS == tuple(SELECTORS)
+    assert names.SELECTORS == tuple(list_selectors())
     assert names.NORMS == tuple(NORMS)
     assert names.AA_VERSIONS == tuple(AA_VERSIONS)
     assert names.TRAIN_SETTINGS == tuple(TRAIN_SETTINGS)
     assert names.INNER_ATTACKS == tuple(INNER_ATTACKS)
     assert names.CERTIFY_MODES == tuple(MODES)
     assert names.REPORT_FORMATS == (*FORMATS, "cohen-tsv")
+
+
+# every Registry robcli defines (module, variable) -> its torch-free copy in robcli.names, and the extra names a
+# command takes beyond the registry (finetune --loss mixnet: robcli.losses.ROUTED)
+REGISTRIES = {
+    ("robcli.data.registry", "DATASETS"): ("DATASETS", ()),
+    ("robcli.models.registry", "MODELS"): ("MODELS", ()),
+    ("robcli.losses", "LOSSES"): ("LOSSES", ("mixnet",)),
+    ("robcli.attacks.engine", "ATTACK_REGISTRY"): ("ATTACKS", ()),
+    ("robcli.compose.selectors", "SELECTORS"): ("SELECTORS", ()),
+}
+
+
+def _registries_in_source() -> set[tuple[str, str]]:
+    """(module, variable) of every module-level ``X = Registry(...)`` in robcli/ (read, not imported)."""
+    import ast
+
+    found = set()
+    for path in (ROOT / "robcli").rglob("*.py"):
+        mod = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.parse(path.read_text()).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else (
+                node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+            value = getattr(node, "value", None)
+            if (isinstance(target, ast.Name) and isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                    and value.func.id == "Registry"):
+                found.add((mod, target.id))
+    return found
+
+
+def test_every_registry_has_its_names_in_robcli_names():
+    import importlib
+
+    from robcli.utils.registry import Registry
+
+    assert _registries_in_source() == set(REGISTRIES), "a Registry without its tuple in robcli.names (or gone)"
+    for (mod, var), (tuple_name, extra) in REGISTRIES.items():
+        reg = getattr(importlib.import_module(mod), var)
+        assert isinstance(reg, Registry)
+        live = sorted({n.lower() if reg._normalize else n for n in reg.names()} | set(extra))
+        assert getattr(names, tuple_name) == tuple(live), (mod, var)
 
 
 def test_names_notices_a_new_registration(monkeypatch):
@@ -48,6 +89,12 @@ def test_names_notices_a_new_registration(monkeypatch):
     real = reg.list_datasets()
     monkeypatch.setattr(reg, "list_datasets", lambda: sorted([*real, "newset"]))
     assert names.DATASETS != tuple(reg.list_datasets())
+    # and a selector registered without its name there fails the registry-wide check
+    from robcli.compose.selectors import SELECTORS
+
+    monkeypatch.setitem(SELECTORS._entries, "new-selector", SELECTORS._entries["ri"])
+    with pytest.raises(AssertionError, match="robcli.compose.selectors"):
+        test_every_registry_has_its_names_in_robcli_names()
 
 
 def _env(**extra) -> dict:

@@ -175,7 +175,7 @@ def test_softmax_response_flipped_points_are_not_robustly_selected(tmp_path, cli
     assert row["selected_robust_acc"] == pytest.approx(1.0)
 
 
-def test_eps_and_2eps_parts_of_different_models_are_refused(tmp_path, cli):
+def test_eps_and_2eps_parts_of_different_models_are_refused(tmp_path, cli, one_line_error):
     c = write(tmp_path / "c.parquet", [rows(LABEL, C_PRED, C_EPS, E)], sha="c" * 64)
     a = write(tmp_path / "a.parquet", [rows(LABEL, R_PRED, R_EPS, E)], sha="a" * 64)
     b = write(tmp_path / "b.parquet", [rows(LABEL, R_PRED, R_2EPS, 2 * E)], sha="b" * 64)
@@ -188,8 +188,7 @@ def test_eps_and_2eps_parts_of_different_models_are_refused(tmp_path, cli):
     for spec, needle in [(f"{a},{b}", "different models (weights sha256 differ)"),
                          (f"{a},{other_pred}", "disagree on the clean prediction of 4 shared example(s) (e.g. idx 0)"),
                          (f"{no_sha},{other_path}", "different models (runs/other vs runs/x)")]:
-        res = cli("compose", "-r", spec, "-c", c, "--eps", "2/255", "--out", out)
-        assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+        one_line_error(cli("compose", "-r", spec, "-c", c, "--eps", "2/255", "--out", out), needle)
         assert not out.exists()
     res = cli("compose", "-r", f"{a},{same}", "-c", f"{c},{b}", "--eps", "2/255", "--out", out)  # core side too
     assert res.exit_code == 2 and "different models" in res.stderr
@@ -218,12 +217,10 @@ def bad(tmp_path, tables):
     (["-r", "r", "-c", "c", "--threshold", "0.5"], "softmax-response"),
     (["-r", "r", "-c", "c", "--selector", "bogus"], "unknown selector"),
 ])
-def test_bad_input(cli, bad, tmp_path, args, needle):
+def test_bad_input(cli, one_line_error, bad, tmp_path, args, needle):
     out = tmp_path / "never.parquet"
     args = [bad.get(a, a) for a in args]
-    res = cli("compose", *args, "--eps", "2/255", "--out", out)
-    assert res.exit_code == 2, res.output
-    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    one_line_error(cli("compose", *args, "--eps", "2/255", "--out", out), needle)
     assert not out.exists()
 
 
@@ -708,3 +705,15 @@ def test_help_states_the_composition_alpha(cli):
     flat = "".join(ch for ch in cli("compose", "--help").stdout if ch not in "│╭╮╰╯─ \n")
     for part in ("upto m+1", "composition_alpha", "certifyeachtableatA/(m+1)", "sr-pointwise", "eq.16"):
         assert part.replace(" ", "") in flat, part
+
+
+def test_mixture_functions_are_the_library_behind_compose_mix(tmp_path):
+    """robcli.compose.mixtures: the --mix/--mix-sweep checks raise typed errors before anything is written."""
+    from robcli.compose.mixtures import export_mixture, sweep_mixtures
+    from robcli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"mix one --robust model with the --core model \(got 2\)"):
+        export_mixture("g", ["h1", "h2"], "0.5", str(tmp_path / "mix"))
+    with pytest.raises(UsageError, match="--mix-sweep needs --dataset and --eps"):
+        sweep_mixtures("tiny_mlp", ["tiny_mlp"], dataset=None, eps="0.1", out=str(tmp_path / "s.parquet"))
+    assert list(tmp_path.iterdir()) == []

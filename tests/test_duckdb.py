@@ -31,19 +31,15 @@ FROM parquet_kv_metadata($path) WHERE decode(key) LIKE 'robcli.%'
 
 
 @pytest.fixture(scope="module")
-def attack_table(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from robcli.cli.main import app
+def attack_table(cli, tmp_path_factory):
     from robcli.models import build, make_card, save_run
 
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("duck")
     save_run(d / "run", build("tiny_mlp", 3, (2,)), make_card("tiny_mlp", 3, (2,), dataset="gaussians"))
     out = d / "attack.parquet"
-    r = CliRunner().invoke(app, ["attack", "--model", str(d / "run"), "--dataset", "gaussians", "--n-ex", "60",
-                                 "--attack", "grid", "--grid-points", "9", "--eps", "0.05", "--eps", "0.2",
-                                 "--quiet", "--out", str(out)])
+    r = cli("attack", "--model", d / "run", "--dataset", "gaussians", "--n-ex", "60", "--attack", "grid",
+            "--grid-points", "9", "--eps", "0.05", "--eps", "0.2", "--quiet", "--out", out)
     assert r.exit_code == 0, r.output
     return out
 

@@ -90,9 +90,9 @@ def test_error_inside_progress_leaves_only_the_message(capsys):
     """rich printed a blank line on stderr when a command failed before its first progress task."""
     from robcli.cli.common import progress
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="inside the progress block"):
         with progress(False):
-            raise ValueError
+            raise ValueError("inside the progress block")
     assert capsys.readouterr().err == ""
     with progress(False) as prog:
         t = prog.add_task("work", total=2)

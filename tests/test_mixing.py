@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -207,7 +208,7 @@ def test_unknown_layer_name_lists_the_available_ones():
 def test_alpha_range_applies_at_evaluation_only_and_is_validated():
     with pytest.raises(UsageError, match="alpha_min 0.9 > alpha_max 0.5"):
         check_alpha_range(0.9, 0.5)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="the range of alpha.x. is empty"):
         adaptive(alpha_range=(0.9, 0.5))
     m = adaptive(alpha_range=(0.96, 1.0)).eval()
     x, _ = xs()
@@ -277,8 +278,10 @@ def test_config_defaults_are_the_papers_and_bad_values_refused():
 
     c = MixnetConfig()
     assert (c.c_ce, c.c_bce, c.c_prod, c.sigmoid_scale) == (0.0, 1.5, 0.2, 2.0)
-    for bad in (dict(setting="Z"), dict(eps=0), dict(c_bce=-1), dict(ema=1.0), dict(c_ce=0, c_bce=0, c_prod=0)):
-        with pytest.raises(UsageError):
+    for bad, msg in ((dict(setting="Z"), "--train-attack 'Z': choose A"), (dict(eps=0), "needs --eps > 0"),
+                     (dict(c_bce=-1), "--c-bce -1 must be a finite number >= 0"), (dict(ema=1.0), "must lie in"),
+                     (dict(c_ce=0, c_bce=0, c_prod=0), "c_CE, c_BCE, c_prod are all 0")):
+        with pytest.raises(UsageError, match=re.escape(msg)):
             MixnetConfig(**bad)
 
 
@@ -559,7 +562,7 @@ def test_alpha_sweep_endpoints_match_the_members(pair):
     assert df.loc[0, "std_acc"] == pytest.approx(float(std_on_g))
     assert df.loc[0, "mix_acc"] == pytest.approx(float(std_on_g))  # alpha = 0: MIX attack = STD attack
     assert (df["robust_acc"] <= df[["std_acc", "rob_acc", "mix_acc"]].min(axis=1) + 1e-9).all()
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"alpha 2.0 must lie in \[0, 1\]"):
         alpha_sweep(g, h, x, y, [0.5, 2.0], eps=0.1)
 
 

@@ -42,14 +42,6 @@ def members(tmp_path_factory):
     return paths
 
 
-def _one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robcli: error:"), res.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_build_then_attack_and_load_through_load_model(cli, members, tmp_path):
     from robcli.models import load_model
     from robcli.tables.io import read_table
@@ -136,13 +128,13 @@ def test_certify_mixture_radii_table(cli, members, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["mix-smoothed-h", "mix-lipschitz-rs"])
-def test_certify_refuses_an_estimation_sample_below_the_mixture_floor(cli, members, tmp_path, method):
+def test_certify_refuses_an_estimation_sample_below_the_mixture_floor(cli, one_line_error, members, tmp_path, method):
     """At weight 0.8 and alpha 0.001 the floor is 17 (not CERTIFY's ceil(log2(1/alpha)) = 10): N = 16 would let
     every input abstain, so it is refused in one line naming the floor; N = 17 runs."""
     out = tmp_path / "cert.parquet"
     common = ["--model", members["h"], "-d", "digits", "--mix", "0.8", "--sigma", "0.25", "--method", method,
               "--N0", "10", "--alpha", "0.001", "--n-ex", "2"]
-    _one_line_error(cli("certify", *common, "--N", "16", "-o", out), "--N 16 is too small", "N >= 17")
+    one_line_error(cli("certify", *common, "--N", "16", "-o", out), "--N 16 is too small", "N >= 17")
     assert not out.exists()
     res = cli("certify", *common, "--N", "17", "-o", out, "-q")
     assert res.exit_code == 0, res.output
@@ -201,7 +193,7 @@ def test_certify_reads_alpha_scale_and_robust_member_from_a_mixture_run(cli, mem
     (["train", "--mix-attack-weight", "inf"], [">= 0"]),
     (["train", "--blocks", "0"], ["--blocks", ">= 1"]),
 ])
-def test_bad_input_one_line_nothing_written(cli, members, tmp_path, args, words):
+def test_bad_input_one_line_nothing_written(cli, one_line_error, members, tmp_path, args, words):
     out = tmp_path / "out"
     sub = args[0]
     rob = members["k7"] if "--robust-k7" in args else members["h"]
@@ -214,16 +206,16 @@ def test_bad_input_one_line_nothing_written(cli, members, tmp_path, args, words)
                "--n-ex", "64", *extra]
     else:
         cmd = ["compose", "--mix-sweep", *common, "-d", "digits", "--eps", "0.1", "-o", out, "--n-ex", "8", *extra]
-    _one_line_error(cli(*cmd), *words)
+    one_line_error(cli(*cmd), *words)
     assert not out.exists()
 
 
-def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, members, tmp_path):
+def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, one_line_error, members, tmp_path):
     run = tmp_path / "mix"
     assert cli("compose", "--mix", "0.6", "--core", members["g"], "--robust", members["h"], "--export", run,
                "-q").exit_code == 0
     out = tmp_path / "a.parquet"
-    _one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--attack", "mix-a", "-o", out),
+    one_line_error(cli("attack", "--model", run, "-d", "digits", "--eps", "0.1", "--attack", "mix-a", "-o", out),
                     "fixed alpha")
     assert not out.exists()
 
@@ -231,27 +223,13 @@ def test_attack_setting_a_on_fixed_alpha_is_a_usage_error(cli, members, tmp_path
 # ---- which classifier a mixture certify table certifies, and who may read it as a certificate ----------------
 
 
-def _invoke(*args):
-    from typer.testing import CliRunner
-
-    from robcli.cli.common import CURRENT_ARGV
-    from robcli.cli.main import app
-
-    argv = [str(a) for a in args]
-    token = CURRENT_ARGV.set(argv)
-    try:
-        return CliRunner().invoke(app, argv)
-    finally:
-        CURRENT_ARGV.reset(token)
-
-
 @pytest.fixture(scope="module")
-def mixcerts(members, tmp_path_factory):
+def mixcerts(cli, members, tmp_path_factory):
     """One table per mix certify method on the same 16 digits (L2), and the mixture run dir they refer to."""
     d = tmp_path_factory.mktemp("mixcerts")
     run = d / "mix"
-    assert _invoke("compose", "--mix", "0.95", "--core", members["g"], "--robust", members["h"], "--scale-h", "10",
-                   "--export", run, "-q").exit_code == 0
+    assert cli("compose", "--mix", "0.95", "--core", members["g"], "--robust", members["h"], "--scale-h", "10",
+               "--export", run, "-q").exit_code == 0
     common = ["-d", "digits", "--n-ex", "16"]
     smoothed = ["--sigma", "0.25", "--N0", "20", "--N", "200", "--alpha", "0.01"]
     specs = {
@@ -265,7 +243,7 @@ def mixcerts(members, tmp_path_factory):
     out = {"run": str(run)}
     for name, args in specs.items():
         p = d / f"{name}.parquet"
-        res = _invoke("certify", *args, *common, "-o", p)
+        res = cli("certify", *args, *common, "-o", p)
         assert res.exit_code == 0, res.output
         out[name] = str(p)
         out[name + ":output"] = res.output
@@ -288,19 +266,19 @@ def test_certify_tables_record_and_print_which_classifier_they_certify(mixcerts)
     assert t.meta["models"][0]["path"] == mixcerts["run"] and len(t.meta["models"]) >= 2
 
 
-def test_smoothed_h_certificates_are_refused_as_certificates_of_a_model(cli, mixcerts, tmp_path):
+def test_smoothed_h_certificates_are_refused_as_certificates_of_a_model(cli, one_line_error, mixcerts, tmp_path):
     out = tmp_path / "x.parquet"
     for name in ("smoothing", "lipschitz-rs"):
         t = mixcerts[name]
         words = (t, "certifies mixture-with-smoothed-h", "Gaussian-smoothed")
-        _one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz"], "--eps", "0.01", "-o", out), *words)
-        _one_line_error(cli("compose", "-r", mixcerts["lipschitz"], "-c", t, "--eps", "0.01", "-o", out), *words)
-        _one_line_error(cli("partition", t, "--radius", "0.01", "-o", out), *words)
-        _one_line_error(cli("report", t, "-o", tmp_path / "r.md"), *words)
+        one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz"], "--eps", "0.01", "-o", out), *words)
+        one_line_error(cli("compose", "-r", mixcerts["lipschitz"], "-c", t, "--eps", "0.01", "-o", out), *words)
+        one_line_error(cli("partition", t, "--radius", "0.01", "-o", out), *words)
+        one_line_error(cli("report", t, "-o", tmp_path / "r.md"), *words)
         assert not out.exists() and not (tmp_path / "r.md").exists()
 
 
-def test_tables_written_before_the_column_are_read_from_radius_kind(cli, mixcerts, tmp_path):
+def test_tables_written_before_the_column_are_read_from_radius_kind(cli, one_line_error, mixcerts, tmp_path):
     """A smoothed-h table written by an older robcli (no certified_model column) is refused all the same."""
     import pyarrow.parquet as pq
 
@@ -313,10 +291,10 @@ def test_tables_written_before_the_column_are_read_from_radius_kind(cli, mixcert
         cfg.pop(k, None)
     meta[b"robcli.config"] = json.dumps(cfg).encode()
     pq.write_table(tab.replace_schema_metadata(meta), old)
-    _one_line_error(cli("partition", old, "--radius", "0.01"), str(old), "certifies mixture-with-smoothed-h")
+    one_line_error(cli("partition", old, "--radius", "0.01"), str(old), "certifies mixture-with-smoothed-h")
 
 
-def test_local_estimates_are_refused_by_compose_and_partition_and_labelled_in_reports(cli, mixcerts, tmp_path):
+def test_local_estimates_are_refused_by_compose_and_partition_and_labelled_in_reports(cli, one_line_error, mixcerts, tmp_path):
     from robcli.analysis.metrics import check_certificate
     from robcli.errors import TableError
     from robcli.tables.io import read_table
@@ -326,7 +304,7 @@ def test_local_estimates_are_refused_by_compose_and_partition_and_labelled_in_re
     for args in (("compose", "-r", t, "-c", mixcerts["lipschitz"], "--eps", "0.01"),
                  ("compose", "-r", mixcerts["lipschitz"], "-c", t, "--eps", "0.01"),
                  ("partition", t, "--radius", "0.01")):
-        _one_line_error(cli(*args, "-o", out), t, "radius ESTIMATES", "not certificates")
+        one_line_error(cli(*args, "-o", out), t, "radius ESTIMATES", "not certificates")
         assert not out.exists()
     # negative control: the same table with the flag off is accepted (the refusal is the flag's doing)
     tab = read_table(t, "certify")
@@ -348,7 +326,7 @@ def test_local_estimates_are_refused_by_compose_and_partition_and_labelled_in_re
     assert "Tables of radius estimates are left out" in text
 
 
-def test_lipschitz_mixture_certificates_stay_usable_and_name_the_mixture(cli, mixcerts, members, tmp_path):
+def test_lipschitz_mixture_certificates_stay_usable_and_name_the_mixture(cli, one_line_error, mixcerts, members, tmp_path):
     from robcli.tables.io import read_table
 
     run, t = mixcerts["run"], mixcerts["lipschitz"]
@@ -362,7 +340,7 @@ def test_lipschitz_mixture_certificates_stay_usable_and_name_the_mixture(cli, mi
     assert df["robust_models"].iloc[0] == run  # the mixture, not its robust member h
     assert df["core_model"].iloc[0] == f"mixture(h={members['h']}, alpha=0.95)"
     # the run directory given for the table must be the mixture it certifies, not its robust member
-    _one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz-h"], "--eps", "0.01", "--robust-model", members["h"],
+    one_line_error(cli("compose", "-r", t, "-c", mixcerts["lipschitz-h"], "--eps", "0.01", "--robust-model", members["h"],
                         "-o", out, "--force"), t, f"certifies the mixture run {run}, not {members['h']}")
-    _one_line_error(cli("compose", "-r", mixcerts["lipschitz-h"], "-c", t, "--eps", "0.01", "--robust-model", run,
+    one_line_error(cli("compose", "-r", mixcerts["lipschitz-h"], "-c", t, "--eps", "0.01", "--robust-model", run,
                         "-o", out, "--force"), "for any core model", "certify --method mix-... --model RUN")

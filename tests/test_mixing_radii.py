@@ -82,9 +82,9 @@ def test_smoothing_radius_reduces_to_cohen_at_alpha_one():
 def test_bad_alpha_and_sigma_are_usage_errors():
     with pytest.raises(UsageError, match=r"\[0, 1\]"):
         smoothing_radius(0.9, 0.1, 1.5, 0.25)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"alpha -0.1 must lie in \[0, 1\]"):
         lipschitz_radius(np.array([[0.9, 0.1]]), -0.1, 1.0)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="sigma 0.0 must be > 0"):
         smoothing_radius(0.9, 0.1, 0.8, 0.0)
 
 
@@ -245,7 +245,7 @@ def test_estimation_sample_floor_boundary(k, alpha_cert, a):
 def test_smoothed_certify_validates_parameters():
     with pytest.raises(UsageError, match="too small"):
         certify_smoothed_mixture(Thresholds(), point(0.5), alpha=0.8, sigma=0.4, n0=5, n=5, alpha_cert=0.001)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="unknown radius method 'magic'; choose smoothing or lipschitz"):
         certify_smoothed_mixture(Thresholds(), point(0.5), alpha=0.8, sigma=0.4, method="magic", n=100)
 
 

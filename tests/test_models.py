@@ -89,9 +89,12 @@ def test_normalized_known_answer_images_and_vectors():
     assert torch.equal(plain(x), x) and "mean" not in plain.state_dict()
 
 
-@pytest.mark.parametrize("mean, std", [([0.5], None), ([0.5], [0.0]), ([0.5, 0.5], [1.0]), ([float("nan")], [1.0])])
-def test_normalized_rejects_bad_stats(mean, std):
-    with pytest.raises(ModelError):
+@pytest.mark.parametrize("mean, std, msg", [
+    ([0.5], None, "needs both mean and std"), ([0.5], [0.0], "std must be positive and mean/std finite"),
+    ([0.5, 0.5], [1.0], "mean has 2 values but std has 1"), ([float("nan")], [1.0], "mean/std finite"),
+])
+def test_normalized_rejects_bad_stats(mean, std, msg):
+    with pytest.raises(ModelError, match=msg):
         Normalized(nn.Identity(), mean, std)
 
 
@@ -144,8 +147,9 @@ def test_registered_name_errors(tmp_path, monkeypatch):
 def test_parse_shape():
     assert parse_shape("3,32,32") == (3, 32, 32) == parse_shape("3x32x32") == parse_shape([3, 32, 32])
     assert parse_shape("2") == (2,) and parse_shape(None) is None
-    for bad in ("a,b", "0,3", "", "-1"):
-        with pytest.raises(UsageError):
+    for bad, msg in (("a,b", "must look like C,H,W"), ("0,3", "must list positive sizes"),
+                     ("", "must list positive sizes"), ("-1", "must list positive sizes")):
+        with pytest.raises(UsageError, match=f"--input-shape '{bad}' {msg}"):
             parse_shape(bad)
 
 

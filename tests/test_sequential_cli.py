@@ -13,14 +13,6 @@ def _ok(r):
     assert r.exit_code == 0, r.output
 
 
-def _one_line_error(r, *words):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robcli: error:"), r.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def _drop_time(df):
     return df.drop(columns=["time"]).reset_index(drop=True)
 
@@ -32,13 +24,10 @@ def _with(argv, flag, value):
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory):
+def tables(cli, tmp_path_factory):
     """One fixed-N table and three sequential tables (targets, --against label, adaptive) of one model: a
     tiny_cnn trained 2 epochs with noise, so that examples are certified at 0, 1 or 2 radii, and wrongly too
     (an untrained model predicts one class everywhere, which would make every row alike)."""
-    from typer.testing import CliRunner
-
-    from robcli.cli.main import app
     from robcli.train.config import FinetuneConfig
     from robcli.train.loop import finetune
 
@@ -46,12 +35,11 @@ def tables(tmp_path_factory):
     res = finetune(FinetuneConfig(loss="noise", dataset="digits", out=str(d / "run"), model="tiny_cnn", sigma=0.25,
                                   epochs=2, lr=0.1, seed=0, device="cpu"))
     argv = _with(COMMON, "--model", str(res.run_dir))
-    runner = CliRunner()
     out = {"argv": argv}
     for name, extra in (("fixed", []), ("seq", SEQ), ("label", [*SEQ, "--against", "label"]),
                         ("adaptive", ["--sequential", "--radius-tol", "0.02"])):
         p = d / f"{name}.parquet"
-        r = runner.invoke(app, ["certify", *argv, *extra, "--out", str(p)])
+        r = cli("certify", *argv, *extra, "--out", p)
         assert r.exit_code == 0, r.output
         out[name] = p
     return out
@@ -74,11 +62,11 @@ def tables(tmp_path_factory):
     (["--sequential", "--radius", "0.25", "--radius-tol", "0.01"], ("adaptive mode's tolerance",)),
     (["--sequential", "--radius", "9"], ("out of reach",)),
 ])
-def test_bad_combinations_are_one_line_errors_and_write_nothing(cli, tmp_path, args, words):
+def test_bad_combinations_are_one_line_errors_and_write_nothing(cli, one_line_error, tmp_path, args, words):
     from robcli.tables.io import partial_path
 
     out = tmp_path / "bad.parquet"
-    _one_line_error(cli("certify", *COMMON, *args, "--out", out), *words)
+    one_line_error(cli("certify", *COMMON, *args, "--out", out), *words)
     assert not out.exists() and not partial_path(out).exists() and list(tmp_path.iterdir()) == []
 
 
@@ -193,12 +181,12 @@ def test_compose_partition_report_and_recipe_summaries_read_sequential_tables(cl
         assert summ[summ["radius"] == r]["certified_acc"].iloc[0] == pytest.approx(want)
 
 
-def test_compose_refuses_label_tables_as_selectors(cli, tables, tmp_path):
+def test_compose_refuses_label_tables_as_selectors(cli, one_line_error, tables, tmp_path):
     from robcli.analysis.metrics import check_selector_table
     from robcli.tables.io import read_table
 
     out = tmp_path / "comp.parquet"
-    _one_line_error(cli("compose", "-r", tables["label"], "-c", tables["fixed"], "--eps", "0.05", "-o", out),
+    one_line_error(cli("compose", "-r", tables["label"], "-c", tables["fixed"], "--eps", "0.05", "-o", out),
                     str(tables["label"]), "a selector cannot use labels")
     assert not out.exists()
     # negative control: the same rows recorded as --against prediction pass (the refusal is the label's doing)

@@ -100,7 +100,7 @@ def test_atomic_write_leaves_no_file_on_crash(tmp_path, monkeypatch):
     write_table(attack_df(), out, "attack", config={"v": 1})
     before = out.read_bytes()
     monkeypatch.setattr(pq, "write_table", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         write_table(attack_df(idx=(5,)), out, "attack", config={"v": 2})
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]
     monkeypatch.undo()

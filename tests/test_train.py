@@ -58,10 +58,13 @@ def test_lr_schedule():
     assert ft.lr == 1e-3 and ft.epochs == 50 and ft.batch == 200 and ft.lr_milestones == (0.75,)
 
 
-@pytest.mark.parametrize("bad", [dict(eps=0.0), dict(lr=-1.0), dict(epochs=0), dict(loss="nope"),
-                                 dict(augment="standard", loss="std", eps=0.0)])
-def test_bad_config(tmp_path, bad):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("bad, msg", [
+    (dict(eps=0.0), r"--loss era needs --eps > 0 \(got 0.0\)"), (dict(lr=-1.0), r"--lr must be > 0 \(got -1.0\)"),
+    (dict(epochs=0), r"--epochs must be >= 1 \(got 0\)"), (dict(loss="nope"), "unknown loss 'nope'; choose one of"),
+    (dict(augment="standard", loss="std", eps=0.0), "--augment standard needs images; gaussians is vector data"),
+])
+def test_bad_config(tmp_path, bad, msg):
+    with pytest.raises(UsageError, match=msg):
         finetune(_cfg(tmp_path / "bad", **bad))
     assert not (tmp_path / "bad").exists()
 
@@ -95,18 +98,18 @@ def test_deterministic_and_resume_bit_identical(tmp_path):
 
 def test_resume_refuses_other_config(tmp_path):
     finetune(_cfg(tmp_path / "r", epochs=1))
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="was made with a different configuration; use --force to start over"):
         finetune(_cfg(tmp_path / "r", epochs=1, beta=2.0), resume=True)
 
 
 def test_existing_out_needs_force(tmp_path):
     finetune(_cfg(tmp_path / "r", epochs=1, loss="std", eps=0.0))
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="exists; pass --force to overwrite or --resume to continue"):
         finetune(_cfg(tmp_path / "r", epochs=1, loss="std", eps=0.0))
     finetune(_cfg(tmp_path / "r", epochs=1, loss="std", eps=0.0), force=True)
     (tmp_path / "notrun").mkdir()
     (tmp_path / "notrun" / "precious.txt").write_text("x")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="is not a robcli run directory; refusing to delete it"):
         finetune(_cfg(tmp_path / "notrun", epochs=1), force=True)
     assert (tmp_path / "notrun" / "precious.txt").exists()
 

@@ -1,5 +1,5 @@
 """`robcli compose`: robust model(s) + selector + core model from tables (paper eq. 15), or mixtures of models.
-Flags -> one library call (robcli.compose.tables / robcli.mixing.run) -> print."""
+Flags -> one library call (robcli.compose.tables.compose_tables, robcli.compose.mixtures) -> print."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from robcli.cli.common import (
     SkipOpt,
     SplitOpt,
     argv,
-    check_out,
     given,
     handle_errors,
+    image_size_for,
+    naming_nonfinite,
     refuse_given,
 )
 
@@ -95,35 +96,8 @@ def compose(
     quiet: QuietOpt = False,
     old_alpha: Annotated[Optional[list[str]], typer.Option("--alpha", hidden=True, help="Gone: --mix-grid.")] = None,
 ) -> None:
-    """Evaluate H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x) (and cascades) from per-example tables.
-
-    Soundness rule: an example counts as robust and accurate for H only when the selector's decision cannot
-    flip inside B_eps(x) and the model it routes to is robust and accurate there. Robust selection needs the
-    2*eps rule (eq. 14): S(x') = 1 on all of B_eps(x) iff the robust model is robust on B_2eps(x), so pass its
-    eps and 2*eps tables (-r EPS_TABLE,2EPS_TABLE, one model). Where the selector may select somewhere in the
-    ball without robustly selecting, the robust model must be right at x (robustness indicator; softmax
-    response with threshold > 0.5) or robust and accurate (sr-pointwise; sr with threshold <= 0.5), and the
-    core model must be robust and accurate at eps (the abstain case; robust abstention is never claimed).
-    Softmax response (--selector sr, eq. 16): x is selected when the lowest max-softmax on B_eps(x) is >= the
-    threshold and robustly selected when it is on B_2eps(x); the lowest max-softmax comes from APGD-conf and
-    every other attack row at that radius (and --robust-model), capped at 0.5 where an attack flipped the
-    prediction. --selector sr-pointwise selects on the max-softmax at x alone (not eq. 16) and robustly
-    selects when the lowest max-softmax on B_eps(x) is >= the threshold. Certified selector: robust selection
-    is radius >= 2*eps by default; --selection-check eps gives the paper's radius >= eps (not sound for the
-    selector).
-
-    Certify tables (-r/-c CERT.parquet): each certificate fails with probability up to its alpha, and one
-    example's claim can rest on up to m + 1 of them (m robust members and the core), so the composition's
-    failure probability per example is up to the sum of their alphas (union bound), recorded as
-    composition_alpha (column and config). For a composition-level alpha A, certify each table at
-    A / (m + 1).
-
-    Mixtures of MODELS (Mixing Classifiers, Bai et al.; --core g and --robust h are then run dirs or checkpoints): --mix A --export
-    RUN writes the fixed-alpha mixture log((1-A) softmax(g) + A softmax(h)) as a run dir; --mix-sweep evaluates
-    natural and STD/ROB/MIX-attacked accuracy over the --mix-grid weights (a compose table, one row per weight).
-    Steps: --steps counts the PGD steps of the confidence attack on --robust-model (default 50) or, with
-    --mix-sweep, of each STD/ROB/MIX attack (default 20); --export-inner-steps those of the exported selector.
-    """
+    """Selector compositions from tables (robcli.compose.tables.compose_tables; the soundness rule is in
+    robcli.compose.selectors) or, with --mix/--mix-sweep, mixtures of models (robcli.compose.mixtures)."""
     from robcli.errors import UsageError
     from robcli.report.render import markdown_table
 
@@ -131,91 +105,43 @@ def compose(
         raise UsageError("compose --alpha is gone: the sweep's mixture weights are --mix-grid A (repeatable); "
                          "--alpha always means a failure probability")
     if mix is not None or mix_sweep:
-        _compose_mix(ctx, mix=mix, mix_sweep=mix_sweep, robust=robust, core=core, eps=eps, out=out, export=export,
-                     dataset=dataset, data_dir=data_dir, mix_grid=mix_grid, mix_space=mix_space, scale_g=scale_g,
-                     scale_h=scale_h, norm=norm, steps=steps, split=split, n_ex=n_ex, skip=skip, batch=batch,
-                     device=device, seed=seed, force=force, quiet=quiet)
+        from robcli.compose.mixtures import SWEEP_COLUMNS, export_mixture, sweep_mixtures
+
+        if mix is not None and mix_sweep:
+            raise UsageError("give --mix A (export one mixture) or --mix-sweep (evaluate a --mix-grid), not both")
+        refuse_given(ctx, TABLE_FLAGS, "to --mix/--mix-sweep (they belong to table compositions)")
+        if mix is not None:
+            refuse_given(ctx, SWEEP_ONLY, "to --mix A (it only exports the mixture with --export RUN; see --mix-sweep)")
+            a = export_mixture(core, robust, mix, export, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
+                               force=force)
+            if not quiet:
+                typer.echo(f"wrote mixture {export} (alpha {a:g}, {mix_space} space)", err=True)
+            return
+        with naming_nonfinite(None, core=core, robust=robust[0] if len(robust) == 1 else None):
+            df = sweep_mixtures(core, robust, dataset=dataset, eps=eps, out=out, export=export, norm=norm,
+                                mix_grid=mix_grid, steps=steps, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
+                                split=split, n_ex=n_ex, skip=skip, batch=batch, data_dir=data_dir,
+                                image_size=image_size_for(None, core), device=device, seed=seed, force=force,
+                                command=argv())
+        if not quiet:
+            typer.echo(markdown_table(df[SWEEP_COLUMNS]))
         return
     refuse_given(ctx, MIX_FLAGS, "without --mix/--mix-sweep (they belong to mixtures of models)")
     if eps is None:
         raise UsageError("missing --eps (the threat radius of the composition)")
-    from robcli.compose.tables import LEAD, compose_tables, export_summary, write_composition
+    import robcli.compose.tables as ct
 
-    comp = compose_tables(
+    comp = ct.compose_tables(
         robust, core, eps=eps, out=out, selector=selector, threshold=threshold, do_sweep=do_sweep, norm=norm,
         sigma=sigma, check=check, robust_model=robust_model, core_model=core_model, dataset=dataset,
         data_dir=data_dir, export=export, export_threshold=export_threshold, export_inner_attack=export_inner_attack,
         export_inner_steps=export_inner_steps, export_inner_restarts=export_inner_restarts,
         steps=50 if steps is None else steps, device=device, seed=seed, force=force, command=argv(),
         given=frozenset(given(ctx, "export_inner_attack", "export_inner_steps", "export_inner_restarts")))
-    write_composition(comp, out)
+    ct.write_composition(comp, out)
     if not quiet and comp.card is not None:
-        typer.echo(export_summary(comp), err=True)
+        typer.echo(ct.export_summary(comp), err=True)
     if not quiet and comp.certs:
-        k = len(comp.certs)
-        typer.echo(f"composition_alpha {comp.composition_alpha:g}: one example's claim rests on up to {k} certificates "
-                   f"(union bound of their alphas); certify each table at A/{k} for a composition-level alpha A", err=True)
+        typer.echo(ct.certificates_note(comp), err=True)
     if not quiet:
-        typer.echo(markdown_table(comp.df[LEAD + ["core_nat_acc", "core_robust_acc"]]))
-
-
-def _compose_mix(ctx, *, mix, mix_sweep, robust, core, eps, out, export, dataset, data_dir, mix_grid, mix_space,
-                 scale_g, scale_h, norm, steps, split, n_ex, skip, batch, device, seed, force, quiet) -> None:
-    """`compose --mix A --export RUN` and `compose --mix-sweep` (robcli.mixing.run)."""
-    from robcli.errors import UsageError
-    from robcli.mixing.run import require_models
-    from robcli.utils.parse import parse_float_expr
-
-    if mix is not None and mix_sweep:
-        raise UsageError("give --mix A (export one mixture) or --mix-sweep (evaluate a --mix-grid), not both")
-    refuse_given(ctx, TABLE_FLAGS, "to --mix/--mix-sweep (they belong to table compositions)")
-    if len(robust) != 1:
-        raise UsageError(f"--mix/--mix-sweep mix one --robust model with the --core model (got {len(robust)})")
-    require_models(**{"--core": core, "--robust": robust[0]})
-    if mix is not None:
-        from robcli.mixing.mixed import check_alpha
-        from robcli.mixing.run import build_fixed_mixture
-
-        refuse_given(ctx, SWEEP_ONLY, "to --mix A (it only exports the mixture with --export RUN; see --mix-sweep)")
-        if export is None:
-            raise UsageError("--mix needs --export RUN (the run directory of the mixture)")
-        a = check_alpha(parse_float_expr(mix, "--mix"), "--mix")
-        check_out(export, force)
-        build_fixed_mixture(core, robust[0], a, export, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h)
-        if not quiet:
-            typer.echo(f"wrote mixture {export} (alpha {a:g}, {mix_space} space)", err=True)
-        return
-    if export is not None:
-        raise UsageError("--mix-sweep writes a table (--out T.parquet); to export one mixture use --mix A --export RUN")
-    if dataset is None or eps is None:
-        raise UsageError("--mix-sweep needs --dataset and --eps")
-    from robcli.cli.common import image_size_for, naming_nonfinite
-    from robcli.data.registry import load_split
-    from robcli.mixing.mixed import check_alpha
-    from robcli.mixing.run import DEFAULT_GRID, sweep_fixed_mixtures
-    from robcli.report.render import markdown_table
-    from robcli.tables.io import provenance, write_table
-    from robcli.utils.device import resolve_device
-    from robcli.utils.parse import parse_eps, parse_norm
-
-    nrm = parse_norm(norm or "Linf")
-    e = parse_eps(eps, nrm)
-    grid = [check_alpha(parse_float_expr(a, "--mix-grid"), "--mix-grid") for a in mix_grid] if mix_grid else list(DEFAULT_GRID)
-    steps = 20 if steps is None else steps
-    if steps < 1 or batch < 1:
-        raise UsageError("--steps and --batch must be >= 1")
-    if out is not None:
-        check_out(out, force)
-    dev = resolve_device(device)
-    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(None, core)).select(n_ex=n_ex, skip=skip)
-    with naming_nonfinite(None, core=core, robust=robust[0]):
-        table, df = sweep_fixed_mixtures(core, robust[0], data, grid, eps=e, norm=nrm, steps=steps, mix_space=mix_space,
-                                         scale_g=scale_g, scale_h=scale_h, batch=batch, device=dev)
-    if out is not None:
-        config = {"core": core, "robust": robust[0], "alphas": grid, "eps": e, "norm": nrm, "steps": steps,
-                  "mix_space": mix_space, "scale_g": scale_g, "scale_h": scale_h, "dataset": dataset, "split": split,
-                  "n_ex": n_ex, "skip": skip}
-        prov = provenance(seed=seed, device=dev, models=[core, robust[0]], data=data.fingerprint(), command=argv())
-        write_table(table, out, "compose", config=config, prov=prov)
-    if not quiet:
-        typer.echo(markdown_table(df[["alpha", "nat_acc", "std_acc", "rob_acc", "mix_acc", "robust_acc"]]))
+        typer.echo(markdown_table(comp.df[ct.LEAD + ["core_nat_acc", "core_robust_acc"]]))

@@ -44,28 +44,35 @@ optimistic in the same way as every empirical robustness number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from robcli.analysis.metrics import ModelView
 from robcli.errors import UsageError
+from robcli.utils.registry import Entry, Registry
 
-SELECTORS = ("ri", "sr", "sr-pointwise")
-SELECTOR_ALIASES = {
-    "ri": "ri", "robustness-indicator": "ri", "robust": "ri",
-    "sr": "sr", "softmax-response": "sr", "softmax": "sr",
-    "sr-pointwise": "sr-pointwise", "softmax-response-pointwise": "sr-pointwise", "pointwise": "sr-pointwise",
-}
-# the ``selector`` column of compose tables / Member.selector
-SR_NAME = {"sr": "softmax-response", "sr-pointwise": "softmax-response-pointwise"}
+SELECTORS: Registry[Callable] = Registry("selector", normalize=str.lower)
+"""`compose --selector`: name -> the builder of its :class:`Member` (meta ``column``: the ``selector`` column
+of compose tables, None where the member names its own, ri-empirical / ri-certified). Filled below."""
+
+
+def list_selectors() -> list[str]:
+    return SELECTORS.names()
+
+
+def get_selector(name: str) -> Entry[Callable]:
+    """The entry of a selector (aliases and any case accepted); UsageError naming the choices if unknown."""
+    return SELECTORS.get(parse_selector(name))
 
 
 def parse_selector(name: str) -> str:
-    key = str(name).strip().lower()
-    if key not in SELECTOR_ALIASES:
-        raise UsageError(f"unknown selector {name!r}; choose ri (robustness indicator), sr (softmax response, "
-                         "eq. 16) or sr-pointwise (clean confidence only)")
-    return SELECTOR_ALIASES[key]
+    """The registered name a user's spelling of a selector stands for."""
+    key = SELECTORS.resolve(str(name))
+    if key is None:
+        choices = [f"{e.name} ({e.description})" for e in SELECTORS.entries()]
+        raise UsageError(f"unknown selector {name!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
+    return key
 
 
 @dataclass
@@ -126,7 +133,7 @@ def sr_member(at_eps: ModelView, clean_conf, min_conf_eps, min_conf_check, tau: 
         ok, const = correct, np.ones_like(robust)
     else:
         ok, const = correct & robust, robust
-    return Member(name or at_eps.model, SR_NAME["sr"], sel, rsel, ok, pred, const, tau, at_eps)
+    return Member(name or at_eps.model, "softmax-response", sel, rsel, ok, pred, const, tau, at_eps)
 
 
 def sr_pointwise_member(at_eps: ModelView, clean_conf, min_conf_eps, tau: float, name: str | None = None) -> Member:
@@ -143,5 +150,12 @@ def sr_pointwise_member(at_eps: ModelView, clean_conf, min_conf_eps, tau: float,
     df = at_eps.df
     robust = df["robust"].to_numpy(bool)
     ok = df["correct"].to_numpy(bool) & robust
-    return Member(name or at_eps.model, SR_NAME["sr-pointwise"], cc >= tau, lo_eps >= tau, ok,
+    return Member(name or at_eps.model, "softmax-response-pointwise", cc >= tau, lo_eps >= tau, ok,
                   df["pred"].to_numpy("int64"), robust, tau, at_eps)
+
+
+SELECTORS.add("ri", ri_member, "robustness indicator", aliases=("robustness-indicator", "robust"), column=None)
+SELECTORS.add("sr", sr_member, "softmax response, eq. 16", aliases=("softmax-response", "softmax"),
+              column="softmax-response")
+SELECTORS.add("sr-pointwise", sr_pointwise_member, "clean confidence only",
+              aliases=("softmax-response-pointwise", "pointwise"), column="softmax-response-pointwise")

@@ -109,7 +109,7 @@ def compose_tables(robust: list[str], core: str, *, eps: str, out: str | None = 
 
     from robcli.analysis.metrics import check_same_examples, check_selector_table, view_from_table
     from robcli.compose.evaluate import evaluate_composition, sweep
-    from robcli.compose.selectors import SR_NAME, parse_selector, ri_member, sr_member, sr_pointwise_member
+    from robcli.compose.selectors import SELECTORS, parse_selector, ri_member, sr_member, sr_pointwise_member
     from robcli.errors import TableError, UsageError
     from robcli.tables.io import provenance
     from robcli.utils.parse import parse_eps, parse_fraction_in, parse_norm
@@ -203,7 +203,7 @@ def compose_tables(robust: list[str], core: str, *, eps: str, out: str | None = 
 
         rows = sweep(make_members, taus, core_v)
         for m in rows:
-            m["selector"] = SR_NAME[sel]
+            m["selector"] = SELECTORS.get(sel).meta["column"]
     df = pd.DataFrame(rows)
     df["eps"] = e
     df["norm"] = core_v.norm
@@ -282,6 +282,13 @@ def export_summary(comp: Composition) -> str:
             "sr-pointwise": f"pointwise softmax response at thresholds {taus_txt}",
             "ri": f"robustness indicator by {inner['attack']} ({inner['steps']} steps) at eps={inner['eps']:g}"}[sel]
     return f"wrote composite model {comp.export} ({what})"
+
+
+def certificates_note(comp: Composition) -> str:
+    """One line on the union bound of a composition of certify tables (for the CLI to print)."""
+    k = len(comp.certs)
+    return (f"composition_alpha {comp.composition_alpha:g}: one example's claim rests on up to {k} certificates "
+            f"(union bound of their alphas); certify each table at A/{k} for a composition-level alpha A")
 
 
 def check_run_matches_table(run: str, table) -> None:

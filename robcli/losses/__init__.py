@@ -8,15 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-LOSSES: dict[str, Callable] = {}
+from robcli.utils.registry import Registry
+
+LOSS_MODULES = ("std", "trades", "era", "dga", "noise", "cra")
+LOSSES: Registry[Callable] = Registry("loss", modules=tuple(f"robcli.losses.{m}" for m in LOSS_MODULES))
+"""The losses the generic training loop runs (``mixnet`` is not one: see :data:`ROUTED`)."""
 
 
-def register_loss(name: str):
-    def deco(fn):
-        LOSSES[name] = fn
-        return fn
-
-    return deco
+def register_loss(name: str, description: str = ""):
+    """Decorator registering ``fn(model, x, y, cfg, gen) -> (loss, terms)`` under ``name``."""
+    return LOSSES.register(name, description)
 
 
 @dataclass(frozen=True)
@@ -43,27 +44,9 @@ ROUTED: dict[str, str] = {"mixnet": "robcli.mixing.run.train_adaptive_mixture (t
 
 def list_losses() -> list[str]:
     """Every name `robcli finetune --loss` takes: the registered losses and the routed ones (``mixnet``)."""
-    _ensure_registered()
-    return sorted(set(LOSSES) | set(ROUTED))
+    return sorted(set(LOSSES.names()) | set(ROUTED))
 
 
-def get_loss(name: str):
-    from robcli.errors import UsageError
-
-    _ensure_registered()
-    if name not in LOSSES:
-        raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
-
-
-def _ensure_registered() -> None:
-    """Import every loss module (``mixnet`` is not one: `finetune --loss mixnet` trains through
-    :func:`robcli.mixing.run.train_adaptive_mixture`, see ``ROUTED``)."""
-    import importlib
-
-    for mod in ("std", "trades", "era", "dga", "noise", "cra"):
-        try:
-            importlib.import_module(f"robcli.losses.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"robcli.losses.{mod}":
-                raise
+def get_loss(name: str) -> Callable:
+    """The loss function registered as ``name``; a UsageError naming the registered losses if there is none."""
+    return LOSSES.get(name).obj

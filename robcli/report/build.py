@@ -580,23 +580,28 @@ def report_figure(rep: Report):
     return fig
 
 
-def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
-    """Draw :func:`report_figure`; write ``path`` (PNG or SVG) when given; return the PNG bytes (for HTML), or
-    None when nothing is plottable."""
-    import matplotlib
 
-    matplotlib.use("Agg")
+def _png_and_save(fig, path) -> bytes:
+    """The figure as PNG bytes, also saved to ``path`` (format from its suffix) when given; the figure is closed."""
     import matplotlib.pyplot as plt
 
-    fig = report_figure(rep)
-    if fig is None:
-        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     if path is not None:
         fig.savefig(str(path), format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+def plot_report(rep: Report, path: str | Path | None = None) -> bytes | None:
+    """Draw :func:`report_figure`; write ``path`` (PNG or SVG) when given; return the PNG bytes (for HTML), or
+    None when nothing is plottable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = report_figure(rep)
+    if fig is None:
+        return None
+    return _png_and_save(fig, path)
 
 
 SPLIT_COLORS = {"robust_accurate": "#1a9850", "robust_inaccurate": "#d73027", "nonrobust_accurate": "#91bfdb",
@@ -659,9 +664,4 @@ def plot_regions(pairs, path: str | Path | None = None, data_dir: str | None = N
         ax.set_aspect("equal")
         ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    if path is not None:
-        fig.savefig(str(path), format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_and_save(fig, path)

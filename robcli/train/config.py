@@ -128,13 +128,11 @@ class FinetuneConfig:
             return None
 
     def validate(self) -> None:
-        from robcli.losses import LOSSES, _ensure_registered
+        from robcli.losses import LOSSES
 
-        _ensure_registered()
         if self.loss == "mixnet" and "mixnet" not in LOSSES:
             raise UsageError("--loss mixnet is not yet available in this version")
-        if self.loss not in LOSSES:
-            raise UsageError(f"unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}")
+        LOSSES.get(self.loss)  # an unknown name: UsageError naming the registered losses
         if self.loss in ROBUST_LOSSES and not self.eps > 0:
             raise UsageError(f"--loss {self.loss} needs --eps > 0 (got {self.eps})")
         if not math.isfinite(self.eps) or self.eps < 0:

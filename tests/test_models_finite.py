@@ -76,15 +76,6 @@ def models(tmp_path_factory, thr):
     }
 
 
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robcli: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 def _attack(cli, model, out, *extra):
     return cli("attack", "--model", model, "--dataset", "gaussians", "--n-ex", N_EX, "--batch", "8",
                "--steps", "10", "--out", out, *extra)
@@ -95,16 +86,16 @@ def _attack(cli, model, out, *extra):
 
 @pytest.mark.parametrize("which", ["nan", "inf", "one"])
 @pytest.mark.parametrize("attack", ["pgd", "apgd-ce"])
-def test_attack_refuses_nonfinite_clean_logits(cli, models, tmp_path, which, attack):
+def test_attack_refuses_nonfinite_clean_logits(cli, one_line_error, models, tmp_path, which, attack):
     out = tmp_path / "a.parquet"
     r = _attack(cli, models[which], out, "--attack", attack, "--eps", "0.01")
-    line = _one_line_error(r, f"model {models[which]}", "non-finite logits", "clean inputs")
+    line = one_line_error(r, f"model {models[which]}", "non-finite logits", "clean inputs")
     assert ("20 of 20" in line) == (which != "one")
     assert not out.exists() and not partial_path(out).exists()
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "grid"])
-def test_attack_that_meets_nan_inside_the_ball_stops_and_writes_nothing(cli, models, tmp_path, attack):
+def test_attack_that_meets_nan_inside_the_ball_stops_and_writes_nothing(cli, one_line_error, models, tmp_path, attack):
     model = models["far_const" if attack == "grid" else "far"]
     grid = ["--grid-points", "21"] if attack == "grid" else []
     # the small radius never reaches the NaN region: a normal table
@@ -114,7 +105,7 @@ def test_attack_that_meets_nan_inside_the_ball_stops_and_writes_nothing(cli, mod
     # the large one does, in the second (batch, eps) block: the first block's checkpoint is removed too
     out = tmp_path / "a.parquet"
     r = _attack(cli, model, out, "--attack", attack, *grid, "--eps", "0.01", "--eps", "0.2", "--quiet")
-    _one_line_error(r, f"model {model}", "non-finite logits", "eps 0.2", "neither robust nor a flip")
+    one_line_error(r, f"model {model}", "non-finite logits", "eps 0.2", "neither robust nor a flip")
     assert not out.exists() and not partial_path(out).exists()
 
 
@@ -148,14 +139,14 @@ def _certify(cli, model, out, *extra):
 
 
 @pytest.mark.parametrize("which", ["nan", "inf", "one"])
-def test_certify_refuses_nonfinite_clean_logits(cli, models, tmp_path, which):
+def test_certify_refuses_nonfinite_clean_logits(cli, one_line_error, models, tmp_path, which):
     out = tmp_path / "c.parquet"
     r = _certify(cli, models[which], out, "--sigma", "0.001")
-    _one_line_error(r, f"model {models[which]}", "non-finite logits", "clean inputs")
+    one_line_error(r, f"model {models[which]}", "non-finite logits", "clean inputs")
     assert not out.exists() and not partial_path(out).exists()
 
 
-def test_certify_that_meets_nan_under_noise_stops_and_writes_nothing(cli, models, tmp_path):
+def test_certify_that_meets_nan_under_noise_stops_and_writes_nothing(cli, one_line_error, models, tmp_path):
     # sigma 0.001: the NaN region is 20 sigma away from every example, nothing trips
     ok = tmp_path / "ok.parquet"
     r = _certify(cli, models["far"], ok, "--sigma", "0.001", "--quiet")
@@ -164,7 +155,7 @@ def test_certify_that_meets_nan_under_noise_stops_and_writes_nothing(cli, models
     # the examples before it were certified: no checkpoint of them may be left behind
     out = tmp_path / "c.parquet"
     r = _certify(cli, models["far"], out, "--sigma", "0.05")
-    _one_line_error(r, f"model {models['far']}", "Gaussian-noisy copies", "sigma 0.05")
+    one_line_error(r, f"model {models['far']}", "Gaussian-noisy copies", "sigma 0.05")
     assert not out.exists() and not partial_path(out).exists()
 
 
@@ -212,19 +203,19 @@ def nan_weights_runs(tmp_path_factory):
     return out
 
 
-def test_mix_sweep_names_the_member(cli, models, tmp_path):
+def test_mix_sweep_names_the_member(cli, one_line_error, models, tmp_path):
     out = tmp_path / "s.parquet"
     common = ["-d", "gaussians", "--n-ex", N_EX, "--steps", "5", "--mix-grid", "0", "--mix-grid", "1", "-o", out, "-q"]
     r = cli("compose", "--mix-sweep", "--core", models["ok"], "--robust", models["nan"], "--eps", "0.01", *common)
-    _one_line_error(r, f"robust model {models['nan']} (member h)", "clean inputs")
+    one_line_error(r, f"robust model {models['nan']} (member h)", "clean inputs")
     r = cli("compose", "--mix-sweep", "--core", models["far"], "--robust", models["ok"], "--eps", "0.2", *common)
-    _one_line_error(r, f"core model {models['far']} (member g)", "inside the eps-balls")
+    one_line_error(r, f"core model {models['far']} (member g)", "inside the eps-balls")
     assert not out.exists()
     r = cli("compose", "--mix-sweep", "--core", models["far"], "--robust", models["ok"], "--eps", "0.01", *common)
     assert r.exit_code == 0, r.output
 
 
-def test_mix_attack_names_the_mixture_and_member(cli, models, tmp_path):
+def test_mix_attack_names_the_mixture_and_member(cli, one_line_error, models, tmp_path):
     for which, eps, needle in (("nan", "0.01", "clean inputs"), ("far_up", "0.2", "inside the eps-balls")):
         run = tmp_path / f"mix-{which}"
         r = cli("compose", "--mix", "0.7", "--core", models["const"], "--robust", models[which],
@@ -233,31 +224,31 @@ def test_mix_attack_names_the_mixture_and_member(cli, models, tmp_path):
         out = tmp_path / f"a-{which}.parquet"
         r = cli("attack", "--model", run, "--dataset", "gaussians", "--attack", "mix-b", "--steps", "5",
                 "--eps", eps, "--n-ex", N_EX, "--out", out)
-        _one_line_error(r, f"the robust model h of the mixture {run}", needle)
+        one_line_error(r, f"the robust model h of the mixture {run}", needle)
         assert not out.exists()
 
 
 @pytest.mark.parametrize("method", ["mix-smoothed-h", "mix-lipschitz", "mix-local-estimate"])
-def test_mix_certify_refuses_a_nan_robust_model(cli, models, tmp_path, method):
+def test_mix_certify_refuses_a_nan_robust_model(cli, one_line_error, models, tmp_path, method):
     extra = {"mix-smoothed-h": ["--sigma", "0.05", "--N0", "20", "--N", "100", "--alpha", "0.01"],
              "mix-lipschitz": ["--lipschitz", "1"], "mix-local-estimate": ["--eps", "0.2", "--norm", "Linf"]}[method]
     out = tmp_path / "c.parquet"
     r = cli("certify", "--model", models["nan"], "--mix", "0.8", "-d", "gaussians", "--n-ex", N_EX,
             "--method", method, *extra, "-o", out)
-    _one_line_error(r, f"robust model {models['nan']} (member h)", "clean inputs")
+    one_line_error(r, f"robust model {models['nan']} (member h)", "clean inputs")
     if method != "mix-lipschitz":  # NaN met under noise / inside the ball (the Lipschitz method only reads h(x))
         r = cli("certify", "--model", models["far"], "--mix", "0.8", "-d", "gaussians", "--n-ex", N_EX,
                 "--method", method, *extra, "-o", out)
-        _one_line_error(r, f"robust model {models['far']} (member h)",
+        one_line_error(r, f"robust model {models['far']} (member h)",
                         "Gaussian-noisy" if method == "mix-smoothed-h" else "eps-balls")
     assert not out.exists()
 
 
-def test_mix_train_refuses_a_nan_member(cli, nan_weights_runs, tmp_path):
+def test_mix_train_refuses_a_nan_member(cli, one_line_error, nan_weights_runs, tmp_path):
     out = tmp_path / "adaptive"
     r = cli("finetune", "--loss", "mixnet", "--core", nan_weights_runs["nan"], "--robust", nan_weights_runs["ok"], "-d", "digits",
             "--eps", "0.1", "--out", out, "--epochs", "1", "--n-ex", "64", "--attack-steps", "1", "-q")
-    _one_line_error(r, f"core model {nan_weights_runs['nan']} (member g)", "clean training inputs")
+    one_line_error(r, f"core model {nan_weights_runs['nan']} (member g)", "clean training inputs")
     assert not out.exists()
 
 
@@ -274,11 +265,11 @@ def test_mix_attack_control_runs_where_the_ball_stays_finite(cli, models, tmp_pa
 # ---------------------------------------------------------------------------------------------- finetune
 
 
-def test_finetune_refuses_an_init_model_with_nan_logits(cli, nan_weights_runs, tmp_path):
+def test_finetune_refuses_an_init_model_with_nan_logits(cli, one_line_error, nan_weights_runs, tmp_path):
     out = tmp_path / "ft"
     r = cli("finetune", "--loss", "std", "--dataset", "digits", "--init", nan_weights_runs["nan"], "--epochs", "1",
             "--out", out, "--quiet")
-    _one_line_error(r, f"model {nan_weights_runs['nan']}", "clean training inputs")
+    one_line_error(r, f"model {nan_weights_runs['nan']}", "clean training inputs")
     assert not out.exists()
 
 

@@ -1,3 +1,5 @@
+"""The entry point and shared CLI helpers (robcli/cli/main.py, robcli/cli/common.py): help, version, given flags."""
+
 import subprocess
 import sys
 
