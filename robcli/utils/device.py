@@ -33,3 +33,25 @@ def resolve_device(spec: str = "auto"):
             raise UsageError("--device mps: MPS is not available on this machine")
         return torch.device("mps")
     raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_rank_device(spec: str, world):
+    """:func:`resolve_device` for one rank of a launched job (``world``: a :class:`robcli.distributed.World`).
+
+    Under torchrun/srun, ``auto`` (with CUDA present) and ``cuda`` mean this rank's own GPU,
+    ``cuda:LOCAL_RANK``; ``cuda:N`` and ``cpu`` are taken as given. A single process: :func:`resolve_device`.
+
+    Raises:
+        UsageError: as :func:`resolve_device`, or a local rank without a GPU of its own.
+    """
+    import torch
+
+    s = (spec or "auto").strip().lower()
+    if not world.grouped or s not in ("auto", "cuda") or (s == "auto" and not torch.cuda.is_available()):
+        return resolve_device(spec)
+    resolve_device("cuda")  # CUDA must be available
+    n = torch.cuda.device_count()
+    if world.local_rank >= n:
+        raise UsageError(f"--device {spec}: {world.label} has local rank {world.local_rank} but this node has only "
+                         f"{n} CUDA device(s); start at most {n} processes per node")
+    return torch.device("cuda", world.local_rank)
