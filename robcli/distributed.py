@@ -238,6 +238,31 @@ def agree(group: Group, fn: Callable[[], Any]) -> Any:
     return result[1]
 
 
+def together(group: Group, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on every rank and return its result there; if it raises a :class:`RobcliError` on any rank,
+    the lowest such rank's error is raised on every rank (so no rank walks on into a collective the others
+    never reach). Other exceptions propagate on their own rank only.
+    """
+    if not group.world.grouped:
+        return fn()
+    err: RobcliError | None = None
+    try:
+        result = fn()
+        status: tuple[str, Any] = ("ok", None)
+    except RobcliError as e:
+        err, result = e, None
+        status = ("error", (type(e).__name__, str(e)))
+    failed = [s for s in group.gather(status) if s[0] == "error"]
+    if not failed:
+        return result
+    if err is not None and failed[0][1] == (type(err).__name__, str(err)):
+        raise err
+    import robcli.errors as errors
+
+    cls = getattr(errors, failed[0][1][0], RobcliError)
+    raise cls(failed[0][1][1])
+
+
 class Heartbeat:
     """Each rank touches ``DIR/alive-RANK`` every :data:`HEARTBEAT_S` seconds while it works, and writes
     ``DIR/done-RANK`` when its share is done, so the main rank can tell a slow rank from a lost one without a
@@ -525,4 +550,4 @@ def _attach(run, world: World, report: Callable[[], None] | None, hb: Heartbeat 
 
 
 __all__ = ["Group", "Heartbeat", "LAUNCHERS", "PartsLock", "World", "agree", "detect", "first_host", "restart_count",
-           "run_table"]
+           "run_table", "together"]

@@ -37,12 +37,15 @@ def project(delta: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.
 
 def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
     """A uniform random point of the ball (Linf) or a random direction scaled into it (L2), clipped to [0,1]."""
+    from robcli.utils.seeding import batch_draw  # sliced whole-batch draws (data-parallel training)
+
+    dev = generator.device if generator else x.device
     if norm == "Linf":
-        u = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+        u = batch_draw("rand", tuple(x.shape), generator, dev)
         delta = (2 * u.to(x.device, x.dtype) - 1) * eps
     else:
-        g = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device).to(x.device, x.dtype)
-        r = torch.rand(x.shape[0], generator=generator, device=generator.device if generator else x.device).to(x.device, x.dtype)
+        g = batch_draw("randn", tuple(x.shape), generator, dev).to(x.device, x.dtype)
+        r = batch_draw("rand", (x.shape[0],), generator, dev).to(x.device, x.dtype)
         g = g / _flat_norm(g, "L2").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         delta = g * (eps * r).view(-1, *([1] * (x.dim() - 1)))
     return (x + delta).clamp(0, 1)

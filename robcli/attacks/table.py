@@ -84,7 +84,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     from robcli.models import load_model
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
-    from robcli.utils.device import resolve_device
+    from robcli.utils.device import resolve_rank_device
 
     out = Path(out)
     if out.suffix != ".parquet":
@@ -93,7 +93,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     spec = cfg.spec
     if spec.model_check is not None:
         spec.model_check(cfg, model)
-    dev = resolve_device(device, local_rank=world.local_rank if world.grouped else None)
+    dev = resolve_rank_device(device, world)
     ids = read_subset(subset, subset_split, dataset, split) if subset is not None else None
     data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)

@@ -72,13 +72,13 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     from robcli.models import load_model
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
-    from robcli.utils.device import resolve_device
+    from robcli.utils.device import resolve_rank_device
 
     out = Path(out)
     if out.suffix != ".parquet":
         raise UsageError(f"--out {out}: give a file name ending in .parquet")
     world = world or detect()
-    dev = resolve_device(device, local_rank=world.local_rank if world.grouped else None)
+    dev = resolve_rank_device(device, world)
     # the device type is part of the configuration: CPU and CUDA generators draw different noise
     cfg.extra["device_type"] = dev.type
     data = load_split(dataset, split, data_dir=data_dir, image_size=image_size).select(n_ex=n_ex, skip=skip)

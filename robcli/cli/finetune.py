@@ -45,6 +45,7 @@ MIXNET_ONLY = ("core", "robust", "train_attack", "c_ce", "c_bce", "c_prod", "ema
                "layers_h", "width", "blocks", "eps_low", "mix_attack_weight", "sigmoid_scale", "mix_space", "scale_g",
                "scale_h", "n_ex")
 NOT_MIXNET = ("model", "init", "arch", "train_subset", "resume", "augment", "download", "image_size", "tensorboard",
+              "sync_bn",
               "beta",
               "trades_beta", "era_adv", "era_steps", "detach_weight", "lr_milestones", "weight_decay", "momentum",
               "sigma", "num_noise", "temperature")
@@ -107,6 +108,7 @@ def finetune(
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun/srun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of each rank's slice.")] = False,
     tensorboard: Annotated[Optional[str], typer.Option("--tensorboard", help="Also write each epoch's train_log row as TensorBoard scalars to this folder (watch with `tensorboard --logdir DIR`; needs pip install 'robcli[tensorboard]').")] = None,
     old_alpha_min: Annotated[Optional[float], typer.Option("--alpha-min", hidden=True, help="Gone: --mix-min.")] = None,
     old_alpha_max: Annotated[Optional[float], typer.Option("--alpha-max", hidden=True, help="Gone: --mix-max.")] = None,
@@ -131,7 +133,12 @@ def finetune(
         if given(ctx, old):
             raise UsageError(f"finetune {given(ctx, old)[0]} is gone: use {new} (every flag meaning a mixture weight "
                              "starts with --mix)")
+    from robcli.distributed import detect
+
+    world = detect()  # torchrun/srun: data-parallel training, --batch is the global batch (robcli.train.parallel)
     if loss == "mixnet":
+        if world.grouped:
+            raise UsageError(f"--loss mixnet trains in one process; run it without {world.launcher}")
         refuse_given(ctx, NOT_MIXNET, "to --loss mixnet (it trains a mixing network on --core/--robust)")
         return _finetune_mixnet(ctx, **{k: v for k, v in locals().items() if k in MIXNET_ONLY + (
             "dataset", "data_dir", "eps", "norm", "out", "attack_steps", "epochs", "batch", "lr", "seed", "device",
@@ -166,12 +173,15 @@ def finetune(
         lr_milestones=milestones if was_given("lr_milestones") else None, batch=batch if was_given("batch") else None,
         momentum=momentum if was_given("momentum") else None, weight_decay=weight_decay if was_given("weight_decay") else None,
         augment=augment, sigma=sigma, num_noise=num_noise, temperature=temperature, seed=seed, device=device,
+        world_size=world.size if world.grouped else 1, sync_bn=sync_bn,
     )
     from robcli.train.loop import finetune as run_finetune
 
-    with naming_nonfinite(init), progress(quiet) as prog:
+    with naming_nonfinite(init), progress(quiet or not world.is_main) as prog:
         result = run_finetune(cfg, ProgressCallback(prog), resume=resume, force=force, command=argv(),
-                              tensorboard=tensorboard)
+                              tensorboard=tensorboard, world=world)
+    if not world.is_main:
+        return  # rank 0 prints
     con = console(stderr=False)
     if not quiet:
         from rich.table import Table

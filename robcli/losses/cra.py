@@ -108,7 +108,7 @@ def cra_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: LossConfig, gen: torc
     if k < 1:
         raise ValueError("num_noise must be >= 1")
     B = x.shape[0]
-    eta = gaussian_noise((k, *x.shape), cfg.sigma, x, gen)
+    eta = gaussian_noise((k, *x.shape), cfg.sigma, x, gen, batch_dim=1)
     logits = model((x.unsqueeze(0) + eta).flatten(0, 1)).view(k, B, -1)  # one forward for all copies
     ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, B)
     l_noise = ce.mean()

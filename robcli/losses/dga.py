@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from robcli.losses import LossConfig, register_loss
 from robcli.losses.era import adversarial_points, other_logprob, trades_and_adv_logits
+from robcli.train.parallel import unwrap
 
 
 def dga_term(logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,7 @@ def dga_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Loss
     Returns:
         ``(loss, terms)`` with terms ``ce``, ``kl``, ``trades`` and ``dga`` (batch mean of the gambler term).
     """
-    x_tr, x_adv, pred = adversarial_points(model, x, y, cfg, gen)
+    x_tr, x_adv, pred = adversarial_points(unwrap(model), x, y, cfg, gen)  # bare module (robcli.train.parallel)
     logits, adv_logits, ce, kl = trades_and_adv_logits(model, x, y, x_tr, x_adv, cfg)
     trades = ce + cfg.trades_beta * kl
     dga = dga_term(logits, adv_logits, y, pred).mean()

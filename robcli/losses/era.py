@@ -31,6 +31,8 @@ Choices the paper leaves open (documented here and in the README):
   ERA term.
 * BatchNorm: adversaries are generated in eval mode; only the clean forward updates running statistics
   (:mod:`robcli.models.bn`).
+* Data-parallel training: the adversaries run on the module inside the DDP wrapper, the three train-mode
+  forwards through the wrapper before one backward (:mod:`robcli.train.parallel`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from robcli.attacks.pgd import pgd
 from robcli.losses import LossConfig, register_loss
 from robcli.losses.trades import kl_per_example, step_size, trades_adversary
 from robcli.models.bn import eval_mode, frozen_bn_stats
+from robcli.train.parallel import unwrap
 
 DEFAULT_ERA_STEPS = 2
 
@@ -132,7 +135,7 @@ def era_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Loss
         (batch mean of ``1 - p_y``), ``era_ce`` (batch mean adversarial-label CE) and ``era``
         (batch mean of ``w * CE``).
     """
-    x_tr, x_era, pred = adversarial_points(model, x, y, cfg, gen)
+    x_tr, x_era, pred = adversarial_points(unwrap(model), x, y, cfg, gen)  # bare module (robcli.train.parallel)
     logits, era_logits, ce, kl = trades_and_adv_logits(model, x, y, x_tr, x_era, cfg)
     trades = ce + cfg.trades_beta * kl
     w = 1.0 - F.softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1)

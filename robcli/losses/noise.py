@@ -14,10 +14,16 @@ from robcli.losses import LossConfig, register_loss
 
 
 def gaussian_noise(shape: tuple[int, ...], sigma: float, like: torch.Tensor,
-                   gen: torch.Generator | None) -> torch.Tensor:
-    """``sigma * N(0, I)`` of ``shape`` from ``gen`` (drawn on the generator's device, moved to ``like``'s)."""
+                   gen: torch.Generator | None, batch_dim: int = 0) -> torch.Tensor:
+    """``sigma * N(0, I)`` of ``shape`` from ``gen`` (drawn on the generator's device, moved to ``like``'s).
+
+    ``batch_dim``: the dimension of ``shape`` that indexes the examples (the whole batch's draw is sliced
+    inside :func:`robcli.utils.seeding.batch_rows`, as data-parallel training needs).
+    """
+    from robcli.utils.seeding import batch_draw
+
     dev = gen.device if gen is not None else like.device
-    eta = torch.randn(shape, generator=gen, device=dev, dtype=like.dtype)
+    eta = batch_draw("randn", tuple(shape), gen, dev, dim=batch_dim, dtype=like.dtype)
     return eta.to(like.device).mul_(sigma)
 
 

@@ -12,6 +12,8 @@
 * The adversary runs with the model in eval mode; the clean forward of the loss updates BatchNorm
   statistics, the adversarial forward does not (see :mod:`robcli.models.bn`).
 * Gradients flow through both ``f(x)`` and ``f(x')`` in the KL (as in TRADES).
+* Data-parallel training: the adversary runs on the module inside the DDP wrapper, the two train-mode
+  forwards through the wrapper (:mod:`robcli.train.parallel`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from robcli.attacks.pgd import pgd
 from robcli.losses import LossConfig, register_loss
 from robcli.models.bn import eval_mode, frozen_bn_stats
+from robcli.train.parallel import unwrap
 
 
 def step_size(cfg: LossConfig) -> float:
@@ -37,8 +40,10 @@ def kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tens
 
 
 def _noise(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    from robcli.utils.seeding import batch_draw
+
     dev = gen.device if gen is not None else x.device
-    return torch.randn(x.shape, generator=gen, device=dev).to(x.device, x.dtype)
+    return batch_draw("randn", tuple(x.shape), gen, dev).to(x.device, x.dtype)
 
 
 def trades_adversary(
@@ -84,6 +89,6 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: L
     Returns:
         ``(loss, {"ce", "kl"})``.
     """
-    x_adv = trades_adversary(model, x, cfg, gen)
+    x_adv = trades_adversary(unwrap(model), x, cfg, gen)  # on the bare module (robcli.train.parallel)
     loss, ce, kl, _, _ = trades_objective(model, x, y, x_adv, cfg)
     return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}

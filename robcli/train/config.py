@@ -44,6 +44,10 @@ class FinetuneConfig:
     ``lr_milestones`` are fractions of the epochs after which the learning rate is multiplied by
     ``lr_gamma`` (epoch ``e``, 0-based, uses ``lr * gamma ** #{m : e >= m * epochs}``): ``(0.75,)`` is the
     paper's fine-tuning schedule, ``(0.75, 0.9)`` its from-scratch schedule, ``()`` a constant rate.
+    ``batch`` is the global batch: with ``world_size`` data-parallel replicas (torchrun/srun,
+    :mod:`robcli.train.parallel`) each takes ``batch / world_size`` rows of it; ``world_size`` is recorded but
+    is not part of :meth:`identity` (it changes results only by the order of float reductions, and through
+    per-rank BatchNorm statistics without ``sync_bn``).
     """
 
     loss: str
@@ -84,6 +88,8 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool | None = None  # None: on for conv nets on CPU (measured ~1.4x faster steps)
+    world_size: int = 1  # data-parallel replicas (torchrun/srun); --batch is the global batch (robcli.train.parallel)
+    sync_bn: bool = False  # SyncBatchNorm over the replicas (CUDA only)
     extra: dict = field(default_factory=dict)
     defaults_from: dict = field(default_factory=dict)  # filled in: field -> where its resolved value came from
 
@@ -163,6 +169,14 @@ class FinetuneConfig:
             (self.eval_steps >= 1 and self.eval_restarts >= 1, "eval steps and restarts must be >= 1"),
             (self.init is None or self.model is None, "give either --init (fine-tune) or --model ARCH (from scratch), not both"),
         ]
+        checks += [
+            (self.world_size >= 1, f"world size must be >= 1 (got {self.world_size})"),
+            (self.batch % self.world_size == 0,
+             f"--batch {self.batch} does not split over the world size {self.world_size}: give a multiple of "
+             f"{self.world_size} (--batch is the global batch; each rank takes --batch / world size rows)"),
+            (not self.sync_bn or self.world_size > 1,
+             "--sync-bn needs several processes (torchrun/srun on CUDA); a single process has nothing to sync"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
@@ -193,10 +207,13 @@ class FinetuneConfig:
         return d
 
     def identity(self) -> dict:
-        """The fields that must match for ``--resume`` to continue a run (not device or presentation)."""
+        """The fields that must match for ``--resume`` to continue a run (not device, world size or presentation:
+        a run may be resumed on another number of ranks; ``sync_bn`` only when set, as runs before it lack it)."""
         d = self.to_dict()
-        for k in ("device", "out", "download", "data_dir", "defaults_from"):  # the values themselves are kept
+        for k in ("device", "out", "download", "data_dir", "defaults_from", "world_size"):  # values are kept
             d.pop(k, None)
+        if not d.get("sync_bn"):
+            d.pop("sync_bn", None)
         return d
 
 

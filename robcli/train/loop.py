@@ -244,30 +244,47 @@ def finetune(
     force: bool = False,
     command: list[str] | None = None,
     tensorboard: str | Path | None = None,
+    world=None,
 ) -> FinetuneResult:
     """Train or fine-tune a model per ``cfg`` and write a run directory to ``cfg.out``.
 
     Args:
         cfg: the validated configuration.
-        cb: progress callback ``cb(done, total, desc)`` (descs ``"epochs"`` and ``"batches"``).
+        cb: progress callback ``cb(done, total, desc)`` (descs ``"epochs"`` and ``"batches"``; rank 0 only).
         resume: continue ``cfg.out`` from its ``resume_state.pt`` (a fresh run if ``cfg.out`` does not exist).
         force: replace an existing run directory.
         command: the command line, recorded in the table metadata.
         tensorboard: a folder to write each epoch's train_log row to as TensorBoard scalars
             (:mod:`robcli.train.tensorboard`; not part of the configuration: it changes no result).
+        world: where this process stands (:func:`robcli.distributed.detect`; default a single process). Under
+            torchrun/srun the ranks train one model with DistributedDataParallel (:mod:`robcli.train.parallel`:
+            ``cfg.batch`` is the global batch, ``cfg.world_size`` must be the world size); rank 0 alone writes
+            the run directory and TensorBoard, rank 0 decides whether to resume and its verdict (or error)
+            reaches every rank. Every rank returns the same result.
 
     Raises:
         UsageError, DataError, ModelError: bad configuration; nothing is written in that case.
     """
-    import pandas as pd
+    from robcli.distributed import Group, World
+    from robcli.train.parallel import world_size
+    from robcli.utils.device import resolve_rank_device
 
-    from robcli.losses import get_loss
-    from robcli.models import LAST, make_card, save_run, save_weights
-    from robcli.tables import provenance, write_table
-    from robcli.utils.device import resolve_device
-    from robcli.utils.seeding import make_generator, seed_everything
+    world = world if world is not None else World()
+    if cfg.world_size != world_size(world):
+        raise UsageError(f"the configuration is for a world size of {cfg.world_size}; this is {world.label}")
+    device = resolve_rank_device(cfg.device, world)
+    if cfg.sync_bn and device.type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA (SyncBatchNorm over nccl); this run trains on {device} (gloo), "
+                         "where each rank's BatchNorm uses its own slice of the batch")
+    if device.type == "cuda" and world.grouped:
+        torch.cuda.set_device(device)  # nccl's collectives run on the current device
+    with Group(world, backend="nccl" if device.type == "cuda" and world.grouped else "gloo") as group:
+        return _finetune(cfg, cb if world.is_main else None, resume=resume, force=force, command=command,
+                         tensorboard=tensorboard, world=world, group=group, device=device)
 
-    cb = cb or _noop
+
+def _check_out(cfg: FinetuneConfig, resume: bool, force: bool, tensorboard) -> dict | None:
+    """The checks on ``cfg.out`` before anything is written; the resume state to continue from, or None."""
     out = Path(cfg.out)
     if tensorboard is not None:  # before anything is written
         from robcli.train import tensorboard as tb
@@ -278,10 +295,7 @@ def finetune(
         if not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a directory")
         if resume and (out / RESUME).exists():
-            try:
-                state = torch.load(out / RESUME, map_location="cpu", weights_only=True)
-            except Exception as e:  # corrupt or foreign file
-                raise UsageError(f"{out / RESUME} cannot be read ({type(e).__name__}); rerun with --force") from None
+            state = _read_state(out)
             if json.loads(state["config"]) != json.loads(json.dumps(cfg.identity(), default=str)):
                 raise UsageError(f"--resume: {out} was made with a different configuration; use --force to start over")
         elif resume and any(out.iterdir()):
@@ -290,33 +304,77 @@ def finetune(
             raise UsageError(f"{out} exists; pass --force to overwrite or --resume to continue")
         if force and not resume and not _is_run_dir(out):
             raise UsageError(f"--force: {out} is not a robcli run directory; refusing to delete it")
+    return state
 
-    device = resolve_device(cfg.device)
-    loss_fn = get_loss(cfg.loss)
+
+def _read_state(out: Path) -> dict:
+    try:
+        return torch.load(out / RESUME, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise UsageError(f"{out / RESUME} cannot be read ({type(e).__name__}); rerun with --force") from None
+
+
+def _finetune(cfg: FinetuneConfig, cb: ProgressFn | None, *, resume: bool, force: bool, command, tensorboard,
+              world, group, device) -> FinetuneResult:
+    import pandas as pd
+
+    from robcli.distributed import agree, together
+    from robcli.losses import get_loss
+    from robcli.models import LAST, make_card, save_run, save_weights
+    from robcli.tables import provenance, write_table
+    from robcli.train import parallel
+    from robcli.utils.seeding import make_generator, seed_everything
+
+    cb = cb or _noop
+    main = world.is_main
+    out = Path(cfg.out)
+    # rank 0 checks the run directory (and reads the resume state); its verdict or error reaches every rank
+    box: dict = {}
+
+    def check() -> bool:
+        box["state"] = _check_out(cfg, resume, force, tensorboard)
+        return box["state"] is not None
+
+    resuming = agree(group, check)
+    if tensorboard is not None:
+        from robcli.train import tensorboard as tb
+
+    def prepare():
+        st = box.get("state") if main else (_read_state(out) if resuming else None)  # the same checkpoint
+        loss_fn = get_loss(cfg.loss)
+        train, val = _load_data(cfg)
+        lm = _load_start_model(cfg, train.info)
+        model = lm.model.to(device)
+        if cfg.init:  # before anything is written: a model to fine-tune must have finite logits on the training data
+            from robcli.models.finite import check_clean_logits
+
+            check_clean_logits(model.eval(), train, train.idx, batch=cfg.eval_batch, device=device,
+                               what="clean training inputs")
+        nb = parallel.batches_per_epoch(len(train), cfg.batch, world)
+        return st, loss_fn, train, val, lm, model, nb
+
+    # every rank prepares; an error on any rank ends every rank with one line, before anything is written
+    state, loss_fn, train, val, lm, model, nb = together(group, prepare)
     lcfg = cfg.loss_config()
-    train, val = _load_data(cfg)
     info = train.info
-    lm = _load_start_model(cfg, info)
-    model = lm.model.to(device)
-    if cfg.init:  # before anything is written: a model to fine-tune must have finite logits on the training data
-        from robcli.models.finite import check_clean_logits
-
-        check_clean_logits(model.eval(), train, train.idx, batch=cfg.eval_batch, device=device,
-                           what="clean training inputs")
     is_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     channels_last = cfg.channels_last if cfg.channels_last is not None else (device.type == "cpu" and is_conv)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     seed_everything(cfg.seed)
-    g_data = make_generator(cfg.seed)  # shuffling + augmentation (CPU)
-    g_loss = make_generator(cfg.seed + 1, device)  # the loss's inner attacks / noise
+    g_data = make_generator(cfg.seed)  # shuffling + augmentation (CPU); the same on every rank
+    g_loss = make_generator(cfg.seed + 1, device)  # the loss's inner attacks / noise (whole-batch draws, sliced)
     criterion = selection_criterion(cfg.loss)
     rows: list[dict] = []
     best = {"epoch": 0, "score": -math.inf}
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
+    # DDP under torchrun/srun (the module itself otherwise); `model` stays the bare module for eval and saving
+    trained = parallel.replicate(model, world, device, sync_bn=cfg.sync_bn)
+    model = parallel.unwrap(trained)
+    opt = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
         g_data.set_state(state["gen_data"])
         g_loss.set_state(state["gen_loss"])
@@ -326,9 +384,10 @@ def finetune(
         start = int(state["epoch"])
 
     new_run = state is None
-    if new_run and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        if new_run and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
 
     card_base = dict(lm.card)
     norm = card_base.get("normalization") or {}
@@ -349,42 +408,51 @@ def finetune(
                 "init_card": lm.card.get("training") if cfg.init else None, "epochs_done": len(rows),
                 "best_epoch": best_epoch, "criterion": criterion, "collapsed": collapsed,
                 "collapse_reason": reason, "chance": chance, "val_majority_share": majority,
-                "val_attack": val_attack, "device": str(device),
+                "val_attack": val_attack, "device": str(device), "world_size": cfg.world_size,
             },
         )
 
     n = len(train)
-    nb = max(1, n // cfg.batch + (1 if n % cfg.batch > 1 else 0))  # a trailing batch of 1 is dropped (BatchNorm)
-    writer = tb.open_writer(tensorboard, first_epoch=start + 1) if tensorboard is not None else None
+    writer = tb.open_writer(tensorboard, first_epoch=start + 1) if tensorboard is not None and main else None
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             lr = cfg.lr_at(epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            model.train()
+            for pg in opt.param_groups:
+                pg["lr"] = lr
+            trained.train()
             perm = torch.randperm(n, generator=g_data)
             sums: dict[str, float] = {}
             seen = 0
             for bi in range(nb):
                 idx = perm[bi * cfg.batch:(bi + 1) * cfg.batch]
-                xb, yb = train.get(idx)
-                if cfg.augment != "none":
+                total = int(idx.numel())
+                lo, hi = parallel.rank_rows(total, world)
+                if cfg.augment != "none":  # the whole global batch, so the generator advances as in one process
                     from robcli.train.augment import augment_batch
 
+                    xb, yb = train.get(idx)
                     xb = augment_batch(xb, cfg.augment, g_data, info.name)
+                    xb, yb = xb[lo:hi], yb[lo:hi]
+                else:
+                    xb, yb = train.get(idx[lo:hi])
                 xb, yb = _to_device(xb, device, channels_last), yb.to(device)
-                loss, terms = loss_fn(model, xb, yb, lcfg, g_loss)
-                if not torch.isfinite(loss.detach()):
-                    raise RobcliError(f"the {cfg.loss} loss became {float(loss.detach())} in epoch {epoch + 1}; lower --lr")
+                loss, terms, k = parallel.slice_loss(trained, loss_fn, xb, yb, lcfg, g_loss, world, total=total)
+                names = list(terms)  # the same names, in the same order, on every rank
+                # the global sums over the batch: the slice's mean loss * k is loss * total / world size
+                glob = parallel.reduce_sums([float(loss.detach()) * total / parallel.world_size(world),
+                                             *(float(terms[t]) * k for t in names), float(k)], world, device)
+                g_loss_value, g_k = glob[0], glob[-1]
+                if not math.isfinite(g_loss_value):
+                    raise RobcliError(f"the {cfg.loss} loss became {g_loss_value / g_k} in epoch {epoch + 1}; lower --lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                k = int(yb.shape[0])
-                seen += k
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * k
-                for name, v in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(v) * k
+                parallel.average_buffers(trained, world)
+                seen += int(g_k)
+                sums["loss"] = sums.get("loss", 0.0) + g_loss_value
+                for name, v in zip(names, glob[1:-1]):
+                    sums[name] = sums.get(name, 0.0) + v
                 cb(bi + 1, nb, "batches")
             train_pred = _predict(model.eval(), train, device, cfg.eval_batch, channels_last)
             g_eval = make_generator((cfg.seed * 1_000_003 + epoch) % (2**62), device)
@@ -397,23 +465,27 @@ def finetune(
             reason = collapse_check(row["val_nat_acc"], majority, row["val_pred_classes"], info.num_classes)
             row["collapsed"] = bool(reason)
             score = _score(row, criterion)
+            rows.append(row)
             if score >= best["score"]:
                 best = {"epoch": epoch + 1, "score": score}
-                save_run(out, model, card(best["epoch"], row["collapsed"], reason))
-            rows.append(row)
-            save_weights(model, out / LAST)
-            write_table(pd.DataFrame(rows), out / LOG, "train_log", config=cfg.to_dict(), prov=prov)
-            _atomic_torch_save({
-                "config": json.dumps(cfg.identity(), default=str), "epoch": epoch + 1,
-                "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "gen_data": g_data.get_state(), "gen_loss": g_loss.get_state().cpu(),
-                "rng_cpu": torch.get_rng_state(), "rows": json.dumps(rows), "best": json.dumps(best),
-            }, out / RESUME)
+                if main:
+                    save_run(out, model, card(best["epoch"], row["collapsed"], reason))
+            if main:
+                save_weights(model, out / LAST)
+                write_table(pd.DataFrame(rows), out / LOG, "train_log", config=cfg.to_dict(), prov=prov)
+                _atomic_torch_save({
+                    "config": json.dumps(cfg.identity(), default=str), "epoch": epoch + 1,
+                    "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(), "gen_data": g_data.get_state(),
+                    "gen_loss": g_loss.get_state().cpu(), "rng_cpu": torch.get_rng_state(), "rows": json.dumps(rows),
+                    "best": json.dumps(best),
+                }, out / RESUME)
             if writer is not None:  # after the resume state: TensorBoard never shows an epoch --resume redoes
                 tb.write_epoch(writer, row)
+            group.barrier()  # the epoch's files are written before any rank goes on
             cb(epoch + 1, cfg.epochs, "epochs")
     except BaseException:
-        if new_run and not rows and out.exists():
+        if main and new_run and not rows and out.exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing resumable: leave nothing behind
         raise
     finally:
@@ -432,8 +504,10 @@ def finetune(
     collapsed = bool(reasons)
     reason = "; ".join(f"{which} epoch: {why}" for which, why in reasons)
     final_card = card(int(best["epoch"]), collapsed, reason)
-    from robcli.models import CARD
-    from robcli.utils.fsio import atomic_write_bytes
+    if main:
+        from robcli.models import CARD
+        from robcli.utils.fsio import atomic_write_bytes
 
-    atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
+        atomic_write_bytes(out / CARD, json.dumps(final_card, indent=2, sort_keys=True, default=str).encode())
+    group.barrier()
     return FinetuneResult(out, df, int(best["epoch"]), criterion, collapsed, final_card, resumed_from=start)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from robcli.errors import UsageError
 
 
-def resolve_device(spec: str = "auto", local_rank: int | None = None):
+def resolve_device(spec: str = "auto"):
     """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` are checked.
 
-    ``local_rank``: this process's index on its node under a launcher (torchrun, srun): ``auto`` and a bare
-    ``cuda`` then pick ``cuda:LOCAL_RANK`` (modulo the number of GPUs), so each rank drives its own GPU.
+    One rank of a launched job: :func:`resolve_rank_device`.
 
     Raises:
         UsageError: an unknown or unavailable device.
@@ -18,11 +17,7 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
 
     s = (spec or "auto").strip().lower()
     if s == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        s = "cuda"
-    if s == "cuda" and local_rank is not None and torch.cuda.is_available():
-        return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if s == "cuda" or s.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
@@ -40,3 +35,25 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
             raise UsageError("--device mps: MPS is not available on this machine")
         return torch.device("mps")
     raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_rank_device(spec: str, world):
+    """:func:`resolve_device` for one rank of a launched job (``world``: a :class:`robcli.distributed.World`).
+
+    Under torchrun/srun, ``auto`` (with CUDA present) and ``cuda`` mean this rank's own GPU,
+    ``cuda:LOCAL_RANK``; ``cuda:N`` and ``cpu`` are taken as given. A single process: :func:`resolve_device`.
+
+    Raises:
+        UsageError: as :func:`resolve_device`, or a local rank without a GPU of its own.
+    """
+    import torch
+
+    s = (spec or "auto").strip().lower()
+    if not world.grouped or s not in ("auto", "cuda") or (s == "auto" and not torch.cuda.is_available()):
+        return resolve_device(spec)
+    resolve_device("cuda")  # CUDA must be available
+    n = torch.cuda.device_count()
+    if world.local_rank >= n:
+        raise UsageError(f"--device {spec}: {world.label} has local rank {world.local_rank} but this node has only "
+                         f"{n} CUDA device(s); start at most {n} processes per node")
+    return torch.device("cuda", world.local_rank)
