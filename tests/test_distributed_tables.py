@@ -1,0 +1,112 @@
+"""attack and certify spread over processes (robcli/distributed.run_table): torchrun ranks, a restart after a
+rank dies, SLURM array tasks, robcli merge, the parts lock. Tables must equal the single-process ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from robcli.tables.io import read_table
+from robcli.tables.run import parts_path
+
+CERT = ["certify", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "9", "--N0", "10", "--N", "200",
+        "--alpha", "0.01", "--seed", "3", "--chunk", "2", "--quiet"]
+ATTACK = ["attack", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "9", "--attack", "autoattack",
+          "--version", "custom", "--aa-attacks", "apgd-ce", "--steps", "5", "--eps", "0.1", "--batch", "2", "--quiet"]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd(), **extra)
+    return env
+
+
+def _torchrun(args, tmp_path, *launcher, **env):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *launcher,
+           "-m", "robcli", *map(str, args)]
+    return subprocess.run(cmd, cwd=tmp_path, env=_env(**env), capture_output=True, text=True, timeout=240)
+
+
+def _same(a, b):
+    drop = [c for c in ("time",) if c in a.columns]
+    pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop))
+
+
+@pytest.mark.parametrize("args", [CERT, ATTACK], ids=["certify", "autoattack"])
+def test_two_ranks_write_the_single_process_table(cli, tmp_path, args):
+    one = tmp_path / "one.parquet"
+    assert cli(*args, "--out", one).exit_code == 0
+    two = tmp_path / "two.parquet"
+    r = _torchrun([*args, "--out", two], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _same(read_table(one).df, read_table(two).df)  # 9 examples in chunks of 2: 5 chunks, split 3/2
+    assert not parts_path(two).exists() and not (tmp_path / "two.parquet.parts.lock").exists()
+
+
+def test_a_rank_that_dies_is_restarted_and_the_table_is_complete(cli, tmp_path):
+    one = tmp_path / "one.parquet"
+    assert cli(*CERT, "--out", one).exit_code == 0
+    out = tmp_path / "r.parquet"
+    # rank 1 exits hard after its first part; torchrun restarts the job, which resumes by itself
+    r = _torchrun([*CERT, "--out", out], tmp_path, "--max-restarts", "1", ROBCLI_TEST_FAULT="1:1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    _same(read_table(one).df, read_table(out).df)
+    # negative control: without a restart the job fails and leaves its parts (no table)
+    out2 = tmp_path / "f.parquet"
+    r = _torchrun([*CERT, "--out", out2], tmp_path, ROBCLI_TEST_FAULT="1:1")
+    assert r.returncode != 0 and not out2.exists() and parts_path(out2).is_dir()
+    assert cli(*CERT, "--out", out2, "--resume").exit_code == 0  # one process continues the parts
+    _same(read_table(one).df, read_table(out2).df)
+
+
+def test_array_tasks_then_merge_and_its_refusals(cli, tmp_path, monkeypatch):
+    one = tmp_path / "one.parquet"
+    assert cli(*CERT, "--out", one).exit_code == 0
+    out = tmp_path / "a.parquet"
+    for task in ("0", "1"):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+        r = cli(*CERT, "--out", out)
+        assert r.exit_code == 0 and not out.exists()
+    parts = parts_path(out)
+    r = cli("merge", parts, "--out", out)  # task 2 has not run
+    assert r.exit_code == 2 and "lacks 1 of 5 chunks" in r.output and not out.exists()
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert cli(*CERT, "--out", out).exit_code == 0
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT")
+    # a duplicated part (chunk 0's rows copied over chunk 1) and a part made with another configuration
+    good = (parts / "chunk-000001.parquet").read_bytes()
+    (parts / "chunk-000001.parquet").write_bytes((parts / "chunk-000000.parquet").read_bytes())
+    r = cli("merge", parts, "--out", out)
+    assert r.exit_code == 2 and "belongs to another chunk" in r.output and not out.exists()
+    from robcli.tables.io import write_table
+
+    t = read_table(parts / "chunk-000000.parquet")
+    (parts / "chunk-000001.parquet").write_bytes(good)
+    keep = (parts / "chunk-000002.parquet").read_bytes()
+    t2 = read_table(parts / "chunk-000002.parquet")
+    write_table(t2.df, parts / "chunk-000002.parquet", "certify", config={**t.config, "N": 300}, prov=t2.meta)
+    r = cli("merge", parts, "--out", out)
+    assert r.exit_code == 2 and "another configuration (N: 300 vs 200)" in r.output and not out.exists()
+    (parts / "chunk-000002.parquet").write_bytes(keep)
+    assert cli("merge", parts, "--out", out).exit_code == 0
+    _same(read_table(one).df, read_table(out).df)
+    assert cli("merge", tmp_path / "nope.parts", "--out", out).exit_code == 2
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_the_lock(cli, tmp_path):
+    from robcli.distributed import PartsLock
+
+    out = tmp_path / "l.parquet"
+    with PartsLock(parts_path(out)):
+        r = cli(*CERT, "--out", out)
+        assert r.exit_code == 2 and "another robcli process is writing" in r.output
+    with PartsLock(parts_path(out), shared=True):  # shards share the lock with each other
+        assert cli(*CERT, "--shard", "0/2", "--out", out).exit_code == 0
+    assert cli(*CERT, "--shard", "1/2", "--out", out).exit_code == 0
+    assert cli("merge", parts_path(out), "--out", out).exit_code == 0
