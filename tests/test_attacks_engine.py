@@ -210,7 +210,7 @@ def test_shards_write_parts_only_and_merge_to_the_unsharded_table(cli, one_line_
     r = cli(*base, "--out", out, "--resume")  # merges; computes nothing
     assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(read_table(out, "attack").df, read_table(ref, "attack").df)
-    one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "0/2", "--force"), "--force does not apply with --shard")
+    one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "0/2", "--force"), "--force does not apply to one shard")
     one_line_error(cli(*base, "--out", tmp_path / "f.parquet", "--shard", "2/2"), "--shard")
     assert not (tmp_path / "f.parquet").exists() and not parts_path(tmp_path / "f.parquet").exists()
 
