@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -440,6 +441,9 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
         progress: ``progress(done, total, desc)`` in chunks of the whole job, on the main rank only.
         finish: ``finish(run) -> DataFrame`` (default ``run.finish()``).
 
+    A single process that fails leaves nothing it created behind: no parts when no chunk was stored, none at all
+    after a :class:`~robcli.errors.NonFiniteOutput` (that run cannot be resumed), and no lock file.
+
     Every process takes its share of the pending chunks: a single process all of them; the ranks of a launched
     job (torchrun, srun) ``pending[rank::size]`` of the pending chunks the main rank planned and broadcast; a
     ``--shard I/K`` process or SLURM array task the chunks with ``id % K == I`` (no process group). A launched
@@ -467,47 +471,48 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
                 return run.table.df, run
             run.start()
             mine = [c for c in run.pending() if c.id % world.size == world.rank]
-            _attach(run, world, None, None, desc)
+            _attach(run, world)
             compute(run, mine, progress)
             return None, run
     if not world.grouped:
+        from robcli.errors import NonFiniteOutput
+
+        existed = parts.exists()
         with PartsLock(parts) as lock:
-            run = open_run(resume, force)
-            if run.complete:
-                return run.table.df, run
-            _attach(run, world, None, None, desc)
             try:
-                compute(run, run.pending(), progress)
-            except BaseException:
-                run.abandon()  # nothing stored yet: leave nothing behind
-                raise
-            df = finish(run)
-            lock.release(remove=True)
-            return df, run
+                run = open_run(resume, force)
+                if run.complete:
+                    return run.table.df, run
+                _attach(run, world)
+                try:
+                    compute(run, run.pending(), progress)
+                except NonFiniteOutput:
+                    if not existed:  # a model with NaN/inf logits: this run leaves nothing behind
+                        shutil.rmtree(parts, ignore_errors=True)
+                    raise
+                except BaseException:
+                    run.abandon()  # nothing stored yet: leave nothing behind
+                    raise
+                return finish(run), run
+            finally:
+                lock.release(remove=True)
     import contextlib
 
     with Group(world) as group, contextlib.ExitStack() as stack:
-        def plan() -> dict:
-            state["lock"] = stack.enter_context(PartsLock(parts))
-            r = open_run(resume, force)
-            if not r.complete:
-                r.start()
-                import shutil
+        run = lock = None
 
-                shutil.rmtree(r.parts / "ranks", ignore_errors=True)  # heartbeats of an earlier attempt
-            return {"complete": r.complete, "pending": [c.id for c in r.pending()], "run": r}
+        def plan() -> dict:  # on the main rank only; agree() hands its result (or error) to every rank
+            nonlocal run, lock
+            lock = stack.enter_context(PartsLock(parts))
+            run = open_run(resume, force)
+            if not run.complete:
+                run.start()
+                shutil.rmtree(run.parts / "ranks", ignore_errors=True)  # heartbeats of an earlier attempt
+            return {"complete": run.complete, "pending": [c.id for c in run.pending()]}
 
-        state: dict = {}
-        if world.is_main:
-            def plan_main() -> dict:
-                state.update(plan())
-                return {"complete": state["complete"], "pending": state["pending"]}
-
-            info = agree(group, plan_main)
-            run = state["run"]
-        else:
-            info = agree(group, lambda: None)
-            run = None if info["complete"] else open_run(True, False)
+        info = agree(group, plan if world.is_main else (lambda: None))
+        if not world.is_main and not info["complete"]:
+            run = open_run(True, False)
         if info["complete"]:
             return (run.table.df if world.is_main else None), run
         pending = set(info["pending"])
@@ -519,7 +524,7 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
                 progress(len(run._scan()), total, desc)
 
         with Heartbeat(run.parts / "ranks", world) as hb:
-            _attach(run, world, report, hb, desc)
+            _attach(run, world, report)
             try:
                 compute(run, mine, None)
             except BaseException as e:
@@ -530,11 +535,11 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
                 return None, run
             _wait_for_ranks(hb, run, report)
         df = finish(run)
-        state["lock"].release(remove=True)
+        lock.release(remove=True)
         return df, run
 
 
-def _attach(run, world: World, report: Callable[[], None] | None, hb: Heartbeat | None, desc: str) -> None:
+def _attach(run, world: World, report: Callable[[], None] | None = None) -> None:
     """After each stored part: the main rank's whole-job progress, and the tests' fault injection."""
     fault = _fault_hook(world)
     if report is None and fault is None:

@@ -7,7 +7,6 @@ configuration, a checked atomic merge).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,7 +79,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     """
     from robcli.data.registry import load_split
     from robcli.distributed import detect, run_table
-    from robcli.errors import NonFiniteOutput, UsageError
+    from robcli.errors import UsageError
     from robcli.models import load_model
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
@@ -103,8 +102,6 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
         lm = load_model(model, arch=arch, dataset_info=data.info, seed=cfg.seed, num_classes=num_classes,
                         input_shape=input_shape)
     prov = provenance(seed=cfg.seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=command or [])
-    parts = parts_path(out)
-    existed = parts.exists()
     notes: list[str] = []
 
     def open_run(resume_: bool, force_: bool) -> TableRun:
@@ -119,14 +116,9 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
 
         return run.finish(sort_by=("idx", "eps"), frame=lambda fs: _frame(fs, columns(cfg)))
 
-    try:
-        df, run = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,
-                            desc=f"{cfg.attack} {cfg.norm}", finish=finish)
-    except NonFiniteOutput:
-        if not existed and not world.grouped and world.launcher == "single":
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
-    return AttackResult(df, out, parts, complete=bool(run is not None and run.already), notes=notes, world=world)
+    df, run = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,
+                        desc=f"{cfg.attack} {cfg.norm}", finish=finish)
+    return AttackResult(df, out, parts_path(out), complete=bool(run is not None and run.already), notes=notes, world=world)
 
 
 __all__ = ["AttackResult", "attack_table", "read_subset"]

@@ -9,7 +9,6 @@ groups, so the table does not depend on how the chunks are spread.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,7 +67,7 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     from robcli.certify.smoothing import run_certify
     from robcli.data.registry import load_split
     from robcli.distributed import detect, run_table
-    from robcli.errors import NonFiniteOutput, UsageError
+    from robcli.errors import UsageError
     from robcli.models import load_model
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
@@ -105,16 +104,9 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
         runner(lm.model, data, cfg, device=dev, progress=prog, blocks=[list(c.positions) for c in chunks],
                on_block=lambda i, df: run.write(chunks[i], df))
 
-    parts = parts_path(out)
-    existed = parts.exists()
-    try:
-        df, run = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,
-                            desc=f"{cfg.mode if hasattr(cfg, 'mode') else 'certify'}")
-    except NonFiniteOutput:
-        if not existed and world.launcher == "single":
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
-    return CertifyResult(df, out, parts, complete=bool(run is not None and run.already), world=world)
+    df, run = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,
+                        desc=cfg.mode)
+    return CertifyResult(df, out, parts_path(out), complete=bool(run is not None and run.already), world=world)
 
 
 __all__ = ["CertifyResult", "certify_table", "chunk_size"]
