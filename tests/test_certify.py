@@ -389,7 +389,8 @@ def _ok(r):
 
 
 def test_cli_certify_writes_table_with_provenance(cli, tmp_path):
-    from robcli.tables.io import partial_path, read_table
+    from robcli.tables.io import read_table
+    from robcli.tables.run import parts_path
 
     out = tmp_path / "c.parquet"
     r = cli("certify", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "5", "--sigma", "0.12",
@@ -399,7 +400,7 @@ def test_cli_certify_writes_table_with_provenance(cli, tmp_path):
     assert len(t.df) == 10 and set(t.df["sigma"]) == {0.12, 0.25}
     assert t.meta["config"]["N"] == 300 and t.meta["config"]["sigmas"] == [0.12, 0.25]
     assert t.meta["data"]["dataset"] == "digits" and t.meta["seed"] == 0
-    assert not partial_path(out).exists()
+    assert not parts_path(out).exists()
     # refuses to overwrite; --resume on a complete table is a no-op
     r = cli("certify", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "5", "--out", out)
     assert r.exit_code != 0 and "exists" in r.output
@@ -541,7 +542,7 @@ def gaussians_run(tmp_path):
     ],
 )
 def test_cli_bad_input_one_line_no_file(cli, tmp_path, gaussians_run, args, word):
-    from robcli.tables.io import partial_path
+    from robcli.tables.run import parts_path
 
     out = tmp_path / "bad.parquet"
     args = [str(gaussians_run) if a == "GAUSSIANS_RUN" else a for a in args]
@@ -555,7 +556,7 @@ def test_cli_bad_input_one_line_no_file(cli, tmp_path, gaussians_run, args, word
     lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("robcli: error:"), r.output
     assert word in lines[0]
-    assert not out.exists() and not partial_path(out).exists()
+    assert not out.exists() and not parts_path(out).exists()
 
 
 @pytest.mark.gpu

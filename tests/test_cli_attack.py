@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robcli.tables.io import read_table
-from robcli.tables.run import parts_path as partial_path
+from robcli.tables.run import parts_path
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_attack_writes_table(cli, run_dir, tmp_path):
     assert t.meta["models"][0]["sha256"] and t.meta["data"]["dataset"] == "gaussians"
     assert "attack" in t.meta["command"] and t.meta["seed"] == 0
     assert (t.df["pert_norm"] <= t.df["eps"] + 1e-6).all()
-    assert not partial_path(out).exists()
+    assert not parts_path(out).exists()
 
 
 def test_summary_on_stderr(cli, run_dir, tmp_path):
@@ -78,7 +78,7 @@ def test_resume_after_kill_equals_uninterrupted(cli, run_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(common.ProgressCallback, "__call__", dying)
     r = cli(*_base(run_dir, out, *args))
-    assert r.exit_code == 130 and not out.exists() and partial_path(out).exists()
+    assert r.exit_code == 130 and not out.exists() and parts_path(out).exists()
     monkeypatch.setattr(common.ProgressCallback, "__call__", orig)
 
     bad = cli(*_base(run_dir, out, "--eps", "0.03", "--attack", "apgd-ce", "--seed", "4", "--quiet", "--resume"))
@@ -86,7 +86,7 @@ def test_resume_after_kill_equals_uninterrupted(cli, run_dir, tmp_path, monkeypa
 
     r = cli(*_base(run_dir, out, *args, "--resume"))
     assert r.exit_code == 0, r.output
-    assert not partial_path(out).exists()
+    assert not parts_path(out).exists()
     pd.testing.assert_frame_equal(read_table(out, "attack").df, read_table(full, "attack").df)
 
 
@@ -106,7 +106,7 @@ def test_user_errors_one_line_no_output(cli, run_dir, tmp_path, extra, msg):
     assert r.exit_code != 0
     lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and msg in lines[0] and "Traceback" not in r.output
-    assert not out.exists() and not partial_path(out).exists()
+    assert not out.exists() and not parts_path(out).exists()
 
 
 def test_model_and_data_errors(cli, run_dir, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from robcli.tables.io import partial_path
+from robcli.tables.run import parts_path
 
 
 class NaNWhere(nn.Module):
@@ -91,7 +91,7 @@ def test_attack_refuses_nonfinite_clean_logits(cli, one_line_error, models, tmp_
     r = _attack(cli, models[which], out, "--attack", attack, "--eps", "0.01")
     line = one_line_error(r, f"model {models[which]}", "non-finite logits", "clean inputs")
     assert ("20 of 20" in line) == (which != "one")
-    assert not out.exists() and not partial_path(out).exists()
+    assert not out.exists() and not parts_path(out).exists()
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "grid"])
@@ -106,7 +106,7 @@ def test_attack_that_meets_nan_inside_the_ball_stops_and_writes_nothing(cli, one
     out = tmp_path / "a.parquet"
     r = _attack(cli, model, out, "--attack", attack, *grid, "--eps", "0.01", "--eps", "0.2", "--quiet")
     one_line_error(r, f"model {model}", "non-finite logits", "eps 0.2", "neither robust nor a flip")
-    assert not out.exists() and not partial_path(out).exists()
+    assert not out.exists() and not parts_path(out).exists()
 
 
 def test_attack_control_model_runs(cli, models, tmp_path):
@@ -143,7 +143,7 @@ def test_certify_refuses_nonfinite_clean_logits(cli, one_line_error, models, tmp
     out = tmp_path / "c.parquet"
     r = _certify(cli, models[which], out, "--sigma", "0.001")
     one_line_error(r, f"model {models[which]}", "non-finite logits", "clean inputs")
-    assert not out.exists() and not partial_path(out).exists()
+    assert not out.exists() and not parts_path(out).exists()
 
 
 def test_certify_that_meets_nan_under_noise_stops_and_writes_nothing(cli, one_line_error, models, tmp_path):
@@ -156,7 +156,7 @@ def test_certify_that_meets_nan_under_noise_stops_and_writes_nothing(cli, one_li
     out = tmp_path / "c.parquet"
     r = _certify(cli, models["far"], out, "--sigma", "0.05")
     one_line_error(r, f"model {models['far']}", "Gaussian-noisy copies", "sigma 0.05")
-    assert not out.exists() and not partial_path(out).exists()
+    assert not out.exists() and not parts_path(out).exists()
 
 
 def test_vote_counter_checks_every_forward_pass_once_per_call():

@@ -63,11 +63,11 @@ def tables(cli, tmp_path_factory):
     (["--sequential", "--radius", "9"], ("out of reach",)),
 ])
 def test_bad_combinations_are_one_line_errors_and_write_nothing(cli, one_line_error, tmp_path, args, words):
-    from robcli.tables.io import partial_path
+    from robcli.tables.run import parts_path
 
     out = tmp_path / "bad.parquet"
     one_line_error(cli("certify", *COMMON, *args, "--out", out), *words)
-    assert not out.exists() and not partial_path(out).exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and not parts_path(out).exists() and list(tmp_path.iterdir()) == []
 
 
 def test_help_says_label_tables_measure_certified_accuracy(cli):

@@ -12,7 +12,7 @@ import pytest
 
 from robcli import __version__
 from robcli.errors import TableError
-from robcli.tables import SCHEMA_VERSION, SCHEMAS, partial_path, provenance, read_table, write_table
+from robcli.tables import SCHEMA_VERSION, SCHEMAS, provenance, read_table, write_table
 from robcli.utils.hashing import sha256_file
 
 
@@ -305,7 +305,3 @@ def test_folder_of_shards_batch_and_compile_may_differ_but_not_device_type(tmp_p
         read_table(d)
     write_table(_cert_df((1,)), d / "s1.parquet", "certify", config=cfg, prov=provenance(device="cpu"))
     assert len(read_table(d, "certify").df) == 3
-
-
-def test_partial_path():
-    assert str(partial_path("out/attack.parquet")) == "out/attack.parquet.partial"

@@ -53,12 +53,6 @@ class Table:
         return self.meta.get("config") or {}
 
 
-def partial_path(out: str | Path) -> Path:
-    """Where a long run keeps its resumable progress next to its final output."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
-
-
 def provenance(
     *,
     seed: int | None = None,
