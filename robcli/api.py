@@ -15,7 +15,9 @@ writes. Mistakes raise robcli's typed errors (:mod:`robcli.errors`: ``UsageError
     >>> part = rc.partition(cert, radius=0.25)                    # the four splits per example
     >>> part["split"].value_counts()
 
-Covered so far: :func:`certify`, :func:`import_cohen_log`, :func:`partition`, :func:`report`, :func:`read`.
+The jobs: :func:`finetune` (a run directory), :func:`attack`, :func:`certify`, :func:`partition`,
+:func:`compose` (tables), :func:`report` (its tables as frames); :func:`import_cohen_log` and :func:`read`
+read tables. The same functions are reachable as ``robcli.attack`` etc. after ``import robcli``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Sequence
 
 from robcli.errors import DataError, TableError, UsageError
 
-__all__ = ["certify", "import_cohen_log", "partition", "read", "report"]
+__all__ = ["attack", "certify", "compose", "finetune", "import_cohen_log", "partition", "read", "report"]
 
 
 # ---------------------------------------------------------------- tables <-> frames --------------------------
@@ -119,7 +121,8 @@ def _tensor_data(x, y, *, num_classes: int | None, name: str, source: dict):
     return SplitData(info, "test", x, y, torch.arange(len(y), dtype=torch.int64), dict(source))
 
 
-def _data(data, *, split: str, n_ex: int | None, skip: int, data_dir, image_size, num_classes, model):
+def _data(data, *, split: str, n_ex: int | None, skip: int, data_dir, image_size, num_classes, model,
+          subset=None):
     """``data`` (a data set name, ``(x, y)`` tensors, a ``torch.utils.data.Dataset`` or a ``SplitData``) as a
     selected :class:`robcli.data.registry.SplitData`; its name for the metadata (None for in-memory data)."""
     import torch
@@ -127,11 +130,11 @@ def _data(data, *, split: str, n_ex: int | None, skip: int, data_dir, image_size
     from robcli.data.registry import SplitData, load_split
 
     if isinstance(data, str):
-        from robcli.cli.common import image_size_for
+        from robcli.models.card import image_size_for
 
         d = load_split(data, split, data_dir=data_dir,
                        image_size=image_size_for(image_size, model if isinstance(model, str) else None))
-        return d.select(n_ex=n_ex, skip=skip), data
+        return d.select(n_ex=n_ex, skip=skip, subset=subset), data
     if isinstance(data, SplitData):
         d = data
     elif isinstance(data, (tuple, list)) and len(data) == 2:
@@ -148,7 +151,7 @@ def _data(data, *, split: str, n_ex: int | None, skip: int, data_dir, image_size
         d = _tensor_data(xs, ys, num_classes=num_classes, name=type(data).__name__, source={"in_memory": True})
     else:
         raise UsageError(f"data: give a data set name, (x, y) tensors or a torch Dataset, not {type(data).__name__}")
-    return d.select(n_ex=n_ex, skip=skip), None
+    return d.select(n_ex=n_ex, skip=skip, subset=subset), None
 
 
 def _model(model, *, data_info, seed: int, arch, num_classes, input_shape):
@@ -240,6 +243,303 @@ def certify(
         prov["models"] = [_module_entry(net)]
     df = run_certify(net, d, cfg, device=dev, progress=progress)
     return _written(df, "certify", config=cfg.as_dict(), prov=prov, out=out, force=force)
+
+
+def attack(
+    model,
+    data,
+    *,
+    attack: str = "apgd-ce",
+    eps: float | str | Sequence[float | str] = "8/255",
+    norm: str = "Linf",
+    steps: int | None = None,
+    restarts: int | None = None,
+    version: str = "standard",
+    aa_attacks: Sequence[str] = (),
+    objective: str = "margin",
+    grid_points: int | None = None,
+    mix_min: float | None = None,
+    mix_max: float | None = None,
+    mix_attack_weight: float | None = None,
+    n_targets: int | None = None,
+    n_queries: int | None = None,
+    batch: int = 256,
+    split: str = "test",
+    n_ex: int | None = None,
+    skip: int = 0,
+    subset: Sequence[int] | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    input_shape: str | None = None,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path | None = None,
+    force: bool = False,
+    progress=None,
+):
+    """``robcli attack``: per-example robustness at every radius of ``eps`` (ascending; an example found
+    non-robust at a smaller radius is not attacked again), as an attack table.
+
+    Args:
+        model: as ``--model`` (a run directory, checkpoint, TorchScript/.pt2 file, registered architecture; a
+            mixture run directory for ``attack="mix-a"`` .. ``"mix-d"``) or a ``torch.nn.Module`` mapping [0,1]
+            inputs to logits.
+        data: a data set name, ``(x, y)`` tensors or a ``torch.utils.data.Dataset`` (see :func:`certify`).
+        attack, eps, norm, steps, restarts, version, aa_attacks, objective, grid_points, mix_min, mix_max,
+            mix_attack_weight, n_targets, n_queries, batch, seed: as the flags (the same
+            :class:`robcli.attacks.engine.AttackConfig` checks them; ``batch`` is part of the seeding).
+        subset: only these example indices (as ``--subset`` with an index file).
+        out: also write the table there (``.parquet``; ``force`` to overwrite).
+        progress: optional ``progress(done, total, desc)``.
+
+    Returns:
+        The attack table (``idx label clean_pred eps norm attack robust adv_pred``...), metadata in ``.attrs``
+        (``attrs["notes"]``: pyautoattack's warnings). For names and paths it equals what ``robcli attack``
+        writes.
+
+    Raises:
+        UsageError, DataError, ModelError, NonFiniteOutput: as the command.
+    """
+    from robcli.attacks.engine import AttackConfig, run_attack
+    from robcli.tables.io import provenance
+    from robcli.utils.device import resolve_device
+
+    eps_t = (eps,) if isinstance(eps, (int, float, str)) else tuple(eps)
+    sub = None if subset is None else [int(i) for i in subset]
+    mname = str(model) if isinstance(model, (str, Path)) else None
+    cfg = AttackConfig(
+        attack=attack, eps=eps_t, norm=norm, steps=steps, restarts=restarts, version=version,
+        aa_attacks=tuple(aa_attacks), objective=objective, grid_points=grid_points, mix_min=mix_min, mix_max=mix_max,
+        mix_attack_weight=mix_attack_weight, n_targets=n_targets, n_queries=n_queries, batch=batch, seed=seed,
+        extra={"model": mname, "arch": arch, "dataset": data if isinstance(data, str) else None, "split": split,
+               "n_ex": n_ex, "skip": skip, "subset": None, "subset_split": None, "image_size": image_size})
+    spec = cfg.spec
+    if spec.load is not None and mname is None:
+        raise UsageError(f"attack {cfg.attack} attacks a mixture: give its run directory (a path), not an object")
+    if spec.model_check is not None:
+        spec.model_check(cfg, mname)
+    dev = resolve_device(device)
+    d, _ = _data(data, split=split, n_ex=n_ex, skip=skip, data_dir=data_dir, image_size=image_size,
+                 num_classes=num_classes, model=model, subset=sub)
+    if spec.load is not None:
+        lm = spec.load(cfg, mname, d.info, dev)
+        net, files = lm.model, lm.files or []
+    else:
+        net, files, _ = _model(model, data_info=d.info, seed=seed, arch=arch, num_classes=num_classes,
+                               input_shape=input_shape)
+    prov = provenance(seed=seed, device=dev, models=files, data=d.fingerprint(), command=None)
+    if mname is None:
+        prov["models"] = [_module_entry(net)]
+    notes: list[str] = []
+    df = run_attack(net, d, cfg, device=dev, progress=progress, notes=notes)
+    res = _written(df, "attack", config=cfg.as_dict(), prov=prov, out=out, force=force)
+    res.attrs["notes"] = list(dict.fromkeys(notes))
+    return res
+
+
+def _spec(obj):
+    """One model's table(s) for :func:`compose`: a path (``"A.parquet,B.parquet"`` allowed), a DataFrame from
+    this module, or a tuple of those (its eps and 2*eps tables) -> what compose_tables reads."""
+    if isinstance(obj, (str, Path)):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return tuple(_table(o, ("attack", "certify")) for o in obj)
+    return _table(obj, ("attack", "certify"))
+
+
+def compose(
+    robust,
+    core,
+    *,
+    eps: float | str | None = None,
+    selector: str = "ri",
+    threshold: Sequence[float] | None = None,
+    sweep: bool = False,
+    norm: str | None = None,
+    sigma: float | None = None,
+    selection_check: str = "2eps",
+    robust_model: str | Sequence[str] | None = None,
+    core_model: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    export: str | Path | None = None,
+    export_threshold: Sequence[float] | None = None,
+    export_inner_attack: str = "pgd",
+    export_inner_steps: int = 20,
+    export_inner_restarts: int = 1,
+    steps: int | None = None,
+    mix: float | str | None = None,
+    mix_sweep: bool = False,
+    mix_grid: Sequence[float] | None = None,
+    mix_space: str = "prob",
+    scale_g: float = 1.0,
+    scale_h: float = 1.0,
+    split: str = "test",
+    n_ex: int | None = None,
+    skip: int = 0,
+    batch: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    out: str | Path | None = None,
+    force: bool = False,
+):
+    """``robcli compose``: a robust model + selector + core model evaluated from their tables (paper eq. 15,
+    with the soundness rule of :mod:`robcli.compose.selectors`), or, with ``mix``/``mix_sweep``, mixtures of
+    two models.
+
+    Args:
+        robust: table compositions: the robust model's attack or certify table(s) -- a path (``"E.parquet,
+            E2.parquet"`` for its eps and 2*eps tables), a DataFrame from this module, or a tuple of those for one
+            model; a list of such for a cascade (tried in order). With ``mix``/``mix_sweep``: the robust MODEL
+            h (a run directory).
+        core: the core model's table at eps (path or DataFrame); with ``mix``/``mix_sweep`` the core MODEL g.
+        eps, selector, threshold, sweep, norm, sigma, selection_check, robust_model, core_model, dataset, export,
+            export_threshold, export_inner_*, steps: as the flags (``sweep``: ``--sweep``).
+        mix: write the fixed-alpha mixture with this weight on h to the run directory ``export``.
+        mix_sweep, mix_grid, mix_space, scale_g, scale_h, split, n_ex, skip, batch: the alpha sweep of
+            ``--mix-sweep`` (natural vs STD/ROB/MIX-attacked accuracy per weight).
+        out: also write the compose table there.
+
+    Returns:
+        The compose table (one row per threshold or mixture weight) with its metadata in ``.attrs``; for
+        ``mix`` the exported run directory (a :class:`~pathlib.Path`). For paths it equals the command's.
+
+    Raises:
+        UsageError, TableError, ModelError: as the command (tables of different examples or models, ...).
+    """
+    from robcli.compose.tables import compose_tables, write_composition
+
+    members = list(robust) if isinstance(robust, list) else [robust]
+    if mix is not None or mix_sweep:
+        from robcli.compose.mixtures import export_mixture, sweep_mixtures
+
+        if mix is not None and mix_sweep:
+            raise UsageError("give mix=A (export one mixture) or mix_sweep=True (evaluate a mix_grid), not both")
+        if not all(isinstance(m, (str, Path)) for m in [*members, core]):
+            raise UsageError("mixtures are of MODELS: give core and robust as run directories")
+        members = [str(m) for m in members]
+        if mix is not None:
+            export_mixture(str(core), members, str(mix), None if export is None else str(export), mix_space=mix_space,
+                           scale_g=scale_g, scale_h=scale_h, force=force)
+            return Path(export)
+        res = sweep_mixtures(str(core), members, dataset=dataset, eps=None if eps is None else str(eps),
+                            out=None if out is None else str(out), export=export, norm=norm,
+                            mix_grid=None if mix_grid is None else [str(a) for a in mix_grid], steps=steps,
+                            mix_space=mix_space, scale_g=scale_g, scale_h=scale_h, split=split, n_ex=n_ex, skip=skip,
+                            batch=batch, data_dir=data_dir, device=device, seed=seed, force=force)
+        return read(out) if out is not None else _written(res.table, "compose", config=res.config, prov=res.prov,
+                                                          out=None, force=force)
+    if eps is None:
+        raise UsageError("compose needs eps (the threat radius of the composition)")
+    rm = [robust_model] if isinstance(robust_model, (str, Path)) else robust_model
+    comp = compose_tables(
+        [_spec(m) for m in members], _spec(core), eps=str(eps), out=None if out is None else str(out),
+        selector=selector, threshold=None if threshold is None else [str(t) for t in threshold], do_sweep=sweep,
+        norm=norm, sigma=sigma, check=selection_check, robust_model=None if rm is None else [str(r) for r in rm],
+        core_model=None if core_model is None else str(core_model), dataset=dataset, data_dir=data_dir,
+        export=None if export is None else str(export),
+        export_threshold=None if export_threshold is None else [str(t) for t in export_threshold],
+        export_inner_attack=export_inner_attack, export_inner_steps=export_inner_steps,
+        export_inner_restarts=export_inner_restarts, steps=50 if steps is None else steps, device=device, seed=seed,
+        force=force, command=None)
+    if out is not None or comp.card is not None:
+        write_composition(comp, None if out is None else str(out))
+    if out is not None:
+        return read(out)
+    return _written(comp.df, "compose", config=comp.config, prov=comp.prov, out=None, force=force)
+
+
+# the FinetuneConfig fields a user sets by keyword (the flags not in finetune's signature)
+FINETUNE_OPTIONS = ("beta", "trades_beta", "era_adv", "era_steps", "detach_weight", "attack_steps", "augment", "sigma",
+                    "num_noise", "temperature", "download")
+
+
+def finetune(
+    loss: str,
+    out: str | Path,
+    *,
+    dataset: str = "gaussians",
+    model: str | None = None,
+    init: str | Path | None = None,
+    arch: str | None = None,
+    eps: float | str = 0,
+    norm: str = "Linf",
+    epochs: int | None = None,
+    lr: float | str | None = None,
+    lr_milestones: str | Sequence[float] | None = None,
+    batch: int | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    train_subset: str | Path | Sequence[int] | None = None,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+    force: bool = False,
+    tensorboard: str | Path | None = None,
+    progress=None,
+    **options,
+) -> Path:
+    """``robcli finetune``: train (``model``, an architecture) or fine-tune (``init``, a run directory or
+    checkpoint) with ``loss`` (std, trades, era, dga, noise, cra) and write the run directory ``out``; with
+    ``loss="mixnet"`` train the adaptive mixing network of ``core=``/``robust=`` run directories.
+
+    Args:
+        epochs, lr, lr_milestones, batch, momentum, weight_decay: None (the default) takes the data set's
+            recommended value for the architecture, as a flag the user does not give (recorded in the card's
+            ``defaults_from``).
+        train_subset: an index file or a sequence of train-split indices.
+        options: the other flags by their Python names: ``beta``, ``trades_beta``, ``era_adv``, ``era_steps``,
+            ``detach_weight``, ``attack_steps``, ``augment``, ``sigma``, ``num_noise``, ``temperature``; for mixnet
+            ``core``, ``robust``, ``train_attack``, ``blocks``, ``eps_low``, ``ema``, ``mix_min``, ``mix_max``, ...
+            (:func:`robcli.mixing.run.finetune_mixnet`).
+        progress: optional ``progress(done, total, desc)``.
+
+    Returns:
+        The run directory (a :class:`~pathlib.Path`): ``robcli.api.read(run / "train_log.parquet")`` gives the
+        log, and every ``model`` argument here loads it.
+
+    Data and the start model are names and paths here (a run directory records how to rebuild its
+    architecture, which an arbitrary in-memory module cannot say); to fine-tune your own module, save its
+    state dict as a checkpoint of a registered architecture and pass ``init=`` with ``arch=``.
+
+    Raises:
+        UsageError, DataError, ModelError: as the command; nothing is written then.
+    """
+    import torch
+
+    if isinstance(init, torch.nn.Module) or isinstance(model, torch.nn.Module):
+        raise UsageError("finetune takes the start model as a path or architecture name: save the module's "
+                         "state_dict as a checkpoint of a registered architecture and pass init=PATH, arch=NAME")
+    if not isinstance(dataset, str):
+        raise UsageError("finetune takes a data set name (its train and val splits are read by name)")
+    if loss == "mixnet":
+        from robcli.mixing.run import finetune_mixnet
+
+        bad = [k for k, v in dict(model=model, init=init, arch=arch, lr_milestones=lr_milestones, momentum=momentum,
+                                  weight_decay=weight_decay, train_subset=train_subset, image_size=image_size,
+                                  tensorboard=tensorboard).items() if v is not None]
+        if bad or resume:
+            raise UsageError(f"{(bad or ['resume'])[0]} does not apply to loss='mixnet' (it trains a mixing network "
+                             "on core=/robust=)")
+        return finetune_mixnet(options.pop("core", None), options.pop("robust", None), dataset=dataset, out=out,
+                               eps=eps, norm=norm, data_dir=data_dir, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                               device=device, force=force, **options)
+    from robcli.train.config import finetune_config
+    from robcli.train.loop import finetune as run_finetune
+
+    unknown = sorted(set(options) - set(FINETUNE_OPTIONS))
+    if unknown:
+        raise UsageError(f"finetune: unknown option {unknown[0]!r}; options: {', '.join(FINETUNE_OPTIONS)}")
+
+    cfg = finetune_config(loss=loss, dataset=dataset, out=out, eps=eps, norm=norm, lr=lr, lr_milestones=lr_milestones,
+                          train_subset=train_subset, model=model, init=None if init is None else str(init), arch=arch,
+                          epochs=epochs, batch=batch, momentum=momentum, weight_decay=weight_decay,
+                          data_dir=data_dir, image_size=image_size, seed=seed, device=device, **options)
+    return Path(run_finetune(cfg, progress, resume=resume, force=force, tensorboard=tensorboard).run_dir)
 
 
 def import_cohen_log(log: str | Path, *, sigma: float, N: int = 100_000, N0: int = 100, alpha: float = 0.001,

@@ -140,3 +140,117 @@ def test_typed_errors_never_exit(run):
         rc.partition(pd.DataFrame({"idx": [0]}), radius=0.1)
     with pytest.raises(UsageError, match="no tables"):
         rc.report()
+
+
+# ---------------------------------------------------------------- attack, compose, finetune ------------------
+
+ATT = dict(attack="apgd-ce", eps=[0.05, 0.1], steps=10, batch=16, seed=1)
+
+
+def _shifted_model():
+    """Another linear model (boundary at x = 0.45): a different core model for compositions."""
+    net = _linear_model()
+    with torch.no_grad():
+        net.bias.copy_(torch.tensor([9.0, -9.0, -100.0]))
+    return net
+
+
+@pytest.fixture(scope="module")
+def cli_attack(cli, run, tmp_path_factory):
+    import warnings
+
+    d = tmp_path_factory.mktemp("apiatt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(_shifted_model()).save(str(d / "shifted.pt"))
+    outs = {}
+    for name, model in (("robust", run), ("core", d / "shifted.pt")):
+        outs[name] = d / f"{name}.parquet"
+        r = cli("attack", "--model", model, "--dataset", "gaussians", "--n-ex", "40", "--attack", "apgd-ce",
+                "--eps", "0.05", "--eps", "0.1", "--steps", "10", "--batch", "16", "--seed", "1", "--quiet",
+                "--out", outs[name])
+        assert r.exit_code == 0, r.output
+    outs["core_model"] = d / "shifted.pt"
+    return outs
+
+
+def test_attack_equals_the_command(run, cli_attack, tmp_path):
+    from robcli.data.registry import load_split
+
+    want = read_table(cli_attack["robust"], "attack")
+    got = rc.attack(str(run), "gaussians", n_ex=40, **ATT)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.df.reset_index(drop=True))
+    assert got.attrs["config"] == want.config and got.attrs["models"] == want.meta["models"]
+    assert (~got["robust"]).any() and got["robust"].any()  # flips and robust examples: the comparison can fail
+    # an in-memory module on tensors and on a Dataset: the same rows
+    x, y = load_split("gaussians", "test").select(n_ex=40).tensors()
+    for data in ((x, y), torch.utils.data.TensorDataset(x, y)):
+        mem = rc.attack(_linear_model(), data, **ATT)
+        pd.testing.assert_frame_equal(mem.reset_index(drop=True), want.df.reset_index(drop=True))
+    # subset= and out=
+    sub = rc.attack(str(run), "gaussians", subset=[3, 1, 7], out=tmp_path / "a.parquet", **ATT)
+    assert sorted(set(sub["idx"])) == [1, 3, 7] and (tmp_path / "a.parquet").is_file()
+    with pytest.raises(UsageError, match="--steps"):
+        rc.attack(str(run), "gaussians", attack="autoattack", steps=3)
+    with pytest.raises(UsageError, match="mixture"):
+        rc.attack(_linear_model(), (x, y), attack="mix-b", eps=0.1)
+
+
+def test_compose_equals_the_command(cli, cli_attack, tmp_path):
+    out = tmp_path / "c.parquet"
+    r = cli("compose", "-r", cli_attack["robust"], "-c", cli_attack["core"], "--eps", "0.05", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    want = read_table(out, "compose")
+    for robust, core in ((str(cli_attack["robust"]), str(cli_attack["core"])),
+                         (rc.read(cli_attack["robust"]), rc.read(cli_attack["core"]))):
+        got = rc.compose(robust, core, eps=0.05)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.df.reset_index(drop=True))
+        assert got.attrs["config"] == want.config
+    # a cascade of the same member twice is a list; the two tables of one model a tuple
+    two = rc.compose([rc.read(cli_attack["robust"])] * 2, rc.read(cli_attack["core"]), eps=0.05)
+    assert int(two["n_robust_models"].iloc[0]) == 2
+    with pytest.raises(TableError, match="different models"):
+        rc.compose((rc.read(cli_attack["robust"]), rc.read(cli_attack["core"])), str(cli_attack["core"]), eps=0.05)
+    with pytest.raises(UsageError, match="eps"):
+        rc.compose(str(cli_attack["robust"]), str(cli_attack["core"]))
+    with pytest.raises(UsageError, match="run directories"):
+        rc.compose(rc.read(cli_attack["robust"]), str(cli_attack["core"]), mix=0.5, export=tmp_path / "m")
+
+
+def test_finetune_equals_the_command(cli, tmp_path):
+    from robcli.models import load_model
+
+    args = ["--loss", "era", "--dataset", "gaussians", "--model", "tiny_mlp", "--eps", "0.05", "--epochs", "2",
+            "--batch", "50", "--lr", "0.1", "--seed", "4", "--quiet"]
+    assert cli("finetune", *args, "--out", tmp_path / "cli").exit_code == 0
+    got = rc.finetune("era", tmp_path / "api", dataset="gaussians", model="tiny_mlp", eps=0.05, epochs=2, batch=50,
+                      lr=0.1, seed=4, beta=1.0)
+    assert got == tmp_path / "api"
+    logs = [read_table(d / "train_log.parquet").df.drop(columns="seconds") for d in (tmp_path / "cli", got)]
+    pd.testing.assert_frame_equal(logs[0], logs[1])
+    sd = [load_model(str(d)).model.state_dict() for d in (tmp_path / "cli", got)]
+    assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
+    cfgs = [json.loads((d / "card.json").read_text())["training"]["config"] for d in (tmp_path / "cli", got)]
+    assert {**cfgs[0], "out": None} == {**cfgs[1], "out": None}
+    assert cfgs[1]["defaults_from"]["momentum"] != "robcli generic default"  # not given: the data set's value
+    # the run directory is a model for the other functions
+    assert len(rc.attack(got, "gaussians", n_ex=5, eps=0.05, steps=2)) == 5
+    with pytest.raises(UsageError, match="unknown option 'betta'"):
+        rc.finetune("era", tmp_path / "x", model="tiny_mlp", eps=0.05, betta=2)
+    with pytest.raises(UsageError, match="state_dict"):
+        rc.finetune("std", tmp_path / "x", init=torch.nn.Linear(2, 3))
+    with pytest.raises(UsageError, match="does not apply to loss='mixnet'"):
+        rc.finetune("mixnet", tmp_path / "x", model="tiny_mlp", core=str(got), robust=str(got))
+    with pytest.raises(UsageError, match="exists"):
+        rc.finetune("era", got, model="tiny_mlp", eps=0.05, epochs=1)
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_robcli_reaches_the_api_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, robcli; assert 'torch' not in sys.modules; f = robcli.api.certify; "
+            "assert callable(f) and 'torch' not in sys.modules; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.stdout.strip() == "ok", r.stderr

@@ -192,6 +192,14 @@ class ProgressCallback:
         self.prog.update(self.tasks[desc], completed=done, total=total)
 
 
+def image_size_for(image_size: int | None, *models: str | None) -> int | None:
+    """:func:`robcli.models.card.image_size_for`, imported when called (robcli.models loads torch; completion
+    imports this module and must not)."""
+    from robcli.models.card import image_size_for as from_cards
+
+    return from_cards(image_size, *models)
+
+
 def check_out(out, force: bool, resume: bool | None = None) -> None:
     """Refuse to overwrite an existing output unless --force (or --resume continues it).
 
@@ -203,30 +211,6 @@ def check_out(out, force: bool, resume: bool | None = None) -> None:
     if p.exists() and not force and not resume:
         hint = " or --resume to continue" if resume is not None else ""
         fail(f"{p} exists; pass --force to overwrite{hint}")
-
-
-def image_size_for(image_size: int | None, *models: str | None) -> int | None:
-    """``--image-size`` if given, else the side length recorded in the first model run dir's card.
-
-    Lets commands after ``finetune`` read an ``imagefolder`` data set at the size the model was trained on
-    without repeating ``--image-size``.
-    """
-    import json
-    from pathlib import Path
-
-    if image_size is not None:
-        return image_size
-    for m in models:
-        card = Path(str(m)) / "card.json" if m else None
-        if card is None or not card.is_file():
-            continue
-        try:
-            shape = json.loads(card.read_text()).get("input_shape")
-        except (OSError, ValueError):
-            continue
-        if isinstance(shape, list) and len(shape) == 3:
-            return int(shape[-1])
-    return None
 
 
 def job_world(shard: str | None):

@@ -19,7 +19,6 @@ from robcli.cli.common import (
     argv,
     given,
     handle_errors,
-    image_size_for,
     naming_nonfinite,
     refuse_given,
 )
@@ -121,8 +120,7 @@ def compose(
             df = sweep_mixtures(core, robust, dataset=dataset, eps=eps, out=out, export=export, norm=norm,
                                 mix_grid=mix_grid, steps=steps, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
                                 split=split, n_ex=n_ex, skip=skip, batch=batch, data_dir=data_dir,
-                                image_size=image_size_for(None, core), device=device, seed=seed, force=force,
-                                command=argv())
+                                device=device, seed=seed, force=force, command=argv()).df
         if not quiet:
             typer.echo(markdown_table(df[SWEEP_COLUMNS]))
         return

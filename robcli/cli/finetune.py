@@ -127,7 +127,6 @@ def finetune(
     --attack-steps the training attack's steps (mixnet: the most, drawn per batch), --era-steps ERA's inner descent.
     """
     from robcli.errors import UsageError
-    from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
 
     for old, new in OLD_FLAGS.items():
         if given(ctx, old):
@@ -145,36 +144,18 @@ def finetune(
             "force", "quiet")})
     refuse_given(ctx, MIXNET_ONLY, "without --loss mixnet")
 
-    nrm = parse_norm(norm)
-    milestones: tuple[float, ...] = ()
-    if lr_milestones.strip().lower() not in ("", "none"):
-        milestones = tuple(parse_float_expr(m, "--lr-milestones entry") for m in lr_milestones.split(","))
+    from robcli.train.config import finetune_config
 
-    def was_given(name: str) -> bool:
-        return bool(given(ctx, name))
-    subset = None
-    if train_subset is not None:
-        from robcli.data.indices import check_origin, read_index_list
-
-        ids, origin = read_index_list(train_subset, "--train-subset")
-        check_origin(origin, dataset, "train", f"--train-subset {train_subset}")
-        subset = tuple(sorted(set(ids)))
-        if not subset:
-            raise UsageError(f"--train-subset {train_subset} is empty")
-
-    from robcli.train.config import FinetuneConfig
-
-    cfg = FinetuneConfig(
+    # a recommendable flag the user did not give is None: the data set's recommended value applies
+    chosen = {k: v if given(ctx, k) else None for k, v in dict(
+        epochs=epochs, lr=lr, lr_milestones=lr_milestones, batch=batch, momentum=momentum,
+        weight_decay=weight_decay).items()}
+    cfg = finetune_config(
         loss=loss, dataset=dataset, out=out, data_dir=data_dir, image_size=image_size, download=download,
-        train_subset=subset, init=init, arch=arch, model=model, eps=parse_eps(eps, nrm), norm=nrm, beta=beta,
+        train_subset=train_subset, init=init, arch=arch, model=model, eps=eps, norm=norm, beta=beta,
         trades_beta=trades_beta, era_adv=era_adv, era_steps=era_steps, detach_weight=detach_weight,
-        attack_steps=attack_steps, epochs=epochs if was_given("epochs") else None,
-        lr=parse_float_expr(lr, "--lr") if was_given("lr") and lr is not None else None,
-        lr_milestones=milestones if was_given("lr_milestones") else None, batch=batch if was_given("batch") else None,
-        momentum=momentum if was_given("momentum") else None, weight_decay=weight_decay if was_given("weight_decay") else None,
-        augment=augment, sigma=sigma, num_noise=num_noise, temperature=temperature, seed=seed, device=device,
-        world_size=world.size if world.grouped else 1, sync_bn=sync_bn,
-    )
+        attack_steps=attack_steps, augment=augment, sigma=sigma, num_noise=num_noise, temperature=temperature,
+        seed=seed, device=device, world_size=world.size if world.grouped else 1, sync_bn=sync_bn, **chosen)
     from robcli.train.loop import finetune as run_finetune
 
     with naming_nonfinite(init), progress(quiet or not world.is_main) as prog:
@@ -220,44 +201,18 @@ def finetune(
         )
 
 
-def _finetune_mixnet(ctx, *, core, robust, dataset, data_dir, eps, norm, out, train_attack, attack_steps, epochs,
-                     batch, lr, c_ce, c_bce, c_prod, ema, mix_min, mix_max, layers_g, layers_h, width, blocks, eps_low,
-                     mix_attack_weight, sigmoid_scale, mix_space, scale_g, scale_h, n_ex, seed, device, force,
-                     quiet) -> None:
-    """`finetune --loss mixnet`: the adaptive mixing network (robcli.mixing.run.train_adaptive_mixture)."""
-    from robcli.cli.common import check_out, image_size_for
-    from robcli.data.registry import load_split
-    from robcli.errors import UsageError
-    from robcli.mixing.mixed import check_alpha_range
-    from robcli.mixing.run import layers_spec, train_adaptive_mixture
-    from robcli.mixing.train import MixnetConfig
-    from robcli.utils.device import resolve_device
-    from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
-
-    if core is None or robust is None:
-        raise UsageError("--loss mixnet needs --core G and --robust H (the frozen models to mix)")
-    nrm = parse_norm(norm)
-    rng = check_alpha_range(mix_min, mix_max, names=("--mix-min", "--mix-max"))
-    lay_g, lay_h = layers_spec(layers_g, "--layers-g"), layers_spec(layers_h, "--layers-h")
-    cfg = MixnetConfig(eps=parse_eps(eps, nrm), norm=nrm, steps=attack_steps, eps_low=eps_low,
-                       setting=train_attack.upper(), alpha_weight=mix_attack_weight, c_ce=c_ce, c_bce=c_bce,
-                       c_prod=c_prod, epochs=10 if epochs is None else epochs,
-                       batch=batch if given(ctx, "batch") else 128,
-                       lr=1e-3 if lr is None else parse_float_expr(lr, "--lr"), ema=ema, width=width, blocks=blocks,
-                       sigmoid_scale=sigmoid_scale, seed=seed)
-    check_out(out, force)
-    dev = resolve_device(device)
-    data = load_split(dataset, "train", data_dir=data_dir, image_size=image_size_for(None, core)).select(n_ex=n_ex)
+def _finetune_mixnet(ctx, *, core, robust, out, batch, quiet, **options) -> None:
+    """`finetune --loss mixnet`: one call to robcli.mixing.run.finetune_mixnet."""
+    from robcli.mixing.run import finetune_mixnet
 
     def show(epoch, row):
         if not quiet:
-            typer.echo(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f} ce {row['ce']:.4f} bce {row['bce']:.4f} "
+            typer.echo(f"epoch {epoch}: loss {row['loss']:.4f} ce {row['ce']:.4f} bce {row['bce']:.4f} "
                        f"alpha clean {row['alpha_clean']:.3f} attacked {row['alpha_adv']:.3f}", err=True)
 
     with naming_nonfinite(None, core=core, robust=robust):
-        train_adaptive_mixture(core, robust, data, cfg, out, mix_space=mix_space, scale_g=scale_g, scale_h=scale_h,
-                               mix_range=rng, layers_g=lay_g, layers_h=lay_h, device=dev, callback=show,
-                               command=argv())
+        finetune_mixnet(core, robust, out=out, batch=batch if given(ctx, "batch") else None, callback=show,
+                        command=argv(), **options)
     if not quiet:
         typer.echo(f"wrote adaptive mixture {out}", err=True)
 

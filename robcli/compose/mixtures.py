@@ -7,6 +7,7 @@ touches a terminal and user mistakes raise robcli's typed errors before anything
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 SWEEP_COLUMNS = ["alpha", "nat_acc", "std_acc", "rob_acc", "mix_acc", "robust_acc"]
@@ -55,7 +56,8 @@ def sweep_mixtures(core: str, robust: list[str], *, dataset: str | None, eps: st
                    command=None):
     """Natural and STD/ROB/MIX-attacked accuracy of the fixed-alpha mixtures of ``core`` and ``robust`` over
     ``mix_grid`` (default 0, 0.1, ..., 1) at radius ``eps``: a DataFrame, one row per weight, also written as
-    a compose table to ``out`` when given. ``steps``: PGD steps of each attack (default 20)."""
+    a compose table to ``out`` when given (:class:`MixSweep`). ``steps``: PGD steps of each attack (default 20);
+    ``image_size``: default, the core run directory's."""
     from robcli.data.registry import load_split
     from robcli.errors import UsageError
     from robcli.mixing.mixed import check_alpha
@@ -78,16 +80,30 @@ def sweep_mixtures(core: str, robust: list[str], *, dataset: str | None, eps: st
     if out is not None:
         _refuse_existing(out, force)
     dev = resolve_device(device)
-    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size).select(n_ex=n_ex, skip=skip)
+    from robcli.models.card import image_size_for
+
+    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(image_size, core)).select(
+        n_ex=n_ex, skip=skip)
     table, df = sweep_fixed_mixtures(core, h, data, grid, eps=e, norm=nrm, steps=steps, mix_space=mix_space,
                                      scale_g=scale_g, scale_h=scale_h, batch=batch, device=dev)
+    config = {"core": core, "robust": h, "alphas": grid, "eps": e, "norm": nrm, "steps": steps,
+              "mix_space": mix_space, "scale_g": scale_g, "scale_h": scale_h, "dataset": dataset, "split": split,
+              "n_ex": n_ex, "skip": skip}
+    prov = provenance(seed=seed, device=dev, models=[core, h], data=data.fingerprint(), command=list(command or []))
     if out is not None:
-        config = {"core": core, "robust": h, "alphas": grid, "eps": e, "norm": nrm, "steps": steps,
-                  "mix_space": mix_space, "scale_g": scale_g, "scale_h": scale_h, "dataset": dataset, "split": split,
-                  "n_ex": n_ex, "skip": skip}
-        prov = provenance(seed=seed, device=dev, models=[core, h], data=data.fingerprint(), command=list(command or []))
         write_table(table, out, "compose", config=config, prov=prov)
-    return df
+    return MixSweep(table=table, df=df, config=config, prov=prov)
 
 
-__all__ = ["SWEEP_COLUMNS", "export_mixture", "sweep_mixtures"]
+@dataclass
+class MixSweep:
+    """What :func:`sweep_mixtures` computed: ``table`` the compose table's rows (written to ``out`` with
+    ``config`` and ``prov``), ``df`` the sweep itself (:data:`SWEEP_COLUMNS`, one row per weight)."""
+
+    table: object
+    df: object
+    config: dict
+    prov: dict
+
+
+__all__ = ["SWEEP_COLUMNS", "MixSweep", "export_mixture", "sweep_mixtures"]

@@ -31,14 +31,26 @@ class Composition:
     inner: dict = field(default_factory=dict)
 
 
-def read_tables(spec: str):
-    """``A.parquet[,B.parquet]``: tables of one model (e.g. eps and 2*eps runs) read as one."""
+def spec_text(spec) -> str:
+    """How a table spec is named in messages and the compose table (its paths, comma-joined)."""
+    if isinstance(spec, str):
+        return spec
+    return ",".join(t.path for t in (spec if isinstance(spec, (tuple, list)) else [spec]))
+
+
+def read_tables(spec):
+    """``A.parquet[,B.parquet]``: tables of one model (e.g. eps and 2*eps runs) read as one. ``spec`` may also
+    be a :class:`robcli.tables.io.Table` or a tuple of them (robcli.api passes tables held in memory)."""
     import pandas as pd
 
     from robcli.errors import TableError
     from robcli.tables.io import Table, read_table
 
-    parts = [read_table(p.strip(), ("attack", "certify")) for p in spec.split(",") if p.strip()]
+    if isinstance(spec, str):
+        parts = [read_table(p.strip(), ("attack", "certify")) for p in spec.split(",") if p.strip()]
+    else:
+        parts = list(spec) if isinstance(spec, (tuple, list)) else [spec]
+        spec = spec_text(spec)
     if not parts:
         raise TableError(f"empty table list {spec!r}")
     kinds = {p.kind for p in parts}
@@ -158,6 +170,7 @@ def compose_tables(robust: list[str], core: str, *, eps: str, out: str | None = 
     core_t = read_tables(core)
     core_v = view_from_table(core_t, e, norm=nrm, sigma=sigma)
     rob_ts = [read_tables(r) for r in robust]
+    robust, core = [spec_text(r) for r in robust], spec_text(core)
     for t in rob_ts:
         check_selector_table(t)  # a selector cannot use labels (certify --against label tables)
     for run, t in [*zip(robust_model or [], rob_ts), *([(core_model, core_t)] if core_model else [])]:

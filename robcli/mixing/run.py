@@ -114,3 +114,50 @@ def train_adaptive_mixture(core: str, robust: str, data, cfg, out: str | Path, *
                 "data": data.fingerprint()}
     save_mixture(out, m, core=core, robust=robust, lg=lg, lh=lh, training=training, dataset=data.info.name)
     return Path(out)
+
+
+def finetune_mixnet(core: str, robust: str, *, dataset: str, out: str | Path, eps, norm: str = "Linf",
+                    data_dir: str | None = None, n_ex: int | None = None, train_attack: str = "B",
+                    attack_steps: int = 10, epochs: int | None = None, batch: int | None = None, lr=None,
+                    c_ce: float = 0.0, c_bce: float = 1.5, c_prod: float = 0.2, ema: float | None = None,
+                    mix_min: float = 0.0, mix_max: float = 1.0, layers_g: str | None = None,
+                    layers_h: str | None = None, width: int = 16, blocks: int = 1, eps_low: float = 0.25,
+                    mix_attack_weight: float = 1.0, sigmoid_scale: float = 2.0, mix_space: str = "prob",
+                    scale_g: float = 1.0, scale_h: float = 1.0, seed: int = 0, device: str = "auto",
+                    force: bool = False, callback=None, command=None) -> Path:
+    """``robcli finetune --loss mixnet``: validate the options (:class:`robcli.mixing.train.MixnetConfig`),
+    load the train split of ``dataset`` (its first ``n_ex`` examples) and train the adaptive mixing network of
+    the frozen ``core`` (g) and ``robust`` (h) models into the run directory ``out``.
+
+    ``epochs``, ``batch``, ``lr`` of None: 10, 128, 1e-3 (AdamW). ``attack_steps``: the most steps of the
+    training attack (drawn in [1, N] per batch). ``callback(epoch, row)``: per-epoch log rows. Nothing is written
+    before the options, the models and the data have been checked.
+
+    Raises:
+        UsageError, DataError, ModelError: bad options, missing models, an existing ``out`` without ``force``.
+    """
+    from robcli.data.registry import load_split
+    from robcli.errors import UsageError
+    from robcli.mixing.mixed import check_alpha_range
+    from robcli.mixing.train import MixnetConfig
+    from robcli.models.card import image_size_for
+    from robcli.utils.device import resolve_device
+    from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
+
+    if core is None or robust is None:
+        raise UsageError("--loss mixnet needs --core G and --robust H (the frozen models to mix)")
+    nrm = parse_norm(norm)
+    rng = check_alpha_range(mix_min, mix_max, names=("--mix-min", "--mix-max"))
+    lay_g, lay_h = layers_spec(layers_g, "--layers-g"), layers_spec(layers_h, "--layers-h")
+    cfg = MixnetConfig(eps=parse_eps(str(eps), nrm), norm=nrm, steps=attack_steps, eps_low=eps_low,
+                       setting=str(train_attack).upper(), alpha_weight=mix_attack_weight, c_ce=c_ce, c_bce=c_bce,
+                       c_prod=c_prod, epochs=10 if epochs is None else epochs, batch=128 if batch is None else batch,
+                       lr=1e-3 if lr is None else parse_float_expr(str(lr), "--lr"), ema=ema, width=width,
+                       blocks=blocks, sigmoid_scale=sigmoid_scale, seed=seed)
+    if Path(out).exists() and not force:
+        raise UsageError(f"{out} exists; pass --force to overwrite")
+    dev = resolve_device(device)
+    data = load_split(dataset, "train", data_dir=data_dir, image_size=image_size_for(None, core)).select(n_ex=n_ex)
+    return train_adaptive_mixture(core, robust, data, cfg, out, mix_space=mix_space, scale_g=scale_g,
+                                  scale_h=scale_h, mix_range=rng, layers_g=lay_g, layers_h=lay_h, device=dev,
+                                  callback=callback, command=command)

@@ -138,3 +138,24 @@ def check_compatible(lm: LoadedModel, dataset_info) -> None:
         raise ModelError(
             f"model outputs {lm.num_classes} classes but {dataset_info.name} has {dataset_info.num_classes}"
         )
+
+
+def image_size_for(image_size: int | None, *models: str | None) -> int | None:
+    """``--image-size`` if given, else the side length recorded in the first model run dir's card.
+
+    Lets commands after ``finetune`` read an ``imagefolder`` data set at the size the model was trained on
+    without repeating ``--image-size``.
+    """
+    if image_size is not None:
+        return image_size
+    for m in models:
+        card = Path(str(m)) / "card.json" if m else None
+        if card is None or not card.is_file():
+            continue
+        try:
+            shape = json.loads(card.read_text()).get("input_shape")
+        except (OSError, ValueError):
+            continue
+        if isinstance(shape, list) and len(shape) == 3:
+            return int(shape[-1])
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from robcli.errors import UsageError
 
@@ -215,6 +216,43 @@ class FinetuneConfig:
         if not d.get("sync_bn"):
             d.pop("sync_bn", None)
         return d
+
+
+def finetune_config(*, loss: str, dataset: str, out, eps="0", norm: str = "Linf", lr=None, lr_milestones=None,
+                    train_subset=None, **fields) -> FinetuneConfig:
+    """A :class:`FinetuneConfig` from what a user writes (the command's flags, the API's arguments):
+    ``eps`` and ``lr`` as numbers or expressions (``"8/255"``, ``"1e-3"``), ``lr_milestones`` as ``"0.75,0.9"``,
+    ``"none"`` or a sequence, ``train_subset`` as an index file (checked against ``dataset``'s train split) or
+    a sequence of indices. ``None`` for epochs, lr, lr_milestones, batch, momentum or weight_decay: the data
+    set's recommended value (see the class). The other ``fields`` go to the class as they are.
+
+    Raises:
+        UsageError, DataError: unparsable values, an empty or foreign ``train_subset``, the class's checks.
+    """
+    from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
+
+    nrm = parse_norm(norm)
+    if isinstance(lr_milestones, str):
+        text = lr_milestones.strip().lower()
+        lr_milestones = () if text in ("", "none") else tuple(
+            parse_float_expr(m, "--lr-milestones entry") for m in lr_milestones.split(","))
+    subset = None
+    if isinstance(train_subset, (str, Path)):
+        from robcli.data.indices import check_origin, read_index_list
+
+        ids, origin = read_index_list(train_subset, "--train-subset")
+        check_origin(origin, dataset, "train", f"--train-subset {train_subset}")
+        subset = tuple(sorted(set(ids)))
+        what = f"--train-subset {train_subset}"
+    elif train_subset is not None:
+        subset = tuple(sorted({int(i) for i in train_subset}))
+        what = "train_subset"
+    if subset is not None and not subset:
+        raise UsageError(f"{what} is empty")
+    return FinetuneConfig(loss=loss, dataset=dataset, out=str(out), eps=parse_eps(str(eps), nrm), norm=nrm,
+                          lr=None if lr is None else parse_float_expr(str(lr), "--lr"),
+                          lr_milestones=None if lr_milestones is None else tuple(lr_milestones),
+                          train_subset=subset, **fields)
 
 
 def selection_criterion(loss: str) -> str:
