@@ -201,6 +201,7 @@ def certify(
     image_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     force: bool = False,
     progress=None,
@@ -214,7 +215,8 @@ def certify(
             (x in [0,1], y integer labels; ``num_classes`` defaults to ``max(y) + 1``) or a
             ``torch.utils.data.Dataset`` of (input, label) pairs.
         sigma: one noise level or several (a row per example and sigma).
-        N0, N, alpha, mode, batch, seed, device, n_ex, skip, arch, num_classes, input_shape: as the flags.
+        N0, N, alpha, mode, batch, seed, device, precision, n_ex, skip, arch, num_classes, input_shape: as the
+            flags.
         out: also write the table there (``.parquet``; ``force`` to overwrite).
         progress: optional ``progress(done, total, desc)``.
 
@@ -226,8 +228,9 @@ def certify(
         UsageError, DataError, ModelError: as the command (bad parameters, unknown names, non-finite logits).
     """
     from robcli.certify.smoothing import CertifyConfig, run_certify
+    from robcli.models.precision import in_precision
     from robcli.tables.io import provenance
-    from robcli.utils.device import resolve_device
+    from robcli.utils.device import check_precision, resolve_device
 
     sigmas = (float(sigma),) if isinstance(sigma, (int, float)) else tuple(float(s) for s in sigma)
     dev = resolve_device(device)
@@ -236,12 +239,13 @@ def certify(
     net, files, mname = _model(model, data_info=d.info, seed=seed, arch=arch, num_classes=num_classes,
                                input_shape=input_shape)
     cfg = CertifyConfig(sigmas=sigmas, N0=N0, N=N, alpha=alpha, batch=batch, mode=str(mode).strip().lower(),
-                        seed=seed, extra={"model": mname, "arch": arch, "dataset": dname, "split": split,
+                        seed=seed, precision=precision, extra={"model": mname, "arch": arch, "dataset": dname, "split": split,
                                           "n_ex": n_ex, "skip": skip, "device_type": dev.type})
     prov = provenance(seed=seed, device=dev, models=files, data=d.fingerprint(), command=None)
     if mname is None:
         prov["models"] = [_module_entry(net)]
-    df = run_certify(net, d, cfg, device=dev, progress=progress)
+    check_precision(cfg.precision, dev)
+    df = run_certify(in_precision(net, cfg.precision), d, cfg, device=dev, progress=progress)
     return _written(df, "certify", config=cfg.as_dict(), prov=prov, out=out, force=force)
 
 
@@ -275,6 +279,7 @@ def attack(
     image_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     force: bool = False,
     progress=None,
@@ -288,7 +293,7 @@ def attack(
             inputs to logits.
         data: a data set name, ``(x, y)`` tensors or a ``torch.utils.data.Dataset`` (see :func:`certify`).
         attack, eps, norm, steps, restarts, version, aa_attacks, objective, grid_points, mix_min, mix_max,
-            mix_attack_weight, n_targets, n_queries, batch, seed: as the flags (the same
+            mix_attack_weight, n_targets, n_queries, batch, seed, device, precision: as the flags (the same
             :class:`robcli.attacks.engine.AttackConfig` checks them; ``batch`` is part of the seeding).
         subset: only these example indices (as ``--subset`` with an index file).
         out: also write the table there (``.parquet``; ``force`` to overwrite).
@@ -303,8 +308,9 @@ def attack(
         UsageError, DataError, ModelError, NonFiniteOutput: as the command.
     """
     from robcli.attacks.engine import AttackConfig, run_attack
+    from robcli.models.precision import in_precision
     from robcli.tables.io import provenance
-    from robcli.utils.device import resolve_device
+    from robcli.utils.device import check_precision, resolve_device
 
     eps_t = (eps,) if isinstance(eps, (int, float, str)) else tuple(eps)
     sub = None if subset is None else [int(i) for i in subset]
@@ -313,7 +319,7 @@ def attack(
         attack=attack, eps=eps_t, norm=norm, steps=steps, restarts=restarts, version=version,
         aa_attacks=tuple(aa_attacks), objective=objective, grid_points=grid_points, mix_min=mix_min, mix_max=mix_max,
         mix_attack_weight=mix_attack_weight, n_targets=n_targets, n_queries=n_queries, batch=batch, seed=seed,
-        extra={"model": mname, "arch": arch, "dataset": data if isinstance(data, str) else None, "split": split,
+        precision=precision, extra={"model": mname, "arch": arch, "dataset": data if isinstance(data, str) else None, "split": split,
                "n_ex": n_ex, "skip": skip, "subset": None, "subset_split": None, "image_size": image_size})
     spec = cfg.spec
     if spec.load is not None and mname is None:
@@ -321,6 +327,7 @@ def attack(
     if spec.model_check is not None:
         spec.model_check(cfg, mname)
     dev = resolve_device(device)
+    check_precision(cfg.precision, dev)
     d, _ = _data(data, split=split, n_ex=n_ex, skip=skip, data_dir=data_dir, image_size=image_size,
                  num_classes=num_classes, model=model, subset=sub)
     if spec.load is not None:
@@ -333,7 +340,7 @@ def attack(
     if mname is None:
         prov["models"] = [_module_entry(net)]
     notes: list[str] = []
-    df = run_attack(net, d, cfg, device=dev, progress=progress, notes=notes)
+    df = run_attack(in_precision(net, cfg.precision), d, cfg, device=dev, progress=progress, notes=notes)
     res = _written(df, "attack", config=cfg.as_dict(), prov=prov, out=out, force=force)
     res.attrs["notes"] = list(dict.fromkeys(notes))
     return res

@@ -221,7 +221,7 @@ def _mixrun(cli, models, tmp_path, a="0.9"):
     (["--method", "mix-smoothed-h", "--sigma", "0.25", "--lipschitz", "1"], ["--lipschitz does not apply to --method mix-smoothed-h"]),
     (["--method", "mix-smoothed-h", "--sigma", "0.25", "--norm", "Linf"], ["--norm does not apply", "L2"]),
     (["--method", "mix-smoothed-h", "--sigma", "0.25", "--mode", "predict"], ["--mode does not apply to --method mix-smoothed-h"]),
-    (["--method", "mix-smoothed-h", "--sigma", "0.25", "--resume"], ["--resume does not apply"]),
+    (["--method", "mix-smoothed-h", "--sigma", "0.25", "--precision", "bf16"], ["--precision does not apply"]),
     (["--method", "mix-smoothed-h"], ["needs --sigma"]),
     (["--method", "mix-lipschitz"], ["needs --lipschitz"]),
     (["--method", "mix-local-estimate"], ["needs --eps"]),

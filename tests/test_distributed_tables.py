@@ -18,6 +18,13 @@ CERT = ["certify", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "9", 
 ATTACK = ["attack", "--model", "tiny_cnn", "--dataset", "digits", "--n-ex", "9", "--attack", "autoattack",
           "--version", "custom", "--aa-attacks", "apgd-ce", "--steps", "5", "--eps", "0.1", "--batch", "2", "--quiet"]
 
+# a fixed-alpha mixture's certificates (h = tiny_cnn with weight 0.8): per-example noise (mix-smoothed-h) and
+# per-chunk random starts (mix-local-estimate)
+MIXCERT = ["certify", "--model", "tiny_cnn", "--mix", "0.8", "--dataset", "digits", "--n-ex", "9", "--chunk", "2",
+           "--quiet"]
+MIX_SMOOTHED = [*MIXCERT, "--method", "mix-smoothed-h", "--sigma", "0.25", "--N0", "10", "--N", "200", "--alpha", "0.01"]
+MIX_LOCAL = [*MIXCERT, "--method", "mix-local-estimate", "--eps", "0.05", "--norm", "Linf", "--seed", "2"]
+
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
@@ -36,7 +43,8 @@ def _same(a, b):
     pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop))
 
 
-@pytest.mark.parametrize("args", [CERT, ATTACK], ids=["certify", "autoattack"])
+@pytest.mark.parametrize("args", [CERT, ATTACK, MIX_SMOOTHED, MIX_LOCAL],
+                         ids=["certify", "autoattack", "mix-smoothed-h", "mix-local-estimate"])
 def test_two_ranks_write_the_single_process_table(cli, tmp_path, args):
     one = tmp_path / "one.parquet"
     assert cli(*args, "--out", one).exit_code == 0
@@ -110,3 +118,22 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_the_lock(
         assert cli(*CERT, "--shard", "0/2", "--out", out).exit_code == 0
     assert cli(*CERT, "--shard", "1/2", "--out", out).exit_code == 0
     assert cli("merge", parts_path(out), "--out", out).exit_code == 0
+
+
+@pytest.mark.parametrize("args", [MIX_SMOOTHED, MIX_LOCAL], ids=["mix-smoothed-h", "mix-local-estimate"])
+def test_a_mixture_certificate_resumes_to_the_uninterrupted_table(cli, tmp_path, args):
+    one = tmp_path / "one.parquet"
+    assert cli(*args, "--out", one).exit_code == 0
+    out = tmp_path / "r.parquet"
+    r = cli(*args, "--out", out, "--shard", "1/2")  # chunks 1 and 3 of 5, as a killed run would leave them
+    assert r.exit_code == 0 and not out.exists() and len(list(parts_path(out).glob("*.parquet"))) == 2
+    assert cli(*args, "--out", out).exit_code == 2  # parts of an unfinished run: --resume or --force
+    assert cli(*args, "--out", out, "--resume").exit_code == 0
+    _same(read_table(one).df, read_table(out).df)
+    # negative control: another seed of the local estimate is another table, and its parts are refused
+    if "mix-local-estimate" in args:
+        r = cli(*args, "--out", tmp_path / "s.parquet", "--shard", "0/2")
+        assert r.exit_code == 0
+        i = args.index("--seed") + 1
+        r = cli(*args[:i], "5", *args[i + 1:], "--out", tmp_path / "s.parquet", "--resume")
+        assert r.exit_code == 2 and "seed" in r.output

@@ -123,6 +123,7 @@ class AttackConfig:
         n_targets, n_queries: ``mix-D``: target classes of its targeted parts (9), Square queries (5000).
         batch: examples per attack call (part of the seeding, so it changes results).
         seed: base seed.
+        precision: fp32, or bf16/fp16: every forward pass under CUDA autocast (robcli.models.precision).
         extra: recorded, not used (model, dataset, split, selection).
     """
 
@@ -142,6 +143,7 @@ class AttackConfig:
     n_queries: int | None = None
     batch: int = 256
     seed: int = 0
+    precision: str = "fp32"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -197,6 +199,12 @@ class AttackConfig:
         s(self, "objective", obj)
         s(self, "seed", int(self.seed))
         s(self, "batch", int(self.batch))
+        from robcli.utils.device import parse_precision
+
+        s(self, "precision", parse_precision(self.precision))
+        if self.precision != "fp32" and spec.load is not None:
+            raise UsageError(f"--precision {self.precision} does not apply to --attack {attack} (mixture attacks run "
+                             "in fp32)")
 
     def _mixture_knobs(self, spec: AttackSpec) -> None:
         s = object.__setattr__

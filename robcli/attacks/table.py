@@ -81,9 +81,10 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     from robcli.distributed import detect, run_table
     from robcli.errors import UsageError
     from robcli.models import load_model
+    from robcli.models.precision import in_precision
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
-    from robcli.utils.device import resolve_rank_device
+    from robcli.utils.device import check_precision, resolve_rank_device
 
     out = Path(out)
     if out.suffix != ".parquet":
@@ -93,6 +94,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     if spec.model_check is not None:
         spec.model_check(cfg, model)
     dev = resolve_rank_device(device, world)
+    check_precision(cfg.precision, dev)
     ids = read_subset(subset, subset_split, dataset, split) if subset is not None else None
     data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)
@@ -102,6 +104,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
         lm = load_model(model, arch=arch, dataset_info=data.info, seed=cfg.seed, num_classes=num_classes,
                         input_shape=input_shape)
     prov = provenance(seed=cfg.seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=command or [])
+    net = in_precision(lm.model, cfg.precision)
     notes: list[str] = []
 
     def open_run(resume_: bool, force_: bool) -> TableRun:
@@ -109,7 +112,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
                         resume=resume_, force=force_, row_keys=("eps",))
 
     def compute(run: TableRun, chunks, prog) -> None:
-        run_attack(lm.model, data, cfg, device=dev, run=run, chunks=chunks, merge=False, progress=prog, notes=notes)
+        run_attack(net, data, cfg, device=dev, run=run, chunks=chunks, merge=False, progress=prog, notes=notes)
 
     def finish(run: TableRun):
         from robcli.attacks.engine import _frame, columns

@@ -106,9 +106,13 @@ class SequentialConfig:
     seed: int = 0
     mode: str = "certify"
     compile: bool = False
+    precision: str = "fp32"  # fp32, or bf16/fp16 under CUDA autocast (robcli.models.precision)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from robcli.utils.device import parse_precision
+
+        object.__setattr__(self, "precision", parse_precision(self.precision))
         mode = str(self.mode).strip().lower()
         if mode == "predict":
             raise UsageError("--mode predict has no sequential version: --sequential certifies radii "

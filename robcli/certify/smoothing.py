@@ -45,6 +45,7 @@ class CertifyConfig:
         batch: noisy inputs per forward pass (does not change the results).
         mode: ``certify`` or ``predict``.
         seed: noise seed.
+        precision: fp32, or bf16/fp16 (CUDA autocast; the certificates are for the model as run so).
     """
 
     sigmas: tuple[float, ...] = (0.12,)
@@ -55,6 +56,7 @@ class CertifyConfig:
     mode: str = "certify"
     seed: int = 0
     compile: bool = False
+    precision: str = "fp32"
     extra: dict = field(default_factory=dict)  # dataset, split, n_ex, skip, model ... (recorded, not used)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,9 @@ class CertifyConfig:
         check_params(alpha=self.alpha, n0=self.N0, n=self.N, mode=self.mode)
         if self.batch < 1:
             raise UsageError(f"--batch {self.batch} must be >= 1")
+        from robcli.utils.device import parse_precision
+
+        object.__setattr__(self, "precision", parse_precision(self.precision))
 
     def as_dict(self) -> dict:
         d = asdict(self)

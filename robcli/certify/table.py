@@ -69,21 +69,24 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     from robcli.distributed import detect, run_table
     from robcli.errors import UsageError
     from robcli.models import load_model
+    from robcli.models.precision import in_precision
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
-    from robcli.utils.device import resolve_rank_device
+    from robcli.utils.device import check_precision, resolve_rank_device
 
     out = Path(out)
     if out.suffix != ".parquet":
         raise UsageError(f"--out {out}: give a file name ending in .parquet")
     world = world or detect()
     dev = resolve_rank_device(device, world)
+    check_precision(cfg.precision, dev)
     # the device type is part of the configuration: CPU and CUDA generators draw different noise
     cfg.extra["device_type"] = dev.type
     data = load_split(dataset, split, data_dir=data_dir, image_size=image_size).select(n_ex=n_ex, skip=skip)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=cfg.seed, num_classes=num_classes,
                     input_shape=input_shape)
     prov = provenance(seed=cfg.seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=command or [])
+    net = in_precision(lm.model, cfg.precision)
     size = chunk_size(cfg, chunk)
     runner = run_sequential if isinstance(cfg, SequentialConfig) else run_certify
 
@@ -101,7 +104,7 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     def compute(run: TableRun, chunks, prog) -> None:
         if not chunks:
             return
-        runner(lm.model, data, cfg, device=dev, progress=prog, blocks=[list(c.positions) for c in chunks],
+        runner(net, data, cfg, device=dev, progress=prog, blocks=[list(c.positions) for c in chunks],
                on_block=lambda i, df: run.write(chunks[i], df))
 
     df, run = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,

@@ -20,6 +20,7 @@ from robcli.cli.common import (
     NExOpt,
     NormOpt,
     NumClassesOpt,
+    PrecisionOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
@@ -67,7 +68,7 @@ def attack(
     alpha_max: Annotated[Float, _opt("--alpha-max", "", hidden=True)] = None,
     arch: ArchOpt = None, num_classes: NumClassesOpt = None, input_shape: InputShapeOpt = None,
     data_dir: DataDirOpt = None, download: DownloadOpt = False, image_size: ImageSizeOpt = None,
-    seed: SeedOpt = 0, device: DeviceOpt = "auto", resume: ResumeOpt = False, force: ForceOpt = False,
+    seed: SeedOpt = 0, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32", resume: ResumeOpt = False, force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Attack each example at every --eps (ascending); robustness is judged against the model's own prediction.
@@ -104,7 +105,7 @@ def attack(
         attack=attack_, eps=tuple(eps or ["8/255"]), norm=norm, steps=steps, restarts=restarts, version=version,
         aa_attacks=tuple((aa_attacks or "").split(",")), objective=objective, grid_points=grid_points,
         mix_min=mix_min, mix_max=mix_max, mix_attack_weight=mix_attack_weight, n_targets=n_targets,
-        n_queries=n_queries, batch=batch, seed=seed,
+        n_queries=n_queries, batch=batch, seed=seed, precision=precision,
         extra={"model": model, "arch": arch, "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
                "subset": subset, "subset_split": subset_split, "image_size": image_size},
     )

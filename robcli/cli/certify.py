@@ -19,6 +19,7 @@ from robcli.cli.common import (
     ModelOpt,
     NExOpt,
     NumClassesOpt,
+    PrecisionOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
@@ -63,6 +64,7 @@ def certify(
     image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off for long runs).")] = False,
     sequential: Annotated[bool, typer.Option("--sequential", help=SEQ_HELP)] = False,
     radius: Annotated[Optional[list[str]], typer.Option("--radius", help="With --sequential: a target L2 radius (> 0) to certify; repeatable. None: the adaptive mode.")] = None,
@@ -124,10 +126,10 @@ def certify(
         cfg = SequentialConfig(
             sigmas=sigmas, radii=tuple(parse_float_expr(r, "--radius") for r in (radius or [])),
             against=against or "prediction", radius_tol=radius_tol, N0=n0, N=n, alpha=alpha, batch=batch,
-            mode=mode, seed=seed, compile=compile_, extra=extra)
+            mode=mode, seed=seed, compile=compile_, precision=precision, extra=extra)
     else:
         cfg = CertifyConfig(sigmas=sigmas, N0=n0, N=n, alpha=alpha, batch=batch, mode=mode.strip().lower(),
-                            seed=seed, compile=compile_, extra=extra)
+                            seed=seed, compile=compile_, precision=precision, extra=extra)
     world = job_world(shard)
     quiet = quiet or (world.grouped and not world.is_main)  # one progress bar and summary per job
     with naming_nonfinite(model), progress(quiet) as prog:

@@ -1,5 +1,5 @@
 """`robcli certify --method mix-...`: certified radii of a fixed-alpha mixture run directory. Flags -> one library
-call (robcli.mixing.certify.certify_mixture) -> print. `robcli certify` dispatches here at the top of its body."""
+call (robcli.mixing.certify.certify_mixture_table) -> print. `robcli certify` dispatches here at the top of its body."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from robcli.cli.common import check_out, given, refuse_given
+from robcli.cli.common import given, refuse_given
 
 METHOD_HELP = (
     "What is certified. cohen (default): Cohen et al.'s CERTIFY of the --model as its run directory computes it, "
@@ -25,17 +25,17 @@ ScaleHOpt = Annotated[Optional[float], typer.Option("--scale-h", help="--method 
 MixNormOpt = Annotated[Optional[str], typer.Option("--norm", help="--method mix-lipschitz / mix-local-estimate: L2 (default) or Linf.")]
 
 MIX_ONLY = ("lipschitz", "eps", "norm", "mix", "scale_h")
-COHEN_ONLY = ("mode", "shard", "chunk", "arch", "num_classes", "input_shape", "image_size", "compile_", "resume",
-              "sequential", "radius", "against", "radius_tol")
+COHEN_ONLY = ("mode", "arch", "num_classes", "input_shape", "image_size", "compile_", "sequential", "radius", "against",
+              "radius_tol", "precision")
 
 
-def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm, mix, scale_h, n0, n, alpha, batch, split, n_ex,
-                skip, data_dir, seed, device, force, quiet, **_cohen_only) -> None:
+def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm, mix, scale_h, n0, n, alpha, batch,
+                split, n_ex, skip, shard, chunk, data_dir, seed, device, resume, force, quiet, **_cohen_only) -> None:
     """`certify --method mix-*` (and the refusal of the mixture flags with --method cohen)."""
-    from robcli.cli.common import argv, image_size_for, naming_nonfinite
-    from robcli.data.registry import load_split
+    from robcli.cli.common import argv, console, job_world, naming_nonfinite, parts_left_text
     from robcli.errors import UsageError
-    from robcli.mixing.certify import MixCertifyConfig, check_method, resolve_mixture
+    from robcli.mixing.certify import MixCertifyConfig, certify_mixture_table, check_method
+    from robcli.tables.schema import CERTIFIED_MODELS
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
 
     if method.strip().lower() == "cohen":
@@ -43,11 +43,6 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
         raise AssertionError("certify_mix called for --method cohen without mixture flags")  # a bug in the dispatch
     m = check_method(method)
     refuse_given(ctx, COHEN_ONLY, f"to --method {m} (a mixture certificate)")
-    from robcli.cli.common import job_world
-
-    if job_world(None).size > 1:
-        raise UsageError(f"--method {m} runs in one process (not spread over ranks or array tasks yet); start it "
-                         "without torchrun/srun or the job array")
     smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
     if not smoothed:
         refuse_given(ctx, ("sigma",), f"to --method {m} (it smooths nothing)")
@@ -61,32 +56,25 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
     cfg = MixCertifyConfig(method=m, sigma=parse_float_expr(sigma[0], "--sigma") if smoothed and given(ctx, "sigma") else None,
                            lipschitz=lipschitz, eps=parse_eps(eps, nrm) if eps is not None else None, norm=nrm,
                            n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)
-    run = resolve_mixture(model, parse_float_expr(mix, "--mix") if mix is not None else None, scale_h)
-    from robcli.mixing.certify import certify_mixture, check_samples
-
-    check_samples(run, cfg)
-    check_out(out, force)
-    if run["alpha"] <= 0.5 and not quiet:
-        typer.echo("note: a mixture weight <= 1/2 certifies nothing (the mixing paper's Lemma 1: g may outvote h); every example "
-                   "abstains", err=True)
-    from robcli.tables.io import provenance, write_table
-    from robcli.tables.schema import CERTIFIED_MODELS
-    from robcli.utils.device import resolve_device
-
-    dev = resolve_device(device)
-    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(None, run["robust"])).select(
-        n_ex=n_ex, skip=skip)
-    with naming_nonfinite(run["model"], robust=run["robust"]):
-        df, config, files = certify_mixture(run, data, cfg, device=dev)
-    config.update({"dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip})
-    # the certified run directory first (the name readers show), then the robust member's weights
-    prov = provenance(seed=seed, device=dev, models=([model] if run["model"] else []) + files, data=data.fingerprint(),
-                      command=argv())
-    write_table(df, out, "certify", config=config, prov=prov)
-    if not quiet:
-        cm = config["certified_model"]
-        cert_acc = (df["correct"] & (df["radius"] > 0)).mean()
-        tag = " (ESTIMATE, not a certificate)" if config["radius_is_estimate"] else ""
-        what = "estimates radii of" if config["radius_is_estimate"] else "certifies"
-        typer.echo(f"{m}: {what} {cm} ({CERTIFIED_MODELS[cm]})")
-        typer.echo(f"{m}{tag}: certified-correct {cert_acc:.4f}, mean radius {df['radius'].mean():.4f}")
+    world = job_world(shard)
+    quiet = quiet or (world.grouped and not world.is_main)
+    with naming_nonfinite(model):
+        res = certify_mixture_table(cfg, model=model, dataset=dataset, out=out,
+                                    mix=parse_float_expr(mix, "--mix") if mix is not None else None, scale_h=scale_h,
+                                    split=split, n_ex=n_ex, skip=skip, data_dir=data_dir, device=device, resume=resume,
+                                    force=force, world=world, chunk=chunk, command=argv())
+    if quiet or (res.df is None and world.grouped):
+        return
+    if res.df is None:
+        return console().print(parts_left_text(world, res.parts, res.out), highlight=False, soft_wrap=True)
+    df, config = res.df, res.config
+    if config["mix_alpha"] <= 0.5:
+        typer.echo("note: a mixture weight <= 1/2 certifies nothing (the mixing paper's Lemma 1: g may outvote h); "
+                   "every example abstains", err=True)
+    cm = config["certified_model"]
+    cert_acc = (df["correct"] & (df["radius"] > 0)).mean()
+    tag = " (ESTIMATE, not a certificate)" if config["radius_is_estimate"] else ""
+    what = "estimates radii of" if config["radius_is_estimate"] else "certifies"
+    typer.echo(f"{m}: {what} {cm} ({CERTIFIED_MODELS[cm]})")
+    typer.echo(f"{m}{tag}: certified-correct {cert_acc:.4f}, mean radius {df['radius'].mean():.4f}"
+               + (" (already complete)" if res.complete else f"; wrote {res.out} ({len(df)} rows)"))

@@ -24,6 +24,7 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of 
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a TorchScript/.pt2 model (default: read from the model, checked against the data set).")]
 InputShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="Input shape C,H,W of a TorchScript/.pt2 model (default: read from the model or the data set).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, or on CUDA bf16/fp16: every forward pass under autocast in that dtype (recorded in the table; the results are for the model as run in that precision). Refused on CPU.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Threat model norm: Linf or L2.")]
 EpsListOpt = Annotated[Optional[list[str]], typer.Option("--eps", help="Radius, e.g. 8/255 or 0.031; repeatable.")]

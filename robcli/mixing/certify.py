@@ -15,7 +15,7 @@ The certificate holds whatever the core model g does, so only the robust member 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from robcli.errors import UsageError
 
@@ -115,8 +115,22 @@ def check_samples(run: dict, cfg: MixCertifyConfig) -> None:
     check_params(sigma=cfg.sigma, alpha=cfg.alpha, n0=cfg.n0, n=cfg.n, mode="certify")
 
 
-def certify_mixture(run: dict, data, cfg: MixCertifyConfig, *, device=None):
-    """Certify the fixed-alpha mixture ``run`` (:func:`resolve_mixture`) on ``data`` (a selected split).
+def estimate_seed(seed: int, chunk: int) -> int:
+    """The generator seed of ``mix-local-estimate`` on one chunk of examples: a hash of (seed, chunk), 62 bits."""
+    import hashlib
+
+    key = f"robcli-mix-local-estimate|{int(seed)}|{int(chunk)}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 2
+
+
+def certify_mixture(run: dict, data, cfg: MixCertifyConfig, *, device=None, lm=None, chunk: int = 0):
+    """Certify the fixed-alpha mixture ``run`` (:func:`resolve_mixture`) on ``data`` (a selected split, or one
+    chunk of it).
+
+    ``lm``: the robust member already loaded (else loaded here). ``chunk``: which chunk of the plan ``data`` is;
+    it seeds the random starts of ``mix-local-estimate`` (:func:`estimate_seed`), so its table depends on the
+    chunk size but not on how the chunks are spread. The smoothed methods seed every example's noise by its idx,
+    and ``mix-lipschitz`` draws nothing: their rows do not depend on the chunks at all.
 
     Returns ``(df, config, files)``: the certify table (one row per example; ``method``, ``certified_model``,
     ``radius_is_estimate`` columns), its config, and the robust member's weight files (for provenance).
@@ -134,12 +148,11 @@ def certify_mixture(run: dict, data, cfg: MixCertifyConfig, *, device=None):
         certify_smoothed_mixture,
     )
     from robcli.models import load_model
-    from robcli.tables.schema import CERTIFIED_MODELS
     from robcli.utils.seeding import make_generator
 
     a, scale_h = run["alpha"], check_scale(run["scale_h"], "scale_h")
     check_samples(run, cfg)
-    lm = load_model(run["robust"], dataset_info=data.info, device=device)
+    lm = lm if lm is not None else load_model(run["robust"], dataset_info=data.info, device=device)
     x, y = data.tensors()
     x = x.to(device)
     t0 = time.perf_counter()
@@ -152,17 +165,103 @@ def certify_mixture(run: dict, data, cfg: MixCertifyConfig, *, device=None):
         cert = certify_lipschitz_mixture(lm.model, x, alpha=a, lip=cfg.lipschitz, scale_h=scale_h, batch=cfg.batch)
     else:
         cert = certify_local_estimate(lm.model, x, alpha=a, eps=cfg.eps, norm=cfg.norm, scale_h=scale_h,
-                                      generator=make_generator(cfg.seed, device))
+                                      generator=make_generator(estimate_seed(cfg.seed, chunk), device))
     secs = time.perf_counter() - t0
     smoothed = cfg.method in SMOOTHED
     df = certify_frame(cert, data.idx.numpy(), y.numpy(), sigma=cfg.sigma if smoothed else 0.0,
                        n0=cfg.n0 if smoothed else 0, n=cfg.n if smoothed else 0, alpha_cert=cfg.alpha, alpha=a,
                        seconds=secs, norm="L2" if smoothed else cfg.norm, dim=math.prod(data.info.input_shape))
     df["method"] = cfg.method
-    c = asdict(cfg)
-    config = {"model": run["model"], "robust": run["robust"], "mix_alpha": a, "scale_h": scale_h,
-              "method": cfg.method, "sigma": cfg.sigma, "lipschitz": cfg.lipschitz, "eps": cfg.eps,
-              "norm": df["norm"].iloc[0], "N0": c["n0"], "N": c["n"], "alpha": cfg.alpha,
-              "certified_model": cert.certified_model, "certified_model_is": CERTIFIED_MODELS[cert.certified_model],
-              "radius_is_estimate": cert.estimate}
+    config = _table_config(run, cfg)
+    assert config["certified_model"] == cert.certified_model and config["radius_is_estimate"] == cert.estimate
     return df, config, list(lm.files)
+
+
+@dataclass
+class MixCertifyResult:
+    """What :func:`certify_mixture_table` did (as :class:`robcli.certify.table.CertifyResult`), plus the
+    table's ``config``."""
+
+    df: object
+    out: object
+    parts: object
+    config: dict
+    complete: bool = False
+    world: object = None
+
+
+def certify_mixture_table(cfg: MixCertifyConfig, *, model: str, dataset: str, out, mix: float | None = None,
+                          scale_h: float | None = None, split: str = "test", n_ex: int | None = None, skip: int = 0,
+                          data_dir: str | None = None, device: str = "auto", resume: bool = False,
+                          force: bool = False, world=None, chunk: int | None = None, progress=None,
+                          command=None) -> MixCertifyResult:
+    """``robcli certify --method mix-...``: certify the mixture ``model`` (:func:`resolve_mixture`) on the
+    selected examples of ``dataset`` and write the certify table ``out`` through the resumable, spreadable table
+    run (:func:`robcli.distributed.run_table`: chunks of ``chunk`` examples, default
+    :data:`robcli.certify.table.FIXED_CHUNK`, over torchrun/srun ranks, ``--shard`` processes or array tasks).
+
+    Raises:
+        UsageError, DataError, ModelError: bad input, found before anything is written. NonFiniteOutput.
+    """
+    from pathlib import Path
+
+    from robcli.certify.table import FIXED_CHUNK, chunk_size
+    from robcli.data.registry import load_split
+    from robcli.distributed import detect, run_table
+    from robcli.models import load_model
+    from robcli.models.card import image_size_for
+    from robcli.tables.io import provenance
+    from robcli.tables.run import TableRun, parts_path
+    from robcli.utils.device import resolve_rank_device
+
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise UsageError(f"--out {out}: give a file name ending in .parquet")
+    run = resolve_mixture(model, mix, scale_h)
+    check_samples(run, cfg)
+    world = world or detect()
+    dev = resolve_rank_device(device, world)
+    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(None, run["robust"])).select(
+        n_ex=n_ex, skip=skip)
+    lm = load_model(run["robust"], dataset_info=data.info, device=dev)
+    size = chunk_size(None, chunk) if chunk is not None else FIXED_CHUNK
+    # the table's configuration: the certificate's, the selection, and (a mix-local-estimate's starts are seeded
+    # per chunk) the chunk size; the noise streams of the smoothed methods differ between CPU and CUDA
+    config = {**_table_config(run, cfg), "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
+              "chunk": size, "batch": cfg.batch, "seed": cfg.seed, "device_type": dev.type}
+    # the certified run directory first (the name readers show), then the robust member's weights
+    prov = provenance(seed=cfg.seed, device=dev, models=([model] if run["model"] else []) + list(lm.files),
+                      data=data.fingerprint(), command=list(command or []))
+    free = ("batch",) if cfg.method == "mix-local-estimate" else ("batch", "chunk")
+
+    def open_run(resume_: bool, force_: bool) -> TableRun:
+        return TableRun(out, "certify", config, ids=data.idx.tolist(), chunk_size=size, prov=prov, resume=resume_,
+                        force=force_, free_keys=free)
+
+    def compute(table_run: TableRun, chunks, prog) -> None:
+        import torch
+
+        for i, c in enumerate(chunks):
+            part = data.select(subset=data.idx[torch.arange(c.lo, c.hi)].tolist())
+            df, _, _ = certify_mixture(run, part, cfg, device=dev, lm=lm, chunk=c.id)
+            table_run.write(c, df)
+            if prog is not None:
+                prog(i + 1, len(chunks), cfg.method)
+
+    df, trun = run_table(out, open_run, compute, world=world, resume=resume, force=force, progress=progress,
+                         desc=cfg.method)
+    return MixCertifyResult(df, out, parts_path(out), config, complete=bool(trun is not None and trun.already),
+                            world=world)
+
+
+def _table_config(run: dict, cfg: MixCertifyConfig) -> dict:
+    """The certificate part of a mixture certify table's configuration."""
+    from robcli.tables.schema import CERTIFIED_MIXTURE, CERTIFIED_MIXTURE_SMOOTHED_H, CERTIFIED_MODELS
+
+    smoothed = cfg.method in SMOOTHED
+    cm = CERTIFIED_MIXTURE_SMOOTHED_H if smoothed else CERTIFIED_MIXTURE
+    return {"model": run["model"], "robust": run["robust"], "mix_alpha": run["alpha"], "scale_h": run["scale_h"],
+            "method": cfg.method, "sigma": cfg.sigma, "lipschitz": cfg.lipschitz, "eps": cfg.eps,
+            "norm": "L2" if smoothed else cfg.norm, "N0": cfg.n0, "N": cfg.n, "alpha": cfg.alpha,
+            "certified_model": cm, "certified_model_is": CERTIFIED_MODELS[cm],
+            "radius_is_estimate": cfg.method == "mix-local-estimate"}

@@ -57,3 +57,30 @@ def resolve_rank_device(spec: str, world):
         raise UsageError(f"--device {spec}: {world.label} has local rank {world.local_rank} but this node has only "
                          f"{n} CUDA device(s); start at most {n} processes per node")
     return torch.device("cuda", world.local_rank)
+
+
+# --precision: the dtype of the forward passes of attack and certify (autocast on CUDA)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def parse_precision(precision: str) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` (case-insensitive), else a one-line UsageError."""
+    p = str(precision).strip().lower()
+    if p not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    return p
+
+
+def check_precision(precision: str, device) -> None:
+    """Refuse a reduced precision off CUDA: autocast to bf16 on the CPU runs about 12x slower than fp32 there
+    (measured), and fp16 CPU kernels are incomplete."""
+    import torch
+
+    if precision == "fp32":
+        return
+    if device.type != "cuda":
+        raise UsageError(f"--precision {precision} needs CUDA (autocast on the GPU); on {device.type} only fp32 "
+                         "(bf16 is about 12x slower on a CPU)")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                         "use fp16 or fp32")
