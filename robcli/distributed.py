@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 from robcli.errors import RobcliError, UsageError
 
 LAUNCHERS = ("single", "torchrun", "srun", "array", "shard")
+DISTRIBUTED_ENV = "ROBCLI_DISTRIBUTED"  # "0": this process runs alone, whatever launched it
 CONTROL_TIMEOUT_S = 600  # a collective that has not completed in 10 minutes means a lost rank
 HEARTBEAT_S = 10.0  # how often every rank touches its heartbeat file
 STALE_S = 180.0  # a rank whose heartbeat is this old (and that has not finished) is lost
@@ -93,7 +94,7 @@ def detect(environ: Mapping[str, str] | None = None, shard: tuple[int, int] | No
         UsageError: contradictory settings (``--shard`` under torchrun/srun, a malformed environment).
     """
     env = os.environ if environ is None else environ
-    if str(env.get("ROBCLI_DISTRIBUTED", "1")).strip() == "0":
+    if str(env.get(DISTRIBUTED_ENV, "1")).strip() == "0":
         return World() if shard is None else World(shard[0], shard[1], 0, "shard")
     rank, size = _int(env, "RANK"), _int(env, "WORLD_SIZE")
     launched = None
@@ -137,6 +138,10 @@ def _rendezvous_env(world: World) -> None:
     os.environ.setdefault("LOCAL_RANK", str(world.local_rank))
 
 
+_BASE_STORE = None  # the rendezvous store this process connected to (see Group._store)
+_GROUPS_MADE = 0
+
+
 class Group:
     """The process group of a launched job (a no-op for single processes, job arrays and shards).
 
@@ -171,11 +176,16 @@ class Group:
         """
         import torch.distributed as dist
 
-        host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
-        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() == "true"
-        base = dist.TCPStore(host, port, self.world.size, is_master=(not agent and self.world.rank == 0),
-                             timeout=timedelta(seconds=self.timeout_s), wait_for_workers=False)
-        return dist.PrefixStore(f"robcli/attempt-{restart_count()}", base)
+        global _BASE_STORE, _GROUPS_MADE
+        if _BASE_STORE is None:  # one connection (rank 0 without torchrun's agent: one server) per process
+            host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+            agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() == "true"
+            _BASE_STORE = dist.TCPStore(host, port, self.world.size, is_master=(not agent and self.world.rank == 0),
+                                        timeout=timedelta(seconds=CONTROL_TIMEOUT_S), wait_for_workers=False)
+        # every group of the process gets keys of its own as well (robcli run opens one per step; all ranks
+        # open them in the same order)
+        _GROUPS_MADE += 1
+        return dist.PrefixStore(f"robcli/attempt-{restart_count()}/group-{_GROUPS_MADE}", _BASE_STORE)
 
     def __exit__(self, *exc) -> bool:
         if self._owns:

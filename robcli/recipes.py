@@ -32,6 +32,11 @@ Args become flags: ``key = value`` -> ``--key value`` (``_`` -> ``-``); ``true``
 omitted; a list -> the flag repeated. A step is skipped when all its outputs exist and carry a stamp saying they
 were made by the same command line with the same robcli version, and no step it depends on (one whose output
 path appears in its arguments) was re-run. ``--force`` redoes everything.
+
+Under torchrun or srun every rank runs the recipe in step: the main rank decides which steps are up to date;
+``attack``, ``certify`` and ``finetune`` steps run on every rank (spread as those commands spread themselves:
+:func:`spreads`), every other step (``partition``, ``compose``, ``report``, ``finetune --loss mixnet``,
+``certify --import``) on the main rank alone while the others wait for its exit code.
 """
 
 from __future__ import annotations
@@ -198,6 +203,59 @@ def write_stamps(step: Step) -> None:
             _stamp_path(out).write_text(json.dumps(_stamp_value(step)))
 
 
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of ``--name`` in a step's argv (the last one given), or None."""
+    vals = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == name]
+    return vals[-1] if vals else None
+
+
+def spreads(step: Step) -> bool:
+    """Whether a step's command spreads its work over the ranks of a launched job (attack, certify and finetune
+    do; finetune --loss mixnet, certify --import and every other command run in one process)."""
+    if step.command == "finetune":
+        return _flag(step.argv, "--loss") != "mixnet"
+    if step.command == "certify":
+        return "--import" not in step.argv
+    return step.command == "attack"
+
+
+# the other ranks wait this long for a step that the main rank runs alone (a long mixnet training, say)
+SOLO_TIMEOUT_S = 7 * 24 * 3600
+
+
+def _on_main(world, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
+    """``fn()`` on the main rank, its result (or error) on every rank (:func:`robcli.distributed.agree`)."""
+    from robcli.distributed import CONTROL_TIMEOUT_S, Group, agree
+
+    with Group(world, timeout_s=timeout_s or CONTROL_TIMEOUT_S) as group:
+        return agree(group, fn)
+
+
+def _worst(world, code: int) -> int:
+    """The first non-zero exit code among the ranks (0 when every rank succeeded)."""
+    from robcli.distributed import Group
+
+    with Group(world) as group:
+        return next((c for c in group.gather(int(code)) if c != 0), 0)
+
+
+def _alone(execute: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Run one command line as a single process, whatever launcher started this one."""
+    import os
+
+    from robcli.distributed import DISTRIBUTED_ENV
+
+    old = os.environ.get(DISTRIBUTED_ENV)
+    os.environ[DISTRIBUTED_ENV] = "0"
+    try:
+        return execute(argv)
+    finally:
+        if old is None:
+            os.environ.pop(DISTRIBUTED_ENV, None)
+        else:
+            os.environ[DISTRIBUTED_ENV] = old
+
+
 def run_recipe(
     recipe: Recipe,
     execute: Callable[[list[str]], int],
@@ -205,17 +263,25 @@ def run_recipe(
     force: bool = False,
     only: list[str] | None = None,
     on_step: Callable[[Step, str], None] | None = None,
+    world=None,
 ) -> list[tuple[Step, str]]:
     """Run the steps in order. ``execute(argv) -> exit code``. Returns (step, status) with status in
     ``ran``, ``skipped``, ``failed``; stops at the first failure.
+
+    ``world``: where this process stands (:func:`robcli.distributed.detect`; default a single process). Under
+    torchrun/srun the main rank decides what is up to date and writes the stamps; :func:`spreads` steps run on
+    every rank, the others on the main rank alone; a step failed when it failed on any rank.
     """
+    from robcli.distributed import World
+
+    world = world if world is not None else World()
     rerun: set[str] = set()
     results = []
     for step in recipe.steps:
         if only and step.name not in only:
             continue
         stale_dep = any(d in rerun for d in step.depends_on)
-        if not force and not stale_dep and is_up_to_date(step):
+        if _on_main(world, lambda st=step, stale=stale_dep: not force and not stale and is_up_to_date(st)):
             results.append((step, "skipped"))
             if on_step:
                 on_step(step, "skipped")
@@ -226,13 +292,19 @@ def run_recipe(
         redo = any(out.exists() for out in step.outputs)
         if redo and step.command != "report" and "--force" not in argv and "--resume" not in argv:
             argv.append("--force")  # a redo replaces what is there (the stamp keeps the plain argv)
-        code = execute(argv)
+        if not world.grouped:
+            code = execute(argv)
+        elif spreads(step):
+            code = _worst(world, execute(argv))
+        else:
+            code = _on_main(world, lambda a=argv: _alone(execute, a), timeout_s=SOLO_TIMEOUT_S)
         if code != 0:
             results.append((step, "failed"))
             if on_step:
                 on_step(step, "failed")
             return results
-        write_stamps(step)
+        if world.is_main:
+            write_stamps(step)
         rerun.add(step.name)
         results.append((step, "ran"))
         if on_step:

@@ -137,3 +137,55 @@ def test_a_mixture_certificate_resumes_to_the_uninterrupted_table(cli, tmp_path,
         i = args.index("--seed") + 1
         r = cli(*args[:i], "5", *args[i + 1:], "--out", tmp_path / "s.parquet", "--resume")
         assert r.exit_code == 2 and "seed" in r.output
+
+
+RECIPE = """
+[recipe]
+name = "spread"
+out = "{root}"
+
+[[step]]
+name = "certify"
+command = "certify"
+args = { model = "tiny_cnn", dataset = "digits", n_ex = 9, N0 = 10, N = 200, alpha = 0.01, seed = 3, chunk = 2, quiet = true, out = "{out}/cert.parquet" }
+
+[[step]]
+name = "attack"
+command = "attack"
+args = { model = "tiny_cnn", dataset = "digits", n_ex = 9, attack = "apgd-ce", steps = 5, eps = "0.1", batch = 2, quiet = true, out = "{out}/att.parquet" }
+
+[[step]]
+name = "partition"
+command = "partition"
+positional = ["{out}/att.parquet"]
+args = { eps = "0.1", quiet = true, out = "{out}/part.parquet" }
+
+[[step]]
+name = "report"
+command = "report"
+positional = ["{out}/cert.parquet", "{out}/att.parquet"]
+args = { format = "markdown", out = "{out}/report.md" }
+"""
+
+
+def test_a_recipe_runs_under_torchrun_with_each_step_spread_or_on_rank_0(cli, tmp_path, monkeypatch):
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "r.toml").write_text(RECIPE.replace("{root}", str(tmp_path / name / "out")))
+    r = cli("run", tmp_path / "one" / "r.toml")
+    assert r.exit_code == 0, r.output
+    r = _torchrun(["run", tmp_path / "two" / "r.toml"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for t in ("cert.parquet", "att.parquet", "part.parquet"):
+        _same(read_table(tmp_path / "one" / "out" / t).df, read_table(tmp_path / "two" / "out" / t).df)
+    reports = [(tmp_path / n / "out" / "report.md").read_text().replace(str(tmp_path / n), "") for n in ("one", "two")]
+    assert reports[0] == reports[1] and "robcli report" in reports[0]
+    assert r.stderr.count("▶ certify") == 1  # rank 0 talks
+    # the second launch finds every step up to date (decided by rank 0, stamps written by it)
+    r = _torchrun(["run", tmp_path / "two" / "r.toml"], tmp_path)
+    assert r.returncode == 0 and r.stderr.count("up to date, skipped") == 4, r.stderr[-3000:]
+    # a job array cannot run a recipe (its tasks leave parts, not tables)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    r = cli("run", tmp_path / "one" / "r.toml")
+    assert r.exit_code == 2 and "job array" in r.output

@@ -42,6 +42,17 @@ def run(
     if out:
         overrides["out"] = out
     rec = load_recipe(recipe, overrides)
+    from robcli.distributed import detect
+
+    world = detect()  # torchrun/srun: every rank runs the recipe in step (robcli.recipes.run_recipe), rank 0 talks
+    if world.launcher == "array":
+        raise UsageError("robcli run in a SLURM job array: array tasks only leave parts for robcli merge, so the "
+                         "next step would find no table; launch the recipe with srun (or torchrun) instead")
+    if not world.is_main:
+        results = run_recipe(rec, invoke, force=force, only=only, world=world)
+        if results and results[-1][1] == "failed":
+            raise UsageError(f"recipe stopped: step {results[-1][0].name!r} failed")
+        return
     con = console(stderr=True)
     if only:
         unknown = [n for n in only if n not in {s.name for s in rec.steps}]
@@ -79,7 +90,7 @@ def run(
             if status in ("ran", "skipped", "failed"):
                 bar.advance(task)
 
-        results = run_recipe(rec, invoke, force=force, only=only, on_step=on_step_bar)
+        results = run_recipe(rec, invoke, force=force, only=only, on_step=on_step_bar, world=world)
     if results and results[-1][1] == "failed":
         raise UsageError(f"recipe stopped: step {results[-1][0].name!r} failed (fix it and run again; finished steps are kept)")
     def fmt(r, m):
