@@ -72,15 +72,16 @@ def parse_precision(precision: str) -> str:
 
 
 def check_precision(precision: str, device) -> None:
-    """Refuse a reduced precision off CUDA: autocast to bf16 on the CPU runs about 12x slower than fp32 there
-    (measured), and fp16 CPU kernels are incomplete."""
+    """Refuse a reduced precision off CUDA: robcli runs (and tests) bf16/fp16 autocast on the GPU only; on a CPU
+    its speed depends on the CPU's bf16 support (small_cnn forward on this project's 2-core machine: 0.6x the
+    fp32 time; reported about 12x slower elsewhere), and fp16 CPU kernels are incomplete."""
     import torch
 
     if precision == "fp32":
         return
     if device.type != "cuda":
-        raise UsageError(f"--precision {precision} needs CUDA (autocast on the GPU); on {device.type} only fp32 "
-                         "(bf16 is about 12x slower on a CPU)")
+        raise UsageError(f"--precision {precision} needs CUDA (autocast on the GPU); on {device.type} robcli runs "
+                         "fp32 only")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
                          "use fp16 or fp32")
