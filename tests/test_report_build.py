@@ -136,6 +136,11 @@ def test_figure_rows_are_kinds_legends_outside_axes_and_limits_from_data(data):
         lo, hi = ax.get_ylim()
         assert 99 < lo and hi <= 100.25
         assert not any(t.get_text() == "101" for t in ax.get_yticklabels())
+        for ax in visible:  # no tick without a label on the padding past 0 % or 100 %
+            for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+                texts = [t.get_text() for t in labels]
+                assert texts and all(texts), (ax.get_title(), texts)
+                assert all(0 <= float(t.replace("\u2212", "-")) <= 100 for t in texts if "Fig." in ax.get_title())
     finally:
         plt.close(fig)
     assert report_figure(Report(data={})) is None

@@ -471,9 +471,19 @@ def _draw(ax, pnl: dict, colors) -> None:
             if len(g) > 1:  # a sweep (softmax-response thresholds, fixed-alpha weights): a curve in its order
                 ax.plot(100 * g[x], 100 * g[y], "-", color=c, lw=1, alpha=0.6, zorder=2)
             ax.scatter(100 * g[x], 100 * g[y], s=32, color=c, label=lab, zorder=3, edgecolors="white")
-            if selector == "fixed-alpha":
+            if selector == "fixed-alpha":  # one label per cluster of points that would print over each other
+                spread = [max(1.0, float(100 * (g[k].max() - g[k].min()))) for k in (x, y)]
+                clusters: list[list] = []
                 for _, r in g.iterrows():
-                    ax.annotate(f"alpha={r['threshold']:g}", (100 * r[x], 100 * r[y]), textcoords="offset points",
+                    px, py = 100 * r[x], 100 * r[y]
+                    near = next((c for c in clusters if abs(c[0] - px) < 0.04 * spread[0]
+                                 and abs(c[1] - py) < 0.04 * spread[1]), None)
+                    if near is None:
+                        clusters.append([px, py, [r["threshold"]]])
+                    else:
+                        near[2].append(r["threshold"])
+                for px, py, alphas in clusters:
+                    ax.annotate("alpha=" + ", ".join(f"{a:g}" for a in alphas), (px, py), textcoords="offset points",
                                 xytext=(5, -10), fontsize=6.5, color="0.25")
         good = d.dropna(subset=[x, y])
         _front_line(ax, pareto_front(good, x, y) if len(good) else good, x, y)
@@ -530,11 +540,16 @@ def _draw(ax, pnl: dict, colors) -> None:
         x, y = (pnl["x"], pnl["y"]) if kind == "pareto" else AXES[kind]
         ax.set_xlim(*padded_limits(xs))
         ax.set_ylim(*padded_limits(ys))
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-        pct = FuncFormatter(lambda v, _: "" if v < -1e-9 or v > 100 + 1e-9 else f"{v:g}")
-        ax.xaxis.set_major_formatter(pct)  # no tick label outside 0..100 % on the padding
-        ax.yaxis.set_major_formatter(pct)
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            # ticks only where a percentage can be (the padding may pass 0 or 100 %), none left blank
+            loc = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10])
+            ticks = [t for t in loc.tick_values(lo, hi) if lo <= t <= hi and -1e-9 <= t <= 100 + 1e-9]
+            axis.set_ticks(ticks)
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlim(*padded_limits(xs))  # set_ticks may widen the limits
+        ax.set_ylim(*padded_limits(ys))
         ax.set_xlabel(f"{x.replace('_', ' ')} [%] ({direction(x)} is better)")
         ax.set_ylabel(f"{y.replace('_', ' ')} [%] ({direction(y)} is better)")
         if len(set(np.round(ys, 6))) == 1 and ys:
