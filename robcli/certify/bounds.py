@@ -34,6 +34,16 @@ def min_samples(alpha: float, mode: str = "certify") -> int:
     return int(math.ceil(math.log2(1.0 / alpha)))
 
 
+def check_sigmas(sigmas) -> None:
+    """At least one noise level, none repeated, each valid (:func:`check_params`)."""
+    if not sigmas:
+        raise UsageError("give at least one --sigma")
+    if len(set(sigmas)) != len(sigmas):
+        raise UsageError("--sigma values repeat")
+    for s in sigmas:
+        check_params(sigma=s)
+
+
 def check_params(*, sigma: float | None = None, alpha: float | None = None, n0: int | None = None,
                  n: int | None = None, mode: str = "certify") -> None:
     """Validate CERTIFY/PREDICT hyperparameters.

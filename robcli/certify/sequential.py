@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from robcli.certify import anytime as at
-from robcli.certify.bounds import ABSTAIN, check_params
+from robcli.certify.bounds import ABSTAIN, check_params, check_sigmas
 from robcli.certify.smoothing import COLUMNS as CERTIFY_COLUMNS
 from robcli.certify.smoothing import NOISE_BLOCK, VoteCounter, noise_seed, shard_positions
 from robcli.errors import UsageError
@@ -123,12 +123,7 @@ class SequentialConfig:
         if against not in AGAINST:
             raise UsageError(f"--against {self.against!r}: choose prediction or label")
         object.__setattr__(self, "against", against)
-        if not self.sigmas:
-            raise UsageError("give at least one --sigma")
-        if len(set(self.sigmas)) != len(self.sigmas):
-            raise UsageError("--sigma values repeat")
-        for s in self.sigmas:
-            check_params(sigma=s)
+        check_sigmas(self.sigmas)
         radii = tuple(float(r) for r in self.radii)
         for r in radii:
             if not (math.isfinite(r) and r > 0):

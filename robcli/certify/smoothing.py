@@ -27,7 +27,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from robcli.certify.bounds import ABSTAIN, certified_radius, check_params, cp_lower, predict_from_counts
+from robcli.certify.bounds import (
+    ABSTAIN,
+    certified_radius,
+    check_params,
+    check_sigmas,
+    cp_lower,
+    predict_from_counts,
+)
 from robcli.errors import ModelError, UsageError
 
 NOISE_BLOCK = 1000  # samples per generator call; fixed so the noise never depends on --batch
@@ -62,12 +69,7 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"--mode {self.mode!r}: choose certify or predict")
-        if not self.sigmas:
-            raise UsageError("give at least one --sigma")
-        if len(set(self.sigmas)) != len(self.sigmas):
-            raise UsageError("--sigma values repeat")
-        for s in self.sigmas:
-            check_params(sigma=s)
+        check_sigmas(self.sigmas)
         check_params(alpha=self.alpha, n0=self.N0, n=self.N, mode=self.mode)
         if self.batch < 1:
             raise UsageError(f"--batch {self.batch} must be >= 1")
