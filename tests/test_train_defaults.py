@@ -92,25 +92,23 @@ def test_explicit_flags_win_by_parameter_source_and_zero_recall_warns(cli, tmp_p
     assert "model.safetensors (best epoch" in r.stderr
 
 
-def test_zero_recall_warning_for_a_robust_model_points_to_partition(capsys):
+def test_zero_recall_warning_for_a_robust_model_points_to_partition():
     import pandas as pd
 
-    from robcli.cli.finetune import _warn_zero_recall
+    from robcli.train.diagnose import zero_recall_warning
     from robcli.train.loop import FinetuneResult
 
     log = pd.DataFrame({"epoch": [1, 2], "val_zero_recall": ["", "2"]})
     res = FinetuneResult(run_dir=None, log=log, best_epoch=1, criterion="", collapsed=False,
                          card={"class_names": ["left", "right", "small"]})
-    _warn_zero_recall(res, "trades")
-    err = capsys.readouterr().err
-    assert "last.safetensors (last epoch 2) never predicts class 'small' (2)" in err
-    assert "model.safetensors" not in err  # the best epoch keeps every class
-    assert "Fig. 1" in err and "robcli partition" in err and "training failure" not in err
-    _warn_zero_recall(res, "std")
-    assert "training failure" in capsys.readouterr().err
+    msg, robust = zero_recall_warning(res, "trades")
+    assert robust and "last.safetensors (last epoch 2) never predicts class 'small' (2)" in msg
+    assert "model.safetensors" not in msg  # the best epoch keeps every class
+    assert "Fig. 1" in msg and "robcli partition" in msg and "training failure" not in msg
+    msg, robust = zero_recall_warning(res, "std")
+    assert not robust and "training failure" in msg
     res.log = pd.DataFrame({"epoch": [1, 2], "val_zero_recall": ["", ""]})
-    _warn_zero_recall(res, "trades")
-    assert capsys.readouterr().err == ""
+    assert zero_recall_warning(res, "trades") is None
 
 
 def test_list_datasets_shows_the_recommended_defaults(cli):

@@ -223,36 +223,14 @@ def _flag_text(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-ROBUST_LOSSES = ("trades", "era", "dga", "cra")  # the Fig. 1 phenomenon: a robust boundary may swallow a class
-
-
 def _warn_zero_recall(result, loss: str) -> None:
     """A coloured warning when the saved best or last model never predicts some class on val (recall 0)."""
     from rich.markup import escape
 
-    names = list(result.card.get("class_names") or [])
-    hits = []
-    for which, epoch in (("model.safetensors (best", result.best_epoch), ("last.safetensors (last", None)):
-        rows = result.log if epoch is None else result.log[result.log["epoch"] == epoch]
-        if rows.empty or "val_zero_recall" not in rows.columns:
-            continue
-        row = rows.iloc[-1]
-        zero = [int(c) for c in str(row["val_zero_recall"] or "").split(",") if c.strip()]
-        if zero:
-            cls = ", ".join(f"{names[c]!r} ({c})" if c < len(names) else str(c) for c in zero)
-            hits.append(f"{which} epoch {int(row['epoch'])}) never predicts class {cls} on val")
-    if not hits:
-        return
-    what = "; ".join(dict.fromkeys(hits))
-    if loss in ROBUST_LOSSES:
-        msg = (f"WARNING: {what} (recall 0). For a robust model ({loss}) this may be the ERA paper's Fig. 1 "
-               "phenomenon: the robust decision boundary swallows a small class, whose points become robust "
-               "but misclassified (robust inaccuracy). Check with `robcli attack` then `robcli partition` "
-               "(split robust_inaccurate), and compare with the standard model; ERA (--loss era) targets it.")
-        style = "bold yellow"
-    else:
-        msg = (f"WARNING: {what} (recall 0). For a {loss} model this is a training failure, not a trade-off: "
-               "train longer or with smaller batches (--epochs, --batch, --lr; the data set's recommended "
-               "settings apply where you give no flag), or try another --seed.")
-        style = "bold red"
-    console(stderr=True).print(f"[{style}]{escape(msg)}[/{style}]", highlight=False)
+    from robcli.train.diagnose import zero_recall_warning
+
+    found = zero_recall_warning(result, loss)
+    if found is not None:
+        msg, robust = found
+        style = "bold yellow" if robust else "bold red"
+        console(stderr=True).print(f"[{style}]{escape(msg)}[/{style}]", highlight=False)
