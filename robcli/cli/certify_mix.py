@@ -34,7 +34,7 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
     """`certify --method mix-*` (and the refusal of the mixture flags with --method cohen)."""
     from robcli.cli.common import argv, console, job_world, naming_nonfinite, parts_left_text
     from robcli.errors import UsageError
-    from robcli.mixing.certify import MixCertifyConfig, certify_mixture_table, check_method
+    from robcli.mixing.certify import MixCertifyConfig, certify_mixture_table, check_method, resolve_mixture
     from robcli.tables.schema import CERTIFIED_MODELS
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
 
@@ -58,9 +58,10 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
                            n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)
     world = job_world(shard)
     quiet = quiet or (world.grouped and not world.is_main)
-    with naming_nonfinite(model):
-        res = certify_mixture_table(cfg, model=model, dataset=dataset, out=out,
-                                    mix=parse_float_expr(mix, "--mix") if mix is not None else None, scale_h=scale_h,
+    mix_a = parse_float_expr(mix, "--mix") if mix is not None else None
+    spec = resolve_mixture(model, mix_a, scale_h)  # for the message naming a member with non-finite logits
+    with naming_nonfinite(spec["model"], robust=spec["robust"]):
+        res = certify_mixture_table(cfg, model=model, dataset=dataset, out=out, mix=mix_a, scale_h=scale_h,
                                     split=split, n_ex=n_ex, skip=skip, data_dir=data_dir, device=device, resume=resume,
                                     force=force, world=world, chunk=chunk, command=argv())
     if quiet or (res.df is None and world.grouped):
