@@ -531,7 +531,7 @@ def run_table(out: str | Path, open_run: Callable[[bool, bool], Any], compute: C
 
         def report() -> None:
             if progress is not None and world.is_main:
-                progress(len(run._scan()), total, desc)
+                progress(len(run.stored()), total, desc)
 
         with Heartbeat(run.parts / "ranks", world) as hb:
             _attach(run, world, report)

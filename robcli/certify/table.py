@@ -9,7 +9,7 @@ groups, so the table does not depend on how the chunks are spread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +81,7 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     dev = resolve_rank_device(device, world)
     check_precision(cfg.precision, dev)
     # the device type is part of the configuration: CPU and CUDA generators draw different noise
-    cfg.extra["device_type"] = dev.type
+    cfg = replace(cfg, extra={**cfg.extra, "device_type": dev.type})  # the caller's configuration is left as it was
     data = load_split(dataset, split, data_dir=data_dir, image_size=image_size).select(n_ex=n_ex, skip=skip)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=cfg.seed, num_classes=num_classes,
                     input_shape=input_shape)

@@ -266,11 +266,11 @@ def cohen_table(path: str | Path, **declared):
     ``declared``: the keyword arguments of :func:`read_cohen_log` (``sigma`` required).
     """
     from robcli import __version__
-    from robcli.tables.io import Table, _coerce
+    from robcli.tables.io import Table, coerce
     from robcli.tables.schema import SCHEMA_VERSION
 
     log = read_cohen_log(path, **declared)
-    df = _coerce(log.df, "certify", str(path))
+    df = coerce(log.df, "certify", str(path))
     meta = {"table": "certify", "schema_version": SCHEMA_VERSION, "version": __version__, "config": log.config,
             "seed": None, "device": "", "models": [], "data": log.prov["data"], "command": log.prov["command"]}
     return Table(df=df, kind="certify", meta=meta, path=str(path))

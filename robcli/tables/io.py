@@ -147,7 +147,7 @@ def _coerce_column(s, typ: str, nullable: bool):
     raise ValueError(f"unknown schema type {typ}")  # pragma: no cover
 
 
-def _coerce(df, kind: str, where: str = ""):
+def coerce(df, kind: str, where: str = ""):
     """Validate ``df`` against the schema of ``kind`` and return a copy with the schema's types.
 
     Raises:
@@ -208,7 +208,7 @@ def write_table(df, path: str | Path, kind: str, *, config: dict | None = None, 
 
     if kind not in SCHEMAS:
         raise TableError(f"unknown table kind {kind!r}")
-    df = _coerce(df, kind)
+    df = coerce(df, kind)
     prov = prov or {}
     meta = {
         "table": kind,
@@ -281,7 +281,7 @@ def _read_one(path: Path) -> Table:
         )
     if kind not in SCHEMAS:
         raise TableError(f"{path} is a {kind!r} table, a kind this robcli does not know")
-    df = _coerce(t.to_pandas(), kind, str(path))
+    df = coerce(t.to_pandas(), kind, str(path))
     return Table(df=df, kind=kind, meta=meta, path=str(path))
 
 

@@ -192,7 +192,7 @@ class TableRun:
             if plan.get("chunk_size") != self.chunk_size or plan.get("ids_sha256") != _ids_digest(self.ids):
                 raise UsageError(f"{self.parts} planned other examples or chunks than this run (another --n-ex, "
                                  "--skip, --subset, --batch or --chunk?); drop --resume (or use --force) to start over")
-            self._done = self._scan()
+            self._done = self.stored()
 
     def _read_plan(self) -> dict:
         p = self.parts / PLAN
@@ -207,7 +207,8 @@ class TableRun:
                              f"table, not of a {self.kind} table")
         return plan
 
-    def _scan(self) -> set[int]:
+    def stored(self) -> set[int]:
+        """The chunk ids whose parts are in the parts folder now (read from the folder, not remembered)."""
         done = set()
         for p in self.parts.glob(f"{PART_PREFIX}*.parquet"):
             try:
@@ -262,7 +263,7 @@ class TableRun:
 
         from robcli.tables.io import read_table
 
-        ids = sorted(self._scan() if chunk_ids is None else set(chunk_ids))
+        ids = sorted(self.stored() if chunk_ids is None else set(chunk_ids))
         frames = [read_table(self.parts / part_name(c), self.kind).df for c in ids]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else None
@@ -271,7 +272,7 @@ class TableRun:
 
     def check_parts(self) -> None:
         """Raise TableError unless the parts folder holds every planned chunk with exactly its examples."""
-        done = self._scan()
+        done = self.stored()
         missing = [c.id for c in self.chunks if c.id not in done]
         if missing:
             raise TableError(f"{self.parts} lacks {len(missing)} of {len(self.chunks)} chunks (e.g. chunk "
@@ -380,7 +381,7 @@ class TableRun:
         run.complete, run.already, run.after_write = False, False, None
         if out.suffix != ".parquet":
             raise UsageError(f"--out {out}: give a file name ending in .parquet")
-        run._done = run._scan()
+        run._done = run.stored()
         return run
 
     def abandon(self) -> None:

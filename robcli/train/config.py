@@ -137,8 +137,9 @@ class FinetuneConfig:
     def validate(self) -> None:
         from robcli.losses import LOSSES
 
-        if self.loss == "mixnet" and "mixnet" not in LOSSES:
-            raise UsageError("--loss mixnet is not yet available in this version")
+        if self.loss == "mixnet":
+            raise UsageError("--loss mixnet trains the adaptive mixing network, not a FinetuneConfig run: use "
+                             "robcli.mixing.run.finetune_mixnet (the command and robcli.api.finetune route it there)")
         LOSSES.get(self.loss)  # an unknown name: UsageError naming the registered losses
         if self.loss in ROBUST_LOSSES and not self.eps > 0:
             raise UsageError(f"--loss {self.loss} needs --eps > 0 (got {self.eps})")
