@@ -374,6 +374,7 @@ def test_certify_import_writes_the_library_table_with_provenance(cli, log, tmp_p
     (["--mode", "predict"], "--mode does not apply"),
     (["--seed", "0"], "--seed does not apply"),  # given explicitly, even at its default value
     (["--shard", "0/2", "--n-ex", "3"], "--n-ex, --shard do not apply"),
+    (["--precision", "fp32", "--chunk", "4"], "--precision, --chunk do not apply"),
 ])
 def test_certify_import_refuses_the_flags_of_a_certification_run(cli, one_line_error, log, tmp_path, extra, needle):
     out = tmp_path / "c.parquet"

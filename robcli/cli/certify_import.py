@@ -8,8 +8,8 @@ from __future__ import annotations
 
 # certify's parameters that describe a certification run this command would do; an import does none
 RUN_ONLY = ("model", "mode", "batch", "n_ex", "skip", "shard", "arch", "num_classes", "input_shape", "data_dir",
-            "image_size", "seed", "device", "compile_", "resume", "sequential", "radius", "against", "radius_tol",
-            "method", "lipschitz", "eps", "norm", "mix", "scale_h")
+            "image_size", "seed", "device", "precision", "compile_", "chunk", "resume", "sequential", "radius",
+            "against", "radius_tol", "method", "lipschitz", "eps", "norm", "mix", "scale_h")
 
 
 def import_log(log: str, *, out: str, sigma: list[str] | None, n: int, n0: int, alpha: float,
