@@ -570,3 +570,17 @@ def test_certify_on_cuda_matches_exact_linear_answers_and_is_reproducible():
     b = run_certify(model, data, CertifyConfig(**{**cfg.__dict__, "batch": 7000}), device="cuda")
     pdt.assert_frame_equal(_drop_time(a), _drop_time(b))
     _check_certificates(a, margin, 0.5, 0.01)
+
+
+def test_certify_progress_is_per_sigma():
+    """Each sigma's progress bar ends full (it stopped at 1/K of its length with K sigmas)."""
+    from robcli.certify.smoothing import CertifyConfig, run_certify
+    from robcli.data.registry import load_split
+    from robcli.models import load_model
+
+    data = load_split("gaussians", "test").select(n_ex=6)
+    lm = load_model("tiny_mlp", dataset_info=data.info, seed=0)
+    seen: dict[str, tuple[int, int]] = {}
+    cfg = CertifyConfig(sigmas=(0.1, 0.2, 0.3), N0=10, N=50, alpha=0.01, batch=100)
+    run_certify(lm.model, data, cfg, device="cpu", progress=lambda d, t, desc: seen.__setitem__(desc, (d, t)))
+    assert len(seen) == 3 and all(v == (6, 6) for v in seen.values()), seen

@@ -1,6 +1,13 @@
-"""`robcli attack` in-process: output table and metadata, summary, errors, resume after a simulated kill."""
+"""`robcli attack` in-process: output table and metadata, summary, errors, resume after a simulated kill
+and after a real SIGKILL (of a subprocess)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -131,3 +138,44 @@ def test_existing_out_needs_force(cli, run_dir, tmp_path):
     assert r.exit_code != 0 and "--force" in r.output and out.read_text() == "keep me"
     r = cli(*_base(run_dir, out, "-q", "--force"))
     assert r.exit_code == 0 and read_table(out, "attack").kind == "attack"
+
+
+def _robcli() -> list[str]:
+    return [sys.executable, "-c", "from robcli.cli.main import main; main()"]
+
+
+def test_attack_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
+    """A real process, SIGKILLed after its first checkpoint, resumes to the uninterrupted run's table."""
+    import torch
+
+    from robcli.tables.io import read_table
+    from robcli.tables.run import parts_path
+
+    args = ["attack", "--model", "small_cnn", "--dataset", "digits", "--eps", "0.05", "--eps", "0.1",
+            "--n-ex", "160", "--batch", "8", "--steps", "10", "-q"]
+    ref = tmp_path / "ref.parquet"
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): float reductions depend on threads
+    assert cli(*args, "--out", ref).exit_code == 0
+    out = tmp_path / "killed.parquet"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*_robcli(), *args, "--out", str(out)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    part = parts_path(out)  # one part per finished batch (chunk)
+    deadline = time.monotonic() + 60
+    while not list(part.glob("chunk-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    chunks = sorted(part.glob("chunk-*.parquet"))
+    if not chunks:
+        pytest.fail("the attack finished or stalled before its first checkpoint; enlarge the run")
+    n_part = sum(len(read_table(c, "attack").df) for c in chunks)
+    assert 0 < n_part < 320 and not out.exists()
+    res = subprocess.run([*_robcli(), *args, "--out", str(out), "--resume"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not part.exists()
+    key = ["idx", "eps"]
+    a = read_table(ref).df.sort_values(key).reset_index(drop=True)
+    b = read_table(out).df.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)

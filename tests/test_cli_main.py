@@ -1,7 +1,10 @@
-"""The entry point and shared CLI helpers (robcli/cli/main.py, robcli/cli/common.py): help, version, given flags."""
+"""The entry point and shared CLI helpers (robcli/cli/main.py, robcli/cli/common.py): help, version, given flags,
+the progress block on error, the existing --out message."""
 
 import subprocess
 import sys
+
+import pytest
 
 
 def test_help_lists_all_subcommands(cli):
@@ -44,3 +47,27 @@ def test_given_is_decided_by_parameter_source_not_by_value():
     assert r.exit_code == 0 and seen["given"] == ["--batch"]
     r = CliRunner().invoke(app, ["--steps", "10"])
     assert r.exit_code == 2 and "--steps does not apply here (a test)" in r.output
+
+
+def test_error_inside_progress_leaves_only_the_message(capsys):
+    """rich printed a blank line on stderr when a command failed before its first progress task."""
+    from robcli.cli.common import progress
+
+    with pytest.raises(ValueError, match="inside the progress block"):
+        with progress(False):
+            raise ValueError("inside the progress block")
+    assert capsys.readouterr().err == ""
+    with progress(False) as prog:
+        t = prog.add_task("work", total=2)
+        prog.update(t, completed=2)
+    assert "work" in capsys.readouterr().err
+
+
+def test_existing_out_message_offers_resume_only_where_it_exists(cli, tmp_path):
+    table = tmp_path / "a.parquet"
+    assert cli("attack", "--model", "tiny_mlp", "--dataset", "gaussians", "--n-ex", "4", "--steps", "2",
+               "--eps", "0.05", "--out", table, "-q").exit_code == 0
+    res = cli("attack", "--model", "tiny_mlp", "--dataset", "gaussians", "--eps", "0.05", "--out", table)
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = cli("partition", table, "--out", table)
+    assert res.exit_code == 2 and "--force" in res.output and "--resume" not in res.output

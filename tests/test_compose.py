@@ -717,3 +717,67 @@ def test_mixture_functions_are_the_library_behind_compose_mix(tmp_path):
     with pytest.raises(UsageError, match="--mix-sweep needs --dataset and --eps"):
         sweep_mixtures("tiny_mlp", ["tiny_mlp"], dataset=None, eps="0.1", out=str(tmp_path / "s.parquet"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_adv_max_softmax_known_answer():
+    """Max softmax at the attack point, recovered from what the attack table stores (adv_conf_other, adv_margin)."""
+    import torch
+
+    from robcli.attacks.pgd import margin
+    from robcli.compose.confidence import adv_max_softmax
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 10, generator=g, dtype=torch.float64) * 4
+    z[:5, 3] += 800.0  # a huge margin: the other classes' softmax underflows to 0
+    y = torch.randint(0, 10, (200,), generator=g)  # the clean prediction: kept at x' for some rows, not for others
+    y[:5] = 3
+    p = z.softmax(1)
+    other = p.scatter(1, y[:, None], float("-inf")).amax(1)
+    rows = pd.DataFrame({"adv_conf_other": other.numpy(), "adv_margin": margin(z, y).numpy()})
+    np.testing.assert_allclose(adv_max_softmax(rows), p.amax(1).numpy(), rtol=1e-9, atol=1e-12)
+    assert np.array_equal(adv_max_softmax(pd.DataFrame({"adv_conf": [0.3, 0.9]})), [0.3, 0.9])
+
+
+def test_softmax_response_compose_reads_a_real_apgd_conf_table(cli, tmp_path):
+    """The documented route (attack --attack apgd-conf at 2*eps, then compose --selector sr) must work."""
+    from robcli.tables.io import read_table
+
+    run = tmp_path / "run"
+    assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "2", "--batch", "200", "--out", run,
+               "-q").exit_code == 0
+    common = ["--model", run, "--dataset", "gaussians", "--n-ex", "24", "--steps", "5", "-q"]
+    r_eps = tmp_path / "r_eps.parquet"
+    r_conf = tmp_path / "r_conf.parquet"
+    core = tmp_path / "core.parquet"
+    assert cli("attack", *common, "--eps", "0.05", "--out", r_eps).exit_code == 0
+    # eq. 16: the confidences on B_eps decide the selection, on B_2eps the robust selection
+    assert cli("attack", *common, "--attack", "apgd-conf", "--eps", "0.05", "--eps", "0.1", "--out", r_conf).exit_code == 0
+    assert cli("attack", *common, "--eps", "0.05", "--seed", "1", "--out", core).exit_code == 0
+    conf = read_table(r_conf).df
+    assert "adv_conf" not in conf.columns  # the attack table carries adv_conf_other + adv_margin only
+    out = tmp_path / "sr.parquet"
+    res = cli("compose", "-r", f"{r_eps},{r_conf}", "-c", core, "--eps", "0.05", "--selector", "sr",
+              "--threshold", "0", "--threshold", "1", "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    t = read_table(out)
+    df = t.df.sort_values("threshold")
+    assert df["robust_selection"].tolist() == [1.0, 0.0]  # tau=0 selects everywhere; tau=1 only at softmax 1.0
+    # provenance: one flat list of model entries (as in every other table), robust first, then core
+    assert [m["role"] for m in t.meta["models"]] == ["robust", "core"]
+    assert all(isinstance(m, dict) and "sha256" in m for m in t.meta["models"])
+
+
+def test_compose_refuses_a_robust_model_that_did_not_make_the_table(cli, tmp_path):
+    runs = {}
+    for name, seed in (("a", "0"), ("b", "1")):
+        runs[name] = tmp_path / name
+        assert cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--batch", "200", "--seed", seed,
+                   "--out", runs[name], "-q").exit_code == 0
+    table = tmp_path / "a.parquet"
+    assert cli("attack", "--model", runs["a"], "--dataset", "gaussians", "--n-ex", "8", "--steps", "2",
+               "--eps", "0.05", "--eps", "0.1", "--out", table, "-q").exit_code == 0
+    out = tmp_path / "c.parquet"
+    common = ["compose", "-r", table, "-c", table, "--eps", "0.05", "--selector", "sr", "--threshold", "0.5", "--out", out]
+    res = cli(*common, "--robust-model", runs["b"])
+    assert res.exit_code == 2 and "sha256 differs" in res.output and not out.exists()
+    assert cli(*common, "--robust-model", runs["a"], "-q").exit_code == 0

@@ -1,4 +1,5 @@
-"""Data registry: embedded sets, on-disk sets (missing --data-dir), imagefolder, validation split, selection."""
+"""Data registry: embedded sets, on-disk sets (missing --data-dir), imagefolder, validation split, selection,
+index lists read against another split or data set."""
 
 from __future__ import annotations
 
@@ -287,3 +288,28 @@ def test_imagefolder_test_class_missing_from_train(tmp_path):
     _png(tmp_path / "test" / "zebra" / "0.png", (9, 9, 9))
     with pytest.raises(DataError, match="missing from train: zebra"):
         load_split("imagefolder", "test", data_dir=tmp_path)
+
+
+def test_index_lists_and_partitions_refuse_another_split_or_data_set(cli, tmp_path):
+    """Indices are positions within a split: a test-split list read against train named other examples."""
+    table = tmp_path / "a.parquet"
+    assert cli("attack", "--model", "tiny_mlp", "--dataset", "gaussians", "--n-ex", "12", "--steps", "2",
+               "--eps", "0.2", "--out", table, "-q").exit_code == 0
+    part, lst = tmp_path / "p.parquet", tmp_path / "ids.txt"
+    res = cli("partition", table, "--out", part, "--export-split", "robust_accurate", "--export", lst, "-q")
+    assert res.exit_code == 0, res.output
+    assert lst.read_text().startswith("# robcli index list: dataset=gaussians split=test\n")
+    out = tmp_path / "o.parquet"
+    attack = ["attack", "--model", "tiny_mlp", "--eps", "0.05", "--steps", "2", "--out", out, "-q"]
+    res = cli(*attack, "--dataset", "gaussians", "--split", "train", "--subset", lst)
+    assert res.exit_code == 2 and "test-split" in res.output and not out.exists()
+    res = cli(*attack, "--dataset", "digits", "--subset", part, "--subset-split", "robust_accurate")
+    assert res.exit_code == 2 and "'gaussians'" in res.output and not out.exists()
+    res = cli(*attack, "--dataset", "gaussians", "--subset", lst)  # the same split: fine
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    res = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--train-subset", lst, "--out", run)
+    assert res.exit_code == 2 and "test-split" in res.output and not run.exists()
+    res = cli("finetune", "--loss", "std", "--dataset", "gaussians", "--epochs", "1", "--train-subset", part, "--out", run)
+    assert res.exit_code == 2 and "not a text file" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -1,10 +1,13 @@
-"""Flag parsing, device resolution, seeded generators and hashing."""
+"""Flag parsing, device resolution, seeded generators, hashing and atomic file writes."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -136,3 +139,27 @@ def test_tensor_fingerprint():
     assert tensor_fingerprint(x, x) != fp
     bf = x.to(torch.bfloat16)
     assert tensor_fingerprint(bf) == tensor_fingerprint(bf.clone()) != tensor_fingerprint(bf.view(torch.int16))
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def test_atomic_writers_give_ordinary_file_modes(tmp_path):
+    """mkstemp files are 0600; tables, weights, cards and reports must get the umask's mode (0644 usually)."""
+    import torch
+
+    from robcli.tables.io import write_table
+    from robcli.train.loop import _atomic_torch_save
+    from robcli.utils.fsio import atomic_write_bytes
+
+    want = 0o666 & ~_umask()
+    df = pd.DataFrame({"idx": [0], "label": [1], "split": ["robust_accurate"]})
+    paths = [write_table(df, tmp_path / "p.parquet", "partition", config={}, prov={})]
+    atomic_write_bytes(tmp_path / "card.json", b"{}")
+    _atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "state.pt")
+    paths += [tmp_path / "card.json", tmp_path / "state.pt"]
+    for p in paths:
+        assert (Path(p).stat().st_mode & 0o777) == want, p
