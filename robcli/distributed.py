@@ -242,11 +242,20 @@ def agree(group: Group, fn: Callable[[], Any]) -> Any:
         result = ("pending", None)
     result = group.broadcast(result)
     if result[0] == "error":
-        import robcli.errors as errors
-
-        cls = getattr(errors, result[1][0], RobcliError)
-        raise cls(result[1][1])
+        raise _echo(*result[1])
     return result[1]
+
+
+def _echo(name: str, message: str) -> RobcliError:
+    """Another rank's typed error, raised here too so that this rank stops as well. It is marked ``echo``: the
+    rank where it happened prints the one line, the others exit with its code silently (one line per job, not
+    one per rank)."""
+    import robcli.errors as errors
+
+    cls = getattr(errors, name, None)
+    err = cls(message) if isinstance(cls, type) and issubclass(cls, RobcliError) else RobcliError(message)
+    err.echo = True
+    return err
 
 
 def together(group: Group, fn: Callable[[], Any]) -> Any:
@@ -268,10 +277,7 @@ def together(group: Group, fn: Callable[[], Any]) -> Any:
         return result
     if err is not None and failed[0][1] == (type(err).__name__, str(err)):
         raise err
-    import robcli.errors as errors
-
-    cls = getattr(errors, failed[0][1][0], RobcliError)
-    raise cls(failed[0][1][1])
+    raise _echo(*failed[0][1])
 
 
 class Heartbeat:
@@ -422,7 +428,7 @@ def _wait_for_ranks(hb: Heartbeat, run, progress: Callable[[], None] | None, pol
             cls = getattr(errors, name, None)
             rank = failed[0].name.split("-", 1)[1]
             if isinstance(cls, type) and issubclass(cls, RobcliError):
-                raise cls(msg)
+                raise _echo(name, msg)  # rank R printed it
             raise RobcliError(f"rank {rank} failed: {msg}; rerun the same command with --resume")
         if all((hb.folder / f"done-{r}").exists() for r in range(hb.world.size)):
             return

@@ -51,6 +51,8 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except RobcliError as e:
+            if getattr(e, "echo", False):  # another rank of this job printed it (robcli.distributed._echo)
+                raise typer.Exit(e.exit_code) from None
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             typer.echo("robcli: interrupted (use --resume to continue)", err=True)
