@@ -189,3 +189,86 @@ def test_a_recipe_runs_under_torchrun_with_each_step_spread_or_on_rank_0(cli, tm
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     r = cli("run", tmp_path / "one" / "r.toml")
     assert r.exit_code == 2 and "job array" in r.output
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (from /proc: torchrun starts its workers in sessions of their own)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
+def test_sigkill_of_a_launched_job_then_resume_gives_the_same_table(cli, tmp_path):
+    import signal
+    import time
+
+    args = [*CERT[:CERT.index("--N")], "--N", "20000", *CERT[CERT.index("--N") + 2:]]
+    args[args.index("--n-ex") + 1] = "24"  # 12 chunks of 2
+    one = tmp_path / "one.parquet"
+    assert cli(*args, "--out", one).exit_code == 0
+
+    def launch_and_wait_for_parts(out):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "robcli",
+               *map(str, args), "--out", str(out)]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(parts_path(out).glob("chunk-*.parquet"))) < 2:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.02)
+        return proc
+
+    # 1. kill -9 of the launcher's process group: torchrun's workers live in sessions of their own and outlive
+    # it; the parts lock refuses a second run on the same --out while they write
+    out = tmp_path / "orphans.parquet"
+    proc = launch_and_wait_for_parts(out)
+    workers = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert len(workers) >= 2 and any(_alive(w) for w in workers)  # 10 chunks of work left: they still run
+    r = cli(*args, "--out", out, "--resume")
+    assert r.exit_code == 2 and "another robcli process is writing orphans.parquet" in r.output, r.output
+    deadline = time.monotonic() + 180
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not out.exists():  # the orphans did not finish (they may stop when the launcher's store goes)
+        assert cli(*args, "--out", out, "--resume").exit_code == 0
+    _same(read_table(one).df, read_table(out).df)
+
+    # 2. the whole job killed (launcher and workers): the parts stay, the lock goes with the processes
+    out = tmp_path / "k.parquet"
+    proc = launch_and_wait_for_parts(out)
+    victims = [proc.pid, *_descendants(proc.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    done = len(list(parts_path(out).glob("chunk-*.parquet")))
+    assert not out.exists() and 2 <= done < 12, done  # killed in the middle: some parts, no table
+    r = _torchrun([*args, "--out", out], tmp_path)  # without --resume: refused, nothing lost
+    assert r.returncode != 0 and "--resume" in r.stderr
+    assert len(list(parts_path(out).glob("chunk-*.parquet"))) == done
+    r = _torchrun([*args, "--out", out, "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same(read_table(one).df, read_table(out).df)
