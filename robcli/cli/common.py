@@ -135,9 +135,17 @@ def argv() -> list[str]:
 
 
 def console(stderr: bool = True):
+    """A rich console on stderr (or stdout). Not on a terminal (a pipe, a log file, a notebook's captured output)
+    and without $COLUMNS, tables are laid out 120 columns wide instead of rich's 80, so the summary tables keep
+    their model names readable."""
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not getattr(stream, "isatty", lambda: False)() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=120 if wide else None)
 
 
 def progress(quiet: bool = False):
