@@ -145,6 +145,11 @@ name = "spread"
 out = "{root}"
 
 [[step]]
+name = "finetune"
+command = "finetune"
+args = { loss = "std", dataset = "gaussians", model = "tiny_mlp", epochs = 1, batch = 50, quiet = true, out = "{out}/std" }
+
+[[step]]
 name = "certify"
 command = "certify"
 args = { model = "tiny_cnn", dataset = "digits", n_ex = 9, N0 = 10, N = 200, alpha = 0.01, seed = 3, chunk = 2, quiet = true, out = "{out}/cert.parquet" }
@@ -180,10 +185,17 @@ def test_a_recipe_runs_under_torchrun_with_each_step_spread_or_on_rank_0(cli, tm
         _same(read_table(tmp_path / "one" / "out" / t).df, read_table(tmp_path / "two" / "out" / t).df)
     reports = [(tmp_path / n / "out" / "report.md").read_text().replace(str(tmp_path / n), "") for n in ("one", "two")]
     assert reports[0] == reports[1] and "robcli report" in reports[0]
+    logs = [pd.read_parquet(tmp_path / n / "out" / "std" / "train_log.parquet") for n in ("one", "two")]
+    assert list(logs[0].columns) == list(logs[1].columns) and len(logs[1]) == 1  # trained with DDP on 2 ranks
+    assert abs(float(logs[0]["loss"].iloc[0]) - float(logs[1]["loss"].iloc[0])) < 1e-5
+    import json
+
+    cards = [json.loads((tmp_path / n / "out" / "std" / "card.json").read_text()) for n in ("one", "two")]
+    assert [c["training"]["world_size"] for c in cards] == [1, 2]
     assert r.stderr.count("▶ certify") == 1  # rank 0 talks
     # the second launch finds every step up to date (decided by rank 0, stamps written by it)
     r = _torchrun(["run", tmp_path / "two" / "r.toml"], tmp_path)
-    assert r.returncode == 0 and r.stderr.count("up to date, skipped") == 4, r.stderr[-3000:]
+    assert r.returncode == 0 and r.stderr.count("up to date, skipped") == 5, r.stderr[-3000:]
     # a job array cannot run a recipe (its tasks leave parts, not tables)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
