@@ -202,11 +202,23 @@ def certify(
     seed: int = 0,
     device: str = "auto",
     precision: str = "fp32",
+    sequential: bool = False,
+    radius: float | Sequence[float] | None = None,
+    against: str = "prediction",
+    radius_tol: float | None = None,
+    method: str = "cohen",
+    mix: float | None = None,
+    lipschitz: float | None = None,
+    eps: float | str | None = None,
+    norm: str | None = None,
+    scale_h: float | None = None,
     out: str | Path | None = None,
     force: bool = False,
     progress=None,
 ):
-    """``robcli certify``: Cohen et al.'s CERTIFY (or PREDICT) per example and sigma, as a certify table.
+    """``robcli certify``: Cohen et al.'s CERTIFY (or PREDICT) per example and sigma, as a certify table;
+    ``sequential=True`` the anytime-valid test (``--sequential``); ``method="mix-..."`` a fixed-alpha mixture's
+    certificate (``--method``).
 
     Args:
         model: a run directory, checkpoint, TorchScript/.pt2 file or registered architecture (as ``--model``),
@@ -217,6 +229,12 @@ def certify(
         sigma: one noise level or several (a row per example and sigma).
         N0, N, alpha, mode, batch, seed, device, precision, n_ex, skip, arch, num_classes, input_shape: as the
             flags.
+        sequential, radius, against, radius_tol: the sequential test (``radius``: target radii; None: the
+            adaptive mode).
+        method, mix, lipschitz, eps, norm, scale_h: a mixture certificate (``mix-smoothed-h``,
+            ``mix-lipschitz-rs``, ``mix-lipschitz``, ``mix-local-estimate``) of the mixture run directory
+            ``model`` (or of the robust model ``model`` at weight ``mix``), on a data set name, through the same
+            resumable table run as the command.
         out: also write the table there (``.parquet``; ``force`` to overwrite).
         progress: optional ``progress(done, total, desc)``.
 
@@ -233,20 +251,82 @@ def certify(
     from robcli.utils.device import check_precision, resolve_device
 
     sigmas = (float(sigma),) if isinstance(sigma, (int, float)) else tuple(float(s) for s in sigma)
+    if str(method).strip().lower() != "cohen":
+        return _certify_mixture(model, data, method=method, sigmas=sigmas, mix=mix, lipschitz=lipschitz, eps=eps,
+                                norm=norm, scale_h=scale_h, N0=N0, N=N, alpha=alpha, batch=batch, split=split,
+                                n_ex=n_ex, skip=skip, data_dir=data_dir, seed=seed, device=device, out=out,
+                                force=force, progress=progress, unused={
+                                    "sequential": sequential or None, "radius": radius, "arch": arch,
+                                    "num_classes": num_classes, "input_shape": input_shape, "image_size": image_size,
+                                    "precision": None if precision == "fp32" else precision,
+                                    "mode": None if mode == "certify" else mode})
+    bad = [k for k, v in dict(mix=mix, lipschitz=lipschitz, eps=eps, norm=norm, scale_h=scale_h).items()
+           if v is not None]
+    if bad:
+        raise UsageError(f"{bad[0]} does not apply to method='cohen' (it belongs to the mixture certificates)")
     dev = resolve_device(device)
     d, dname = _data(data, split=split, n_ex=n_ex, skip=skip, data_dir=data_dir, image_size=image_size,
                      num_classes=num_classes, model=model)
     net, files, mname = _model(model, data_info=d.info, seed=seed, arch=arch, num_classes=num_classes,
                                input_shape=input_shape)
-    cfg = CertifyConfig(sigmas=sigmas, N0=N0, N=N, alpha=alpha, batch=batch, mode=str(mode).strip().lower(),
-                        seed=seed, precision=precision, extra={"model": mname, "arch": arch, "dataset": dname, "split": split,
-                                          "n_ex": n_ex, "skip": skip, "device_type": dev.type})
+    extra = {"model": mname, "arch": arch, "dataset": dname, "split": split, "n_ex": n_ex, "skip": skip,
+             "device_type": dev.type}
+    if sequential:
+        from robcli.certify.sequential import SequentialConfig, run_sequential
+
+        radii = () if radius is None else ((float(radius),) if isinstance(radius, (int, float)) else
+                                           tuple(float(r) for r in radius))
+        cfg = SequentialConfig(sigmas=sigmas, radii=radii, against=against, radius_tol=radius_tol, N0=N0, N=N,
+                               alpha=alpha, batch=batch, mode=str(mode).strip().lower(), seed=seed,
+                               precision=precision, extra=extra)
+        runner = run_sequential
+    else:
+        if radius is not None or radius_tol is not None or against != "prediction":
+            raise UsageError("radius, radius_tol and against belong to sequential=True (fixed-N CERTIFY certifies "
+                             "its own prediction and reports each example's radius)")
+        cfg = CertifyConfig(sigmas=sigmas, N0=N0, N=N, alpha=alpha, batch=batch, mode=str(mode).strip().lower(),
+                            seed=seed, precision=precision, extra=extra)
+        runner = run_certify
     prov = provenance(seed=seed, device=dev, models=files, data=d.fingerprint(), command=None)
     if mname is None:
         prov["models"] = [_module_entry(net)]
     check_precision(cfg.precision, dev)
-    df = run_certify(in_precision(net, cfg.precision), d, cfg, device=dev, progress=progress)
+    df = runner(in_precision(net, cfg.precision), d, cfg, device=dev, progress=progress)
     return _written(df, "certify", config=cfg.as_dict(), prov=prov, out=out, force=force)
+
+
+def _certify_mixture(model, data, *, method, sigmas, mix, lipschitz, eps, norm, scale_h, N0, N, alpha, batch, split,
+                     n_ex, skip, data_dir, seed, device, out, force, progress, unused):
+    """:func:`certify` with ``method="mix-..."``: robcli.mixing.certify.certify_mixture_table (a temporary
+    ``out`` when none is given)."""
+    from robcli.mixing.certify import MixCertifyConfig, certify_mixture_table, check_method
+    from robcli.utils.parse import parse_eps, parse_norm
+
+    m = check_method(method)
+    bad = [k for k, v in unused.items() if v is not None]
+    if bad:
+        raise UsageError(f"{bad[0]} does not apply to method={m!r} (a mixture certificate)")
+    if not isinstance(model, (str, Path)) or not isinstance(data, str):
+        raise UsageError(f"method={m!r} certifies a mixture run directory (or robust model) given as a path, on a "
+                         "data set given by name")
+    smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
+    if smoothed and len(sigmas) > 1:
+        raise UsageError(f"method={m!r} takes one sigma")
+    nrm = parse_norm(norm or "L2")
+    cfg = MixCertifyConfig(method=m, sigma=sigmas[0] if smoothed else None, lipschitz=lipschitz,
+                           eps=parse_eps(str(eps), nrm) if eps is not None else None, norm=nrm, n0=N0, n=N,
+                           alpha=alpha, batch=batch, seed=seed)
+    if out is not None and Path(out).exists() and not force:
+        raise UsageError(f"{out} exists; pass force=True to overwrite")
+    with tempfile.TemporaryDirectory() as d:
+        dest = Path(out) if out is not None else Path(d) / "certify.parquet"
+        certify_mixture_table(cfg, model=str(model), dataset=data, out=dest, mix=mix, scale_h=scale_h, split=split,
+                              n_ex=n_ex, skip=skip, data_dir=data_dir, device=device, force=force,
+                              progress=progress)
+        frame = read(dest)
+        if out is None:
+            frame.attrs["path"] = None
+        return frame
 
 
 def attack(

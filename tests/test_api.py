@@ -254,3 +254,33 @@ def test_import_robcli_reaches_the_api_lazily():
             "assert callable(f) and 'torch' not in sys.modules; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_sequential_and_mixture_certificates_equal_the_commands(cli, run, tmp_path):
+    seq = tmp_path / "seq.parquet"
+    r = cli("certify", "--model", run, "--dataset", "gaussians", "--n-ex", "30", "--sigma", "0.12", "--N0", "20",
+            "--N", "2000", "--alpha", "0.01", "--seed", "3", "--sequential", "--radius", "0.05", "--radius", "0.1",
+            "--quiet", "--out", seq)
+    assert r.exit_code == 0, r.output
+    want = read_table(seq, "certify")
+    got = rc.certify(str(run), "gaussians", n_ex=30, sigma=0.12, N0=20, N=2000, alpha=0.01, seed=3, sequential=True,
+                     radius=[0.05, 0.1])
+    pd.testing.assert_frame_equal(_drop_time(got), _drop_time(want.df))
+    assert got.attrs["config"] == want.config and got["n_used"].min() < 2000  # it stopped early somewhere
+    mix = tmp_path / "mix.parquet"
+    args = dict(method="mix-smoothed-h", mix=0.8, sigma=0.25, N0=10, N=200, alpha=0.01, n_ex=6)
+    r = cli("certify", "--model", "tiny_cnn", "--dataset", "digits", "--method", "mix-smoothed-h", "--mix", "0.8",
+            "--sigma", "0.25", "--N0", "10", "--N", "200", "--alpha", "0.01", "--n-ex", "6", "--quiet", "--out", mix)
+    assert r.exit_code == 0, r.output
+    want = read_table(mix, "certify")
+    got = rc.certify("tiny_cnn", "digits", **args)
+    pd.testing.assert_frame_equal(_drop_time(got), _drop_time(want.df))
+    assert got.attrs["config"]["method"] == "mix-smoothed-h" and got.attrs["path"] is None
+    with pytest.raises(UsageError, match="does not apply to method='mix-smoothed-h'"):
+        rc.certify("tiny_cnn", "digits", sequential=True, **args)
+    with pytest.raises(UsageError, match="as a path"):
+        rc.certify(torch.nn.Linear(2, 3), "gaussians", method="mix-lipschitz", lipschitz=1.0, mix=0.8)
+    with pytest.raises(UsageError, match="does not apply to method='cohen'"):
+        rc.certify(str(run), "gaussians", n_ex=3, mix=0.8)
+    with pytest.raises(UsageError, match="belong to sequential=True"):
+        rc.certify(str(run), "gaussians", n_ex=3, radius=0.1)
