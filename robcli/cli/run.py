@@ -48,20 +48,20 @@ def run(
     if world.launcher == "array":
         raise UsageError("robcli run in a SLURM job array: array tasks only leave parts for robcli merge, so the "
                          "next step would find no table; launch the recipe with srun (or torchrun) instead")
-    if not world.is_main:
-        results = run_recipe(rec, invoke, force=force, only=only, world=world)
-        if results and results[-1][1] == "failed":
-            raise UsageError(f"recipe stopped: step {results[-1][0].name!r} failed")
-        return
     con = console(stderr=True)
     if only:
         unknown = [n for n in only if n not in {s.name for s in rec.steps}]
         if unknown:
             raise UsageError(f"--only names unknown step(s): {', '.join(unknown)}")
-    if dry_run:
-        for st in rec.steps:
+    if dry_run:  # rank 0 alone answers (nothing runs)
+        for st in rec.steps if world.is_main else ():
             state = "up to date" if (not force and is_up_to_date(st)) else "would run"
             typer.echo(f"[{state}] {st.name}: robcli {' '.join(st.argv)}")
+        return
+    if not world.is_main:
+        results = run_recipe(rec, invoke, force=force, only=only, world=world)
+        if results and results[-1][1] == "failed":
+            raise typer.Exit(2)  # rank 0 says which step failed
         return
     con.rule(f"[bold]recipe {rec.name}[/] ({len(rec.steps)} steps, outputs in {rec.variables['out']})")
     t0 = time.perf_counter()
