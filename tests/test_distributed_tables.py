@@ -196,6 +196,8 @@ def test_a_recipe_runs_under_torchrun_with_each_step_spread_or_on_rank_0(cli, tm
     # the second launch finds every step up to date (decided by rank 0, stamps written by it)
     r = _torchrun(["run", tmp_path / "two" / "r.toml"], tmp_path)
     assert r.returncode == 0 and r.stderr.count("up to date, skipped") == 5, r.stderr[-3000:]
+    r = _torchrun(["run", tmp_path / "two" / "r.toml", "--dry-run"], tmp_path)  # rank 0 answers, nothing runs
+    assert r.returncode == 0 and r.stdout.count("[up to date]") == 5, r.stdout + r.stderr[-2000:]
     # a job array cannot run a recipe (its tasks leave parts, not tables)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
