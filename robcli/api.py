@@ -170,6 +170,14 @@ def _model(model, *, data_info, seed: int, arch, num_classes, input_shape):
                      f"not {type(model).__name__}")
 
 
+def _numbers(value, name: str) -> tuple[float, ...]:
+    """One number or several, each a float or an expression as the flags take them (``"0.25"``, ``"8/255"``)."""
+    from robcli.utils.parse import parse_float_expr
+
+    vals = [value] if isinstance(value, (int, float, str)) else list(value)
+    return tuple(float(v) if isinstance(v, (int, float)) else parse_float_expr(str(v), name) for v in vals)
+
+
 def _module_entry(module) -> dict:
     from robcli.utils.hashing import tensor_fingerprint
 
@@ -185,7 +193,7 @@ def certify(
     model,
     data,
     *,
-    sigma: float | Sequence[float] = 0.12,
+    sigma: float | str | Sequence[float | str] | None = None,
     N0: int = 100,
     N: int = 100_000,
     alpha: float = 0.001,
@@ -226,7 +234,8 @@ def certify(
         data: a registered data set name (``split``, ``data_dir``, ``image_size`` apply), ``(x, y)`` tensors
             (x in [0,1], y integer labels; ``num_classes`` defaults to ``max(y) + 1``) or a
             ``torch.utils.data.Dataset`` of (input, label) pairs.
-        sigma: one noise level or several (a row per example and sigma).
+        sigma: one noise level or several (a row per example and sigma); default 0.12 (mixture certificates
+            that smooth need it given).
         N0, N, alpha, mode, batch, seed, device, precision, n_ex, skip, arch, num_classes, input_shape: as the
             flags.
         sequential, radius, against, radius_tol: the sequential test (``radius``: target radii; None: the
@@ -250,9 +259,10 @@ def certify(
     from robcli.tables.io import provenance
     from robcli.utils.device import check_precision, resolve_device
 
-    sigmas = (float(sigma),) if isinstance(sigma, (int, float)) else tuple(float(s) for s in sigma)
+    smoothing_given = sigma is not None
+    sigmas = _numbers(0.12 if sigma is None else sigma, "sigma")
     if str(method).strip().lower() != "cohen":
-        return _certify_mixture(model, data, method=method, sigmas=sigmas, mix=mix, lipschitz=lipschitz, eps=eps,
+        return _certify_mixture(model, data, method=method, sigmas=sigmas if smoothing_given else None, mix=mix, lipschitz=lipschitz, eps=eps,
                                 norm=norm, scale_h=scale_h, N0=N0, N=N, alpha=alpha, batch=batch, split=split,
                                 n_ex=n_ex, skip=skip, data_dir=data_dir, seed=seed, device=device, out=out,
                                 force=force, progress=progress, unused={
@@ -274,8 +284,7 @@ def certify(
     if sequential:
         from robcli.certify.sequential import SequentialConfig, run_sequential
 
-        radii = () if radius is None else ((float(radius),) if isinstance(radius, (int, float)) else
-                                           tuple(float(r) for r in radius))
+        radii = () if radius is None else _numbers(radius, "radius")
         cfg = SequentialConfig(sigmas=sigmas, radii=radii, against=against, radius_tol=radius_tol, N0=N0, N=N,
                                alpha=alpha, batch=batch, mode=str(mode).strip().lower(), seed=seed,
                                precision=precision, extra=extra)
@@ -303,13 +312,17 @@ def _certify_mixture(model, data, *, method, sigmas, mix, lipschitz, eps, norm, 
     from robcli.utils.parse import parse_eps, parse_norm
 
     m = check_method(method)
+    smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
+    unused = {**unused, "sigma": None if smoothed else sigmas, "lipschitz": None if m == "mix-lipschitz" else lipschitz,
+              "eps": None if m == "mix-local-estimate" else eps, "norm": None if not smoothed else norm}
     bad = [k for k, v in unused.items() if v is not None]
     if bad:
-        raise UsageError(f"{bad[0]} does not apply to method={m!r} (a mixture certificate)")
+        raise UsageError(f"{bad[0]} does not apply to method={m!r}")
+    if smoothed and sigmas is None:
+        raise UsageError(f"method={m!r} needs sigma (the smoothing noise of h)")
     if not isinstance(model, (str, Path)) or not isinstance(data, str):
         raise UsageError(f"method={m!r} certifies a mixture run directory (or robust model) given as a path, on a "
                          "data set given by name")
-    smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
     if smoothed and len(sigmas) > 1:
         raise UsageError(f"method={m!r} takes one sigma")
     nrm = parse_norm(norm or "L2")
@@ -320,9 +333,11 @@ def _certify_mixture(model, data, *, method, sigmas, mix, lipschitz, eps, norm, 
         raise UsageError(f"{out} exists; pass force=True to overwrite")
     with tempfile.TemporaryDirectory() as d:
         dest = Path(out) if out is not None else Path(d) / "certify.parquet"
+        from robcli.distributed import World
+
         certify_mixture_table(cfg, model=str(model), dataset=data, out=dest, mix=mix, scale_h=scale_h, split=split,
                               n_ex=n_ex, skip=skip, data_dir=data_dir, device=device, force=force,
-                              progress=progress)
+                              world=World(), progress=progress)  # one process, as every API job
         frame = read(dest)
         if out is None:
             frame.attrs["path"] = None
@@ -351,7 +366,8 @@ def attack(
     split: str = "test",
     n_ex: int | None = None,
     skip: int = 0,
-    subset: Sequence[int] | None = None,
+    subset: Sequence[int] | str | Path | None = None,
+    subset_split: str | None = None,
     arch: str | None = None,
     num_classes: int | None = None,
     input_shape: str | None = None,
@@ -375,7 +391,8 @@ def attack(
         attack, eps, norm, steps, restarts, version, aa_attacks, objective, grid_points, mix_min, mix_max,
             mix_attack_weight, n_targets, n_queries, batch, seed, device, precision: as the flags (the same
             :class:`robcli.attacks.engine.AttackConfig` checks them; ``batch`` is part of the seeding).
-        subset: only these example indices (as ``--subset`` with an index file).
+        subset: only these example indices, or (as ``--subset``) an index file or a partition table with
+            ``subset_split``.
         out: also write the table there (``.parquet``; ``force`` to overwrite).
         progress: optional ``progress(done, total, desc)``.
 
@@ -393,17 +410,31 @@ def attack(
     from robcli.utils.device import check_precision, resolve_device
 
     eps_t = (eps,) if isinstance(eps, (int, float, str)) else tuple(eps)
-    sub = None if subset is None else [int(i) for i in subset]
     mname = str(model) if isinstance(model, (str, Path)) else None
+    subset_file = None
+    if isinstance(subset, (str, Path)):  # an index file or a partition table, as --subset
+        from robcli.attacks.table import read_subset
+
+        if not isinstance(data, str):
+            raise UsageError("subset as a file: give the data set by name (the file names its data set and split)")
+        subset_file, subset = str(subset), read_subset(str(subset), subset_split, data, split)
+    elif subset_split is not None:
+        raise UsageError("subset_split applies to a partition table given as subset")
+    sub = None if subset is None else [int(i) for i in subset]
+    aa = tuple(a for a in aa_attacks.split(",")) if isinstance(aa_attacks, str) else tuple(aa_attacks)
     cfg = AttackConfig(
         attack=attack, eps=eps_t, norm=norm, steps=steps, restarts=restarts, version=version,
-        aa_attacks=tuple(aa_attacks), objective=objective, grid_points=grid_points, mix_min=mix_min, mix_max=mix_max,
+        aa_attacks=aa, objective=objective, grid_points=grid_points, mix_min=mix_min, mix_max=mix_max,
         mix_attack_weight=mix_attack_weight, n_targets=n_targets, n_queries=n_queries, batch=batch, seed=seed,
         precision=precision, extra={"model": mname, "arch": arch, "dataset": data if isinstance(data, str) else None, "split": split,
-               "n_ex": n_ex, "skip": skip, "subset": None, "subset_split": None, "image_size": image_size})
+               "n_ex": n_ex, "skip": skip, "subset": subset_file, "subset_split": subset_split,
+               "image_size": image_size})
     spec = cfg.spec
     if spec.load is not None and mname is None:
         raise UsageError(f"attack {cfg.attack} attacks a mixture: give its run directory (a path), not an object")
+    if spec.load is not None and (arch, num_classes, input_shape) != (None, None, None):
+        raise UsageError(f"arch, num_classes and input_shape do not apply to attack {cfg.attack} (a mixture run "
+                         "directory knows its members)")
     if spec.model_check is not None:
         spec.model_check(cfg, mname)
     dev = resolve_device(device)
@@ -453,9 +484,9 @@ def compose(
     data_dir: str | None = None,
     export: str | Path | None = None,
     export_threshold: Sequence[float] | None = None,
-    export_inner_attack: str = "pgd",
-    export_inner_steps: int = 20,
-    export_inner_restarts: int = 1,
+    export_inner_attack: str | None = None,
+    export_inner_steps: int | None = None,
+    export_inner_restarts: int | None = None,
     steps: int | None = None,
     mix: float | str | None = None,
     mix_sweep: bool = False,
@@ -483,7 +514,8 @@ def compose(
             h (a run directory).
         core: the core model's table at eps (path or DataFrame); with ``mix``/``mix_sweep`` the core MODEL g.
         eps, selector, threshold, sweep, norm, sigma, selection_check, robust_model, core_model, dataset, export,
-            export_threshold, export_inner_*, steps: as the flags (``sweep``: ``--sweep``).
+            export_threshold, export_inner_*, steps: as the flags (``sweep``: ``--sweep``; export_inner_* of None:
+            the command's defaults pgd, 20, 1).
         mix: write the fixed-alpha mixture with this weight on h to the run directory ``export``.
         mix_sweep, mix_grid, mix_space, scale_g, scale_h, split, n_ex, skip, batch: the alpha sweep of
             ``--mix-sweep`` (natural vs STD/ROB/MIX-attacked accuracy per weight).
@@ -508,6 +540,8 @@ def compose(
             raise UsageError("mixtures are of MODELS: give core and robust as run directories")
         members = [str(m) for m in members]
         if mix is not None:
+            if out is not None:
+                raise UsageError("mix=A exports one mixture to export=RUN and writes no table (mix_sweep=True does)")
             export_mixture(str(core), members, str(mix), None if export is None else str(export), mix_space=mix_space,
                            scale_g=scale_g, scale_h=scale_h, force=force)
             return Path(export)
@@ -528,9 +562,13 @@ def compose(
         core_model=None if core_model is None else str(core_model), dataset=dataset, data_dir=data_dir,
         export=None if export is None else str(export),
         export_threshold=None if export_threshold is None else [str(t) for t in export_threshold],
-        export_inner_attack=export_inner_attack, export_inner_steps=export_inner_steps,
-        export_inner_restarts=export_inner_restarts, steps=50 if steps is None else steps, device=device, seed=seed,
-        force=force, command=None)
+        export_inner_attack="pgd" if export_inner_attack is None else export_inner_attack,
+        export_inner_steps=20 if export_inner_steps is None else export_inner_steps,
+        export_inner_restarts=1 if export_inner_restarts is None else export_inner_restarts,
+        steps=50 if steps is None else steps, device=device, seed=seed, force=force, command=None,
+        given=frozenset(f"--{k.replace('_', '-')}" for k, v in dict(
+            export_inner_attack=export_inner_attack, export_inner_steps=export_inner_steps,
+            export_inner_restarts=export_inner_restarts).items() if v is not None))
     if out is not None or comp.card is not None:
         write_composition(comp, None if out is None else str(out))
     if out is not None:
@@ -609,6 +647,12 @@ def finetune(
         bad = [k for k, v in dict(model=model, init=init, arch=arch, lr_milestones=lr_milestones, momentum=momentum,
                                   weight_decay=weight_decay, train_subset=train_subset, image_size=image_size,
                                   tensorboard=tensorboard).items() if v is not None]
+        import inspect
+
+        takes = set(inspect.signature(finetune_mixnet).parameters) - {"callback", "command"}
+        bad += [k for k in options if k not in takes]
+        if progress is not None:
+            bad.append("progress")
         if bad or resume:
             raise UsageError(f"{(bad or ['resume'])[0]} does not apply to loss='mixnet' (it trains a mixing network "
                              "on core=/robust=)")

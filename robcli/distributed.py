@@ -184,6 +184,7 @@ class Group:
                                         timeout=timedelta(seconds=CONTROL_TIMEOUT_S), wait_for_workers=False)
         # every group of the process gets keys of its own as well (robcli run opens one per step; all ranks
         # open them in the same order)
+        _BASE_STORE.set_timeout(timedelta(seconds=self.timeout_s))  # this group's (e.g. a long solo step's)
         _GROUPS_MADE += 1
         return dist.PrefixStore(f"robcli/attempt-{restart_count()}/group-{_GROUPS_MADE}", _BASE_STORE)
 

@@ -231,14 +231,6 @@ def _on_main(world, fn: Callable[[], Any], timeout_s: float | None = None) -> An
         return agree(group, fn)
 
 
-def _worst(world, code: int) -> int:
-    """The first non-zero exit code among the ranks (0 when every rank succeeded)."""
-    from robcli.distributed import Group
-
-    with Group(world) as group:
-        return next((c for c in group.gather(int(code)) if c != 0), 0)
-
-
 def _alone(execute: Callable[[list[str]], int], argv: list[str]) -> int:
     """Run one command line as a single process, whatever launcher started this one."""
     import os
@@ -270,7 +262,9 @@ def run_recipe(
 
     ``world``: where this process stands (:func:`robcli.distributed.detect`; default a single process). Under
     torchrun/srun the main rank decides what is up to date and writes the stamps; :func:`spreads` steps run on
-    every rank, the others on the main rank alone; a step failed when it failed on any rank.
+    every rank, the others on the main rank alone. A failed step stops the recipe on the ranks where it failed
+    (an error inside a spread command reaches every rank; one a rank meets alone ends that rank, and the launcher
+    ends the job).
     """
     from robcli.distributed import World
 
@@ -295,7 +289,10 @@ def run_recipe(
         if not world.grouped:
             code = execute(argv)
         elif spreads(step):
-            code = _worst(world, execute(argv))
+            # every error inside a spread command already reaches every rank (robcli.distributed's agree,
+            # together, failed-rank files, heartbeats); one that a rank meets alone, before the command's process
+            # group (its own data or GPU missing), stops this rank's recipe, and its exit ends the job
+            code = execute(argv)
         else:
             code = _on_main(world, lambda a=argv: _alone(execute, a), timeout_s=SOLO_TIMEOUT_S)
         if code != 0:

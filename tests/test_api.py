@@ -284,3 +284,28 @@ def test_sequential_and_mixture_certificates_equal_the_commands(cli, run, tmp_pa
         rc.certify(str(run), "gaussians", n_ex=3, mix=0.8)
     with pytest.raises(UsageError, match="belong to sequential=True"):
         rc.certify(str(run), "gaussians", n_ex=3, radius=0.1)
+
+
+def test_api_options_as_the_flags_take_them_and_refusals(run, tmp_path):
+    # numbers as strings, as the flags take them
+    a = rc.certify(str(run), "gaussians", n_ex=5, sigma="0.12", N0=20, N=300, alpha=0.01, seed=3)
+    b = rc.certify(str(run), "gaussians", n_ex=5, sigma=0.12, N0=20, N=300, alpha=0.01, seed=3)
+    pd.testing.assert_frame_equal(_drop_time(a), _drop_time(b))
+    # subset as an index file (recorded), aa_attacks as the flag's comma list
+    ids = tmp_path / "ids.txt"
+    ids.write_text("4\n2\n")
+    t = rc.attack(str(run), "gaussians", subset=ids, eps=0.05, steps=2)
+    assert sorted(set(t["idx"])) == [2, 4] and t.attrs["config"]["subset"] == str(ids)
+    t = rc.attack(str(run), "gaussians", n_ex=4, attack="autoattack", version="custom", aa_attacks="apgd-ce,fab-t",
+                  steps=2, eps=0.05)
+    assert t.attrs["config"]["aa_attacks"] == ["apgd-ce", "fab-t"]
+    # mixture certificates need their own parameters and refuse the others'
+    with pytest.raises(UsageError, match="needs sigma"):
+        rc.certify("tiny_cnn", "digits", method="mix-smoothed-h", mix=0.8, n_ex=2)
+    with pytest.raises(UsageError, match="lipschitz does not apply to method='mix-smoothed-h'"):
+        rc.certify("tiny_cnn", "digits", method="mix-smoothed-h", mix=0.8, sigma=0.25, lipschitz=1.0, n_ex=2)
+    with pytest.raises(UsageError, match="sigma does not apply to method='mix-lipschitz'"):
+        rc.certify("tiny_cnn", "digits", method="mix-lipschitz", mix=0.8, lipschitz=1.0, sigma=0.25, n_ex=2)
+    with pytest.raises(UsageError, match="does not apply to loss='mixnet'"):
+        rc.finetune("mixnet", tmp_path / "m", core="tiny_cnn", robust="tiny_cnn", dataset="digits", beta=2.0)
+    assert not (tmp_path / "m").exists()

@@ -21,9 +21,20 @@ def test_fp32_is_recorded_and_reduced_precision_is_refused_on_cpu(cli, one_line_
     assert read_table(out).config["precision"] == "fp32"
     for p in ("bf16", "fp16"):
         bad = tmp_path / f"{p}.parquet"
-        one_line_error(cli(*args, "--device", "cpu", "--precision", p, "--out", bad), f"--precision {p} needs CUDA")
+        why = "underflow" if (p, args[0]) == ("fp16", "attack") else f"--precision {p} needs CUDA"
+        one_line_error(cli(*args, "--device", "cpu", "--precision", p, "--out", bad), why)
         assert not bad.exists() and not (tmp_path / f"{p}.parquet.parts").exists()
     one_line_error(cli(*args, "--precision", "fp64", "--out", tmp_path / "x.parquet"), "choose fp32, bf16, fp16")
+
+
+def test_fp16_is_refused_for_gradient_attacks(cli, one_line_error, tmp_path):
+    """fp16 input gradients underflow without loss scaling (a silently weaker attack); Square needs none."""
+    for attack in ("apgd-ce", "pgd", "autoattack", "grid"):
+        one_line_error(cli("attack", "--model", "tiny_mlp", "--dataset", "gaussians", "--attack", attack, "--eps",
+                           "0.05", "--precision", "fp16", "--out", tmp_path / "a.parquet"), "fp16", "underflow", "bf16")
+    from robcli.attacks.engine import AttackConfig
+
+    assert AttackConfig(attack="square", eps=("0.05",), precision="fp16").precision == "fp16"
 
 
 def test_mixture_attacks_take_fp32_only(cli, one_line_error, tmp_path):
@@ -44,7 +55,7 @@ def test_the_autocast_wrapper_returns_float32_logits_of_the_same_model():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_on_cuda_is_recorded_and_close_to_fp32(cli, tmp_path, precision):
     assert torch.cuda.is_available(), "run -m gpu on a machine with CUDA"
-    for args in (ATTACK, CERT):
+    for args in ((ATTACK, CERT) if precision == "bf16" else (CERT,)):  # fp16: certify only (no gradients)
         a, b = tmp_path / f"{args[0]}-fp32.parquet", tmp_path / f"{args[0]}-{precision}.parquet"
         assert cli(*args, "--device", "cuda", "--out", a).exit_code == 0
         r = cli(*args, "--device", "cuda", "--precision", precision, "--out", b)

@@ -205,6 +205,10 @@ class AttackConfig:
         if self.precision != "fp32" and spec.load is not None:
             raise UsageError(f"--precision {self.precision} does not apply to --attack {attack} (mixture attacks run "
                              "in fp32)")
+        if self.precision == "fp16" and attack != "square":
+            raise UsageError(f"--precision fp16 does not apply to --attack {attack}: its input gradients underflow in "
+                             "fp16 without loss scaling, which would weaken the attack silently; use bf16 (fp32's "
+                             "range) or fp32")
 
     def _mixture_knobs(self, spec: AttackSpec) -> None:
         s = object.__setattr__

@@ -118,6 +118,8 @@ def naming_nonfinite(model_name: str | None, partial=None, *, core: str | None =
     except NonFiniteOutput as e:
         if partial is not None and not existed and Path(partial).exists():
             Path(partial).unlink()
+        if getattr(e, "echo", False):  # another rank's error: that rank names the model and prints it
+            raise
         member = {"g": ("core", core), "h": ("robust", robust)}.get(e.member or "")
         of = f" of the mixture {model_name}" if model_name else ""
         if member is not None and member[1] is not None:

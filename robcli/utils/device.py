@@ -82,6 +82,6 @@ def check_precision(precision: str, device) -> None:
     if device.type != "cuda":
         raise UsageError(f"--precision {precision} needs CUDA (autocast on the GPU); on {device.type} robcli runs "
                          "fp32 only")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and torch.cuda.get_device_properties(device).major < 8:  # native bf16: Ampere and later
         raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
                          "use fp16 or fp32")
