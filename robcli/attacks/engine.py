@@ -27,7 +27,6 @@ registered here, the mixture settings ``mix-A`` .. ``mix-D`` by :mod:`robcli.mix
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -38,6 +37,7 @@ from robcli.attacks.aa import AA_ATTACKS, AA_VERSIONS, check_classes, check_inpu
 from robcli.errors import ModelError, UsageError
 from robcli.utils.parse import parse_eps, parse_norm
 from robcli.utils.registry import Entry, Registry
+from robcli.utils.seeding import hashed_seed
 
 PYAUTOATTACK = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")
 # the configuration fields an attack may take beyond attack/eps/norm/batch/seed (AttackSpec.flags picks)
@@ -254,8 +254,7 @@ def same_config(a: dict, b: dict) -> bool:
 
 def attack_seed(seed: int, batch_index: int, eps: float) -> int:
     """The seed of one attack call: a hash of ``(seed, batch index, eps)``, 31 bits."""
-    key = f"robcli-attack|{int(seed)}|{int(batch_index)}|{float(eps)!r}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 33
+    return hashed_seed("robcli-attack", str(int(seed)), str(int(batch_index)), repr(float(eps)), bits=31)
 
 
 def margins(logits, cls):

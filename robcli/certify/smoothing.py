@@ -19,7 +19,6 @@ last chunk of a round so that only one input shape is ever compiled.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from robcli.certify.bounds import (
     predict_from_counts,
 )
 from robcli.errors import ModelError, UsageError
+from robcli.utils.seeding import hashed_seed
 
 NOISE_BLOCK = 1000  # samples per generator call; fixed so the noise never depends on --batch
 MODES = ("certify", "predict")
@@ -87,8 +87,7 @@ class CertifyConfig:
 
 def noise_seed(seed: int, idx: int, sigma: float, phase: str) -> int:
     """The generator seed of one example's noise: a hash of (seed, idx, sigma, phase), 62 bits."""
-    key = f"robcli-certify|{int(seed)}|{int(idx)}|{float(sigma)!r}|{phase}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 2
+    return hashed_seed("robcli-certify", str(int(seed)), str(int(idx)), repr(float(sigma)), phase, bits=62)
 
 
 class VoteCounter:

@@ -27,6 +27,15 @@ def make_generator(seed: int, device=None):
     return g
 
 
+def hashed_seed(*parts: str, bits: int) -> int:
+    """A seed of ``bits`` bits from a sha256 of ``"|".join(parts)`` (the first 8 bytes, little-endian): streams
+    keyed by what they are for (an example, a batch, a chunk), not by the order in which they are drawn."""
+    import hashlib
+
+    key = "|".join(parts).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> (64 - bits)
+
+
 # The rows of the whole batch this process works on (see batch_rows); None: the batch is all of it.
 _ROWS = contextvars.ContextVar("robcli_batch_rows", default=None)
 
