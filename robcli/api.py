@@ -308,13 +308,19 @@ def _certify_mixture(model, data, *, method, sigmas, mix, lipschitz, eps, norm, 
                      n_ex, skip, data_dir, seed, device, out, force, progress, unused):
     """:func:`certify` with ``method="mix-..."``: robcli.mixing.certify.certify_mixture_table (a temporary
     ``out`` when none is given)."""
-    from robcli.mixing.certify import MixCertifyConfig, certify_mixture_table, check_method
+    from robcli.mixing.certify import (
+        SMOOTHED,
+        MixCertifyConfig,
+        certify_mixture_table,
+        check_method,
+        refused_params,
+    )
     from robcli.utils.parse import parse_eps, parse_norm
 
     m = check_method(method)
-    smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
-    unused = {**unused, "sigma": None if smoothed else sigmas, "lipschitz": None if m == "mix-lipschitz" else lipschitz,
-              "eps": None if m == "mix-local-estimate" else eps, "norm": None if not smoothed else norm}
+    smoothed = m in SMOOTHED
+    params = {"sigma": sigmas, "lipschitz": lipschitz, "eps": eps, "norm": norm}
+    unused = {**unused, **{p: params[p] for p in refused_params(m)}}
     bad = [k for k, v in unused.items() if v is not None]
     if bad:
         raise UsageError(f"{bad[0]} does not apply to method={m!r}")

@@ -21,15 +21,16 @@ SEQUENTIAL_CHUNK = 64
 
 
 def chunk_size(cfg, chunk: int | None = None) -> int:
-    """Examples per chunk of a certify run (``chunk``, else the default of the engine ``cfg`` selects)."""
-    from robcli.certify.smoothing import CertifyConfig
+    """Examples per chunk of a certify run (``chunk``, else the default of the engine ``cfg`` selects: the
+    sequential test's pools, or one fixed-N certificate per example, as the mixture certificates too)."""
+    from robcli.certify.sequential import SequentialConfig
     from robcli.errors import UsageError
 
     if chunk is not None:
         if chunk < 1:
             raise UsageError(f"--chunk {chunk} must be >= 1")
         return int(chunk)
-    return FIXED_CHUNK if isinstance(cfg, CertifyConfig) else SEQUENTIAL_CHUNK
+    return SEQUENTIAL_CHUNK if isinstance(cfg, SequentialConfig) else FIXED_CHUNK
 
 
 @dataclass

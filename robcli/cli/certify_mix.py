@@ -34,7 +34,15 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
     """`certify --method mix-*` (and the refusal of the mixture flags with --method cohen)."""
     from robcli.cli.common import argv, console, job_world, naming_nonfinite, parts_left_text
     from robcli.errors import UsageError
-    from robcli.mixing.certify import MixCertifyConfig, certify_mixture_table, check_method, resolve_mixture
+    from robcli.mixing.certify import (
+        SMOOTHED,
+        WHY_NOT,
+        MixCertifyConfig,
+        certify_mixture_table,
+        check_method,
+        refused_params,
+        resolve_mixture,
+    )
     from robcli.tables.schema import CERTIFIED_MODELS
     from robcli.utils.parse import parse_eps, parse_float_expr, parse_norm
 
@@ -43,15 +51,11 @@ def certify_mix(ctx, *, model, dataset, out, sigma, method, lipschitz, eps, norm
         raise AssertionError("certify_mix called for --method cohen without mixture flags")  # a bug in the dispatch
     m = check_method(method)
     refuse_given(ctx, COHEN_ONLY, f"to --method {m} (a mixture certificate)")
-    smoothed = m in ("mix-smoothed-h", "mix-lipschitz-rs")
-    if not smoothed:
-        refuse_given(ctx, ("sigma",), f"to --method {m} (it smooths nothing)")
-    elif len(sigma or []) > 1:
+    for p in refused_params(m):
+        refuse_given(ctx, (p,), f"to --method {m}{WHY_NOT.get(p, '')}")
+    smoothed = m in SMOOTHED
+    if smoothed and len(sigma or []) > 1:
         raise UsageError(f"--method {m} takes one --sigma")
-    refuse_given(ctx, () if m == "mix-lipschitz" else ("lipschitz",), f"to --method {m}")
-    refuse_given(ctx, () if m == "mix-local-estimate" else ("eps",), f"to --method {m}")
-    if smoothed:
-        refuse_given(ctx, ("norm",), f"to --method {m} (its radii are L2)")
     nrm = parse_norm(norm or "L2")
     cfg = MixCertifyConfig(method=m, sigma=parse_float_expr(sigma[0], "--sigma") if smoothed and given(ctx, "sigma") else None,
                            lipschitz=lipschitz, eps=parse_eps(eps, nrm) if eps is not None else None, norm=nrm,

@@ -31,6 +31,18 @@ OLD_NAMES = {"smoothing": "mix-smoothed-h", "lipschitz-rs": "mix-lipschitz-rs", 
              "local": "mix-local-estimate"}
 
 
+# the parameters each mixture certificate takes, among sigma / lipschitz / eps / norm (the others are refused)
+PARAMS = ("sigma", "lipschitz", "eps", "norm")
+TAKES = {"mix-smoothed-h": ("sigma",), "mix-lipschitz-rs": ("sigma",), "mix-lipschitz": ("lipschitz", "norm"),
+         "mix-local-estimate": ("eps", "norm")}
+WHY_NOT = {"sigma": " (it smooths nothing)", "norm": " (its radii are L2)"}  # why a method refuses it
+
+
+def refused_params(method: str) -> tuple[str, ...]:
+    """The parameters of :data:`PARAMS` that ``method`` (a checked name) does not take, in that order."""
+    return tuple(p for p in PARAMS if p not in TAKES[method])
+
+
 def check_method(method: str) -> str:
     """A mixture certify method name (case-insensitive), or a UsageError naming the choices / the new name."""
     m = method.strip().lower()
@@ -117,10 +129,9 @@ def check_samples(run: dict, cfg: MixCertifyConfig) -> None:
 
 def estimate_seed(seed: int, chunk: int) -> int:
     """The generator seed of ``mix-local-estimate`` on one chunk of examples: a hash of (seed, chunk), 62 bits."""
-    import hashlib
+    from robcli.utils.seeding import hashed_seed
 
-    key = f"robcli-mix-local-estimate|{int(seed)}|{int(chunk)}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 2
+    return hashed_seed("robcli-mix-local-estimate", str(int(seed)), str(int(chunk)), bits=62)
 
 
 def certify_mixture(run: dict, data, cfg: MixCertifyConfig, *, device=None, lm=None, chunk: int = 0):
@@ -205,7 +216,7 @@ def certify_mixture_table(cfg: MixCertifyConfig, *, model: str, dataset: str, ou
     """
     from pathlib import Path
 
-    from robcli.certify.table import FIXED_CHUNK, chunk_size
+    from robcli.certify.table import chunk_size
     from robcli.data.registry import load_split
     from robcli.distributed import detect, run_table
     from robcli.models import load_model
@@ -224,7 +235,7 @@ def certify_mixture_table(cfg: MixCertifyConfig, *, model: str, dataset: str, ou
     data = load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(None, run["robust"])).select(
         n_ex=n_ex, skip=skip)
     lm = load_model(run["robust"], dataset_info=data.info, device=dev)
-    size = chunk_size(None, chunk) if chunk is not None else FIXED_CHUNK
+    size = chunk_size(cfg, chunk)
     # the table's configuration: the certificate's, the selection, and (a mix-local-estimate's starts are seeded
     # per chunk) the chunk size; the noise streams of the smoothed methods differ between CPU and CUDA
     config = {**_table_config(run, cfg), "dataset": dataset, "split": split, "n_ex": n_ex, "skip": skip,
@@ -239,10 +250,8 @@ def certify_mixture_table(cfg: MixCertifyConfig, *, model: str, dataset: str, ou
                         force=force_, free_keys=free)
 
     def compute(table_run: TableRun, chunks, prog) -> None:
-        import torch
-
         for i, c in enumerate(chunks):
-            part = data.select(subset=data.idx[torch.arange(c.lo, c.hi)].tolist())
+            part = data.select(skip=c.lo, n_ex=len(c))  # the chunk's examples, in plan order
             df, _, _ = certify_mixture(run, part, cfg, device=dev, lm=lm, chunk=c.id)
             table_run.write(c, df)
             if prog is not None:
