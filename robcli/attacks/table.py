@@ -67,7 +67,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
                  world=None, progress: Callable | None = None, command: list[str] | None = None) -> AttackResult:
     """Attack ``model`` on the selected examples of ``dataset`` and write the attack table ``out``.
 
-    ``image_size``: the side length for imagefolder images (the CLI reads a run directory's card for it).
+    ``image_size``: the side length for imagefolder images (default: the one a run directory's card records).
     ``world``: a :class:`robcli.distributed.World` (default: detected from the launcher's environment, see
     :func:`robcli.distributed.run_table`): the chunks (batches) of the plan are spread over the job's processes;
     a ``--shard I/K`` process or SLURM array task computes the chunks with ``id % K == I`` and leaves their
@@ -81,6 +81,7 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     from robcli.distributed import detect, run_table
     from robcli.errors import UsageError
     from robcli.models import load_model
+    from robcli.models.card import image_size_for
     from robcli.models.precision import in_precision
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
@@ -96,7 +97,8 @@ def attack_table(cfg: AttackConfig, *, model: str, dataset: str, out: str | Path
     dev = resolve_rank_device(device, world)
     check_precision(cfg.precision, dev)
     ids = read_subset(subset, subset_split, dataset, split) if subset is not None else None
-    data = load_split(dataset, split, data_dir=data_dir, download=download, image_size=image_size)
+    data = load_split(dataset, split, data_dir=data_dir, download=download,
+                      image_size=image_size_for(image_size, model))
     data = data.select(n_ex=n_ex, skip=skip, subset=ids)
     if spec.load is not None:
         lm = spec.load(cfg, model, data.info, dev)

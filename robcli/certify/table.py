@@ -70,6 +70,7 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     from robcli.distributed import detect, run_table
     from robcli.errors import UsageError
     from robcli.models import load_model
+    from robcli.models.card import image_size_for
     from robcli.models.precision import in_precision
     from robcli.tables.io import provenance
     from robcli.tables.run import TableRun, parts_path
@@ -83,7 +84,8 @@ def certify_table(cfg, *, model: str, dataset: str, out: str | Path, split: str 
     check_precision(cfg.precision, dev)
     # the device type is part of the configuration: CPU and CUDA generators draw different noise
     cfg = replace(cfg, extra={**cfg.extra, "device_type": dev.type})  # the caller's configuration is left as it was
-    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size).select(n_ex=n_ex, skip=skip)
+    data = load_split(dataset, split, data_dir=data_dir, image_size=image_size_for(image_size, model)).select(
+        n_ex=n_ex, skip=skip)
     lm = load_model(model, arch=arch, dataset_info=data.info, seed=cfg.seed, num_classes=num_classes,
                     input_shape=input_shape)
     prov = provenance(seed=cfg.seed, device=dev, models=lm.files or [], data=data.fingerprint(), command=command or [])

@@ -85,7 +85,6 @@ def attack(
         argv,
         console,
         given,
-        image_size_for,
         job_world,
         naming_nonfinite,
         parts_left_text,
@@ -115,7 +114,7 @@ def attack(
         res = attack_table(cfg, model=model, dataset=dataset, out=out, split=split, n_ex=n_ex, skip=skip,
                            subset=subset, subset_split=subset_split, arch=arch, num_classes=num_classes,
                            input_shape=input_shape, data_dir=data_dir, download=download,
-                           image_size=image_size_for(image_size, model), device=device, resume=resume,
+                           image_size=image_size, device=device, resume=resume,
                            force=force, world=world, progress=ProgressCallback(prog), command=argv())
     if quiet or (res.df is None and world.grouped):
         return

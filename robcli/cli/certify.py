@@ -106,7 +106,6 @@ def certify(
         ProgressCallback,
         argv,
         console,
-        image_size_for,
         job_world,
         naming_nonfinite,
         parts_left_text,
@@ -135,7 +134,7 @@ def certify(
     with naming_nonfinite(model), progress(quiet) as prog:
         res = certify_table(cfg, model=model, dataset=dataset, out=out, split=split, n_ex=n_ex, skip=skip, arch=arch,
                             num_classes=num_classes, input_shape=input_shape, data_dir=data_dir,
-                            image_size=image_size_for(image_size, model), device=device, resume=resume, force=force,
+                            image_size=image_size, device=device, resume=resume, force=force,
                             world=world, chunk=chunk, progress=ProgressCallback(prog), command=argv())
     if quiet or (res.df is None and world.grouped):
         return

@@ -205,14 +205,6 @@ class ProgressCallback:
         self.prog.update(self.tasks[desc], completed=done, total=total)
 
 
-def image_size_for(image_size: int | None, *models: str | None) -> int | None:
-    """:func:`robcli.models.card.image_size_for`, imported when called (robcli.models loads torch; completion
-    imports this module and must not)."""
-    from robcli.models.card import image_size_for as from_cards
-
-    return from_cards(image_size, *models)
-
-
 def check_out(out, force: bool, resume: bool | None = None) -> None:
     """Refuse to overwrite an existing output unless --force (or --resume continues it).
 
