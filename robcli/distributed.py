@@ -251,12 +251,18 @@ def _echo(name: str, message: str) -> RobcliError:
     """Another rank's typed error, raised here too so that this rank stops as well. It is marked ``echo``: the
     rank where it happened prints the one line, the others exit with its code silently (one line per job, not
     one per rank)."""
+    cls = _error_class(name)
+    err = cls(message) if cls is not None else RobcliError(message)
+    err.echo = True
+    return err
+
+
+def _error_class(name: str):
+    """robcli's typed error class called ``name``, or None."""
     import robcli.errors as errors
 
     cls = getattr(errors, name, None)
-    err = cls(message) if isinstance(cls, type) and issubclass(cls, RobcliError) else RobcliError(message)
-    err.echo = True
-    return err
+    return cls if isinstance(cls, type) and issubclass(cls, RobcliError) else None
 
 
 def together(group: Group, fn: Callable[[], Any]) -> Any:
@@ -424,11 +430,8 @@ def _wait_for_ranks(hb: Heartbeat, run, progress: Callable[[], None] | None, pol
         failed = sorted(hb.folder.glob("failed-*"))
         if failed:
             name, _, msg = failed[0].read_text().partition("\n")
-            import robcli.errors as errors
-
-            cls = getattr(errors, name, None)
             rank = failed[0].name.split("-", 1)[1]
-            if isinstance(cls, type) and issubclass(cls, RobcliError):
+            if _error_class(name) is not None:
                 raise _echo(name, msg)  # rank R printed it
             raise RobcliError(f"rank {rank} failed: {msg}; rerun the same command with --resume")
         if all((hb.folder / f"done-{r}").exists() for r in range(hb.world.size)):
